@@ -1,0 +1,191 @@
+//! The serde mirror of the YAML file: unknown keys are errors, durations are strings such as
+//! `250ms` or `30s`, and every section has defaults. Turned into [`super::Config`] by `validate`.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ConfigFile {
+    pub server: ServerFile,
+    pub log: LogFile,
+    pub api_keys: Vec<ApiKeyFile>,
+    pub tiers: BTreeMap<String, TierFile>,
+    pub models: Vec<ModelFile>,
+    pub upstream: UpstreamFile,
+    pub stream: StreamFile,
+    pub redis: Option<RedisFile>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerFile {
+    pub listen: String,
+    /// Runtime worker threads; 0 means one per core.
+    pub worker_threads: usize,
+    pub max_concurrent_requests: usize,
+    pub max_body_bytes: usize,
+    pub max_header_bytes: usize,
+    #[serde(with = "humantime_serde")]
+    pub header_read_timeout: Duration,
+    #[serde(with = "humantime_serde")]
+    pub body_read_timeout: Duration,
+    pub keep_alive: bool,
+    #[serde(with = "humantime_serde")]
+    pub shutdown_grace: Duration,
+}
+
+impl Default for ServerFile {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:8080".into(),
+            worker_threads: 0,
+            max_concurrent_requests: 1024,
+            max_body_bytes: 1024 * 1024,
+            max_header_bytes: 16 * 1024,
+            header_read_timeout: Duration::from_secs(10),
+            body_read_timeout: Duration::from_secs(30),
+            keep_alive: true,
+            shutdown_grace: Duration::from_secs(30),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogFile {
+    /// `json` (one object per line) or `text`.
+    pub format: String,
+    /// A tracing filter such as `info` or `sluicegate=debug`.
+    pub level: String,
+}
+
+impl Default for LogFile {
+    fn default() -> Self {
+        Self {
+            format: "json".into(),
+            level: "info".into(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiKeyFile {
+    pub id: String,
+    /// Hex SHA-256 digest of the key (`sluicegate hash-key KEY` prints it).
+    pub sha256: String,
+    pub tier: String,
+    #[serde(default = "all_models")]
+    pub models: Vec<String>,
+}
+
+fn all_models() -> Vec<String> {
+    vec!["*".into()]
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TierFile {
+    pub requests_per_minute: Option<u32>,
+    pub tokens_per_minute: Option<u64>,
+    pub concurrent_streams: Option<u32>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelFile {
+    pub name: String,
+    pub backends: Vec<BackendFile>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackendFile {
+    pub name: String,
+    pub kind: BackendKindFile,
+    pub base_url: Option<String>,
+    pub api_key_env: Option<String>,
+    pub upstream_model: Option<String>,
+    /// Only for `kind: mock`.
+    pub mock: Option<MockFile>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BackendKindFile {
+    Openai,
+    Mock,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MockFile {
+    pub tokens: u32,
+    #[serde(with = "humantime_serde")]
+    pub pace: Duration,
+    #[serde(with = "humantime_serde")]
+    pub first_token_delay: Duration,
+}
+
+impl Default for MockFile {
+    fn default() -> Self {
+        Self {
+            tokens: 16,
+            pace: Duration::from_millis(20),
+            first_token_delay: Duration::ZERO,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UpstreamFile {
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    #[serde(with = "humantime_serde")]
+    pub first_byte_timeout: Duration,
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    #[serde(with = "humantime_serde")]
+    pub total_timeout: Duration,
+}
+
+impl Default for UpstreamFile {
+    fn default() -> Self {
+        Self {
+            connect_timeout: Duration::from_secs(2),
+            first_byte_timeout: Duration::from_secs(60),
+            idle_timeout: Duration::from_secs(30),
+            total_timeout: Duration::from_secs(600),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StreamFile {
+    #[serde(with = "humantime_serde")]
+    pub heartbeat_interval: Duration,
+    #[serde(with = "humantime_serde")]
+    pub client_stall_timeout: Duration,
+    pub max_event_bytes: usize,
+}
+
+impl Default for StreamFile {
+    fn default() -> Self {
+        Self {
+            heartbeat_interval: Duration::from_secs(5),
+            client_stall_timeout: Duration::from_secs(30),
+            max_event_bytes: 1024 * 1024,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedisFile {
+    pub url: String,
+}

@@ -1,0 +1,219 @@
+//! Configuration: the validated runtime types, and [`load`] used by `serve` and `check-config`.
+//!
+//! Invariant: `config/` does not import `http`; it produces plain typed values whose
+//! invariants (non-zero limits, parsed addresses, resolved secrets) hold by construction.
+
+mod dev;
+mod file;
+mod validate;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::net::SocketAddr;
+use std::num::{NonZeroU32, NonZeroU64, NonZeroUsize};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+pub use dev::{DEV_API_KEY, development};
+
+/// The whole validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub log: LogConfig,
+    pub api_keys: Vec<ApiKey>,
+    pub tiers: BTreeMap<String, Tier>,
+    pub models: Vec<Model>,
+    pub upstream: UpstreamConfig,
+    pub stream: StreamConfig,
+    pub redis: Option<RedisConfig>,
+    pub source: ConfigSource,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConfigSource {
+    File(PathBuf),
+    /// The built-in development configuration (mock model, documented key).
+    Development,
+}
+
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+    /// `None`: one worker per core.
+    pub worker_threads: Option<NonZeroUsize>,
+    pub max_concurrent_requests: NonZeroUsize,
+    pub max_body_bytes: NonZeroUsize,
+    pub max_header_bytes: usize,
+    pub header_read_timeout: Duration,
+    /// Bounds how long a client may take to send its whole body.
+    pub body_read_timeout: Duration,
+    pub keep_alive: bool,
+    pub shutdown_grace: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Json,
+    Text,
+}
+
+#[derive(Debug, Clone)]
+pub struct LogConfig {
+    pub format: LogFormat,
+    pub level: String,
+}
+
+/// One API key: only its SHA-256 digest is ever held.
+#[derive(Debug, Clone)]
+pub struct ApiKey {
+    pub id: String,
+    pub sha256: [u8; 32],
+    pub tier: String,
+    pub models: ModelAccess,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ModelAccess {
+    All,
+    Only(BTreeSet<String>),
+}
+
+impl ModelAccess {
+    pub fn allows(&self, model: &str) -> bool {
+        match self {
+            Self::All => true,
+            Self::Only(names) => names.contains(model),
+        }
+    }
+}
+
+/// A tier's limits; `None` means unlimited.
+#[derive(Debug, Clone, Default)]
+pub struct Tier {
+    pub requests_per_minute: Option<NonZeroU32>,
+    pub tokens_per_minute: Option<NonZeroU64>,
+    pub concurrent_streams: Option<NonZeroU32>,
+}
+
+/// A client-facing model name and the backends that serve it.
+#[derive(Debug, Clone)]
+pub struct Model {
+    pub name: String,
+    pub backends: Vec<BackendConfig>,
+}
+
+#[derive(Debug, Clone)]
+pub struct BackendConfig {
+    pub name: String,
+    /// The model name sent upstream; the client-facing name is restored on the way back.
+    pub upstream_model: String,
+    pub kind: BackendKind,
+}
+
+#[derive(Debug, Clone)]
+pub enum BackendKind {
+    OpenAi {
+        /// Absolute http(s) URL ending in `/`, so joining `chat/completions` keeps its path.
+        base_url: String,
+        api_key: Option<Secret>,
+    },
+    Mock(MockConfig),
+}
+
+/// The scripted answer of the in-process mock backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MockConfig {
+    pub tokens: u32,
+    pub pace: Duration,
+    pub first_token_delay: Duration,
+}
+
+/// A secret read from the environment; never printed.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(..)")
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct UpstreamConfig {
+    pub connect_timeout: Duration,
+    pub first_byte_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub total_timeout: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct StreamConfig {
+    pub heartbeat_interval: Duration,
+    pub client_stall_timeout: Duration,
+    pub max_event_bytes: usize,
+}
+
+#[derive(Debug, Clone)]
+pub struct RedisConfig {
+    pub url: String,
+}
+
+/// A configuration problem, naming the offending field.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{path}: cannot read the file: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Invalid { path: String, message: String },
+}
+
+impl ConfigError {
+    fn invalid(path: impl Into<String>, message: impl Into<String>) -> Self {
+        Self::Invalid {
+            path: path.into(),
+            message: message.into(),
+        }
+    }
+}
+
+/// Reads and validates a YAML configuration file.
+pub fn load(path: &Path) -> Result<Config, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.display().to_string(),
+        source,
+    })?;
+    let mut config = parse(&text)?;
+    config.source = ConfigSource::File(path.to_owned());
+    Ok(config)
+}
+
+/// Parses and validates YAML text.
+pub fn parse(text: &str) -> Result<Config, ConfigError> {
+    let deserializer = serde_norway::Deserializer::from_str(text);
+    let file: file::ConfigFile = serde_path_to_error::deserialize(deserializer).map_err(|e| {
+        let path = e.path().to_string();
+        ConfigError::invalid(
+            if path == "." { "(file)" } else { &path },
+            without_location(&e.inner().to_string()),
+        )
+    })?;
+    validate::validate(file)
+}
+
+/// serde_norway prefixes some messages with its own `a.b: ` location; the path is already given.
+fn without_location(message: &str) -> String {
+    match message.split_once(": ") {
+        Some((location, rest)) if !location.contains(' ') => rest.to_owned(),
+        _ => message.to_owned(),
+    }
+}

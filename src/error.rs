@@ -1,0 +1,392 @@
+//! `GatewayError`: every failure a client can see, with its status, OpenAI type, code and param.
+//!
+//! Variants say what the *client* may learn; internal causes are never rendered. Errors are
+//! rendered in exactly two places: [`GatewayError::into_response`] before the first byte of a
+//! response and [`GatewayError::to_sse_event`] after it.
+
+use std::time::Duration;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use http::{HeaderValue, Response, StatusCode, header};
+
+use crate::body::{Body, full};
+use crate::openai::error_body::{ErrorBody, ErrorDetail};
+use crate::sse::relay::RelayError;
+
+/// Which phase of an upstream call ran out of time; each is a distinct error and metric label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TimeoutPhase {
+    /// The TCP/TLS connection to the backend was not established in time.
+    Connect,
+    /// The backend accepted the request but produced no response or first event in time.
+    FirstByte,
+    /// The backend went silent between two chunks of a started response.
+    Idle,
+    /// The whole request exceeded its total deadline.
+    Total,
+}
+
+/// Who caused a failure; feeds the access log and metric labels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Blame {
+    Client,
+    Upstream,
+    Gateway,
+}
+
+/// Every failure the gateway reports to a client.
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    #[error("{message}")]
+    InvalidRequest {
+        message: String,
+        param: Option<String>,
+        code: &'static str,
+    },
+    #[error("we could not parse the JSON body of your request: {detail}")]
+    InvalidJson { detail: String },
+    #[error("unsupported content-type; this endpoint only accepts 'application/json'")]
+    UnsupportedContentType,
+    #[error("request body exceeds the limit of {limit_bytes} bytes")]
+    BodyTooLarge { limit_bytes: usize },
+    #[error("the model '{model}' does not exist or you do not have access to it")]
+    ModelNotFound { model: String },
+    #[error("missing API key; send it as 'Authorization: Bearer <key>'")]
+    MissingApiKey,
+    #[error("incorrect API key provided")]
+    InvalidApiKey,
+    #[error("this API key is not allowed to use the model '{model}'")]
+    ModelNotAllowed { model: String },
+    #[error("unknown URL: {method} {path}")]
+    UnknownRoute { method: String, path: String },
+    #[error("method {method} is not allowed on {path}")]
+    MethodNotAllowed { method: String, path: String },
+    #[error("the gateway is at its concurrent request limit; retry shortly")]
+    Overloaded { retry_after: Duration },
+    #[error("the gateway is shutting down; retry on another instance")]
+    ShuttingDown,
+    #[error("the upstream model backend could not be reached")]
+    UpstreamUnavailable,
+    #[error("the upstream model backend timed out ({})", phase_text(*.phase))]
+    UpstreamTimeout { phase: TimeoutPhase },
+    #[error("the upstream model backend failed with status {status}")]
+    UpstreamFailed { status: u16 },
+    /// A 4xx from the backend caused by the request; the message is sanitised before it is kept.
+    #[error("{message}")]
+    UpstreamRejected {
+        status: StatusCode,
+        message: String,
+        retry_after: Option<Duration>,
+    },
+    #[error("the upstream connection closed before the response was complete")]
+    UpstreamDisconnected,
+    #[error("the upstream model backend sent a malformed response: {detail}")]
+    UpstreamProtocol { detail: &'static str },
+    /// An `error` object inside a 200 stream (vLLM, llama.cpp); the message is sanitised.
+    #[error("the upstream model backend reported an error: {message}")]
+    UpstreamInBand { message: String },
+}
+
+impl GatewayError {
+    pub fn invalid(param: &str, code: &'static str, message: impl Into<String>) -> Self {
+        Self::InvalidRequest {
+            message: message.into(),
+            param: Some(param.to_owned()),
+            code,
+        }
+    }
+
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::InvalidRequest { .. } | Self::InvalidJson { .. } => StatusCode::BAD_REQUEST,
+            Self::UnsupportedContentType => StatusCode::BAD_REQUEST,
+            Self::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::ModelNotFound { .. } | Self::UnknownRoute { .. } => StatusCode::NOT_FOUND,
+            Self::MissingApiKey | Self::InvalidApiKey => StatusCode::UNAUTHORIZED,
+            Self::ModelNotAllowed { .. } => StatusCode::FORBIDDEN,
+            Self::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
+            Self::Overloaded { .. } | Self::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+            Self::UpstreamUnavailable => StatusCode::BAD_GATEWAY,
+            Self::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+            Self::UpstreamFailed { .. } => StatusCode::BAD_GATEWAY,
+            Self::UpstreamRejected { status, .. } => *status,
+            Self::UpstreamDisconnected
+            | Self::UpstreamProtocol { .. }
+            | Self::UpstreamInBand { .. } => StatusCode::BAD_GATEWAY,
+        }
+    }
+
+    /// The OpenAI `type` field.
+    pub fn error_type(&self) -> &'static str {
+        match self {
+            Self::InvalidRequest { .. }
+            | Self::InvalidJson { .. }
+            | Self::UnsupportedContentType
+            | Self::BodyTooLarge { .. }
+            | Self::ModelNotFound { .. }
+            | Self::MissingApiKey
+            | Self::InvalidApiKey
+            | Self::UnknownRoute { .. }
+            | Self::MethodNotAllowed { .. } => "invalid_request_error",
+            Self::ModelNotAllowed { .. } => "permission_error",
+            Self::Overloaded { .. } | Self::ShuttingDown => "server_error",
+            Self::UpstreamUnavailable
+            | Self::UpstreamTimeout { .. }
+            | Self::UpstreamFailed { .. }
+            | Self::UpstreamDisconnected
+            | Self::UpstreamProtocol { .. }
+            | Self::UpstreamInBand { .. } => "upstream_error",
+            Self::UpstreamRejected { status, .. } => {
+                if *status == StatusCode::TOO_MANY_REQUESTS {
+                    "rate_limit_error"
+                } else {
+                    "invalid_request_error"
+                }
+            }
+        }
+    }
+
+    /// The OpenAI `code` field.
+    pub fn code(&self) -> Option<&'static str> {
+        match self {
+            Self::InvalidRequest { code, .. } => Some(code),
+            Self::InvalidJson { .. } => Some("invalid_json"),
+            Self::UnsupportedContentType => Some("unsupported_content_type"),
+            Self::BodyTooLarge { .. } => Some("request_too_large"),
+            Self::ModelNotFound { .. } => Some("model_not_found"),
+            Self::MissingApiKey | Self::InvalidApiKey => Some("invalid_api_key"),
+            Self::ModelNotAllowed { .. } => Some("model_not_allowed"),
+            Self::UnknownRoute { .. } => Some("unknown_url"),
+            Self::MethodNotAllowed { .. } => Some("method_not_allowed"),
+            Self::Overloaded { .. } => Some("overloaded"),
+            Self::ShuttingDown => Some("shutting_down"),
+            Self::UpstreamUnavailable => Some("upstream_unavailable"),
+            Self::UpstreamTimeout { phase } => Some(match phase {
+                TimeoutPhase::Connect => "upstream_connect_timeout",
+                TimeoutPhase::FirstByte => "upstream_first_byte_timeout",
+                TimeoutPhase::Idle => "upstream_idle_timeout",
+                TimeoutPhase::Total => "upstream_total_timeout",
+            }),
+            Self::UpstreamFailed { .. } => Some("upstream_failed"),
+            Self::UpstreamRejected { .. } => None,
+            Self::UpstreamDisconnected => Some("upstream_disconnected"),
+            Self::UpstreamProtocol { .. } => Some("upstream_protocol_error"),
+            Self::UpstreamInBand { .. } => Some("upstream_error"),
+        }
+    }
+
+    /// The OpenAI `param` field: the request field at fault, when one is.
+    pub fn param(&self) -> Option<&str> {
+        match self {
+            Self::InvalidRequest { param, .. } => param.as_deref(),
+            Self::ModelNotFound { .. } | Self::ModelNotAllowed { .. } => Some("model"),
+            Self::InvalidJson { .. }
+            | Self::UnsupportedContentType
+            | Self::BodyTooLarge { .. }
+            | Self::MissingApiKey
+            | Self::InvalidApiKey
+            | Self::UnknownRoute { .. }
+            | Self::MethodNotAllowed { .. }
+            | Self::Overloaded { .. }
+            | Self::ShuttingDown
+            | Self::UpstreamUnavailable
+            | Self::UpstreamTimeout { .. }
+            | Self::UpstreamFailed { .. }
+            | Self::UpstreamRejected { .. }
+            | Self::UpstreamDisconnected
+            | Self::UpstreamProtocol { .. }
+            | Self::UpstreamInBand { .. } => None,
+        }
+    }
+
+    pub fn blame(&self) -> Blame {
+        match self {
+            Self::InvalidRequest { .. }
+            | Self::InvalidJson { .. }
+            | Self::UnsupportedContentType
+            | Self::BodyTooLarge { .. }
+            | Self::ModelNotFound { .. }
+            | Self::MissingApiKey
+            | Self::InvalidApiKey
+            | Self::ModelNotAllowed { .. }
+            | Self::UnknownRoute { .. }
+            | Self::MethodNotAllowed { .. }
+            | Self::UpstreamRejected { .. } => Blame::Client,
+            Self::Overloaded { .. } | Self::ShuttingDown => Blame::Gateway,
+            Self::UpstreamUnavailable
+            | Self::UpstreamTimeout { .. }
+            | Self::UpstreamFailed { .. }
+            | Self::UpstreamDisconnected
+            | Self::UpstreamProtocol { .. }
+            | Self::UpstreamInBand { .. } => Blame::Upstream,
+        }
+    }
+
+    /// A short, low-cardinality name for logs and metric labels.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::InvalidRequest { .. } => "invalid_request",
+            Self::InvalidJson { .. } => "invalid_json",
+            Self::UnsupportedContentType => "unsupported_content_type",
+            Self::BodyTooLarge { .. } => "body_too_large",
+            Self::ModelNotFound { .. } => "model_not_found",
+            Self::MissingApiKey => "missing_api_key",
+            Self::InvalidApiKey => "invalid_api_key",
+            Self::ModelNotAllowed { .. } => "model_not_allowed",
+            Self::UnknownRoute { .. } => "unknown_route",
+            Self::MethodNotAllowed { .. } => "method_not_allowed",
+            Self::Overloaded { .. } => "overloaded",
+            Self::ShuttingDown => "shutting_down",
+            Self::UpstreamUnavailable => "upstream_unavailable",
+            Self::UpstreamTimeout { phase } => match phase {
+                TimeoutPhase::Connect => "upstream_connect_timeout",
+                TimeoutPhase::FirstByte => "upstream_first_byte_timeout",
+                TimeoutPhase::Idle => "upstream_idle_timeout",
+                TimeoutPhase::Total => "upstream_total_timeout",
+            },
+            Self::UpstreamFailed { .. } => "upstream_failed",
+            Self::UpstreamRejected { .. } => "upstream_rejected",
+            Self::UpstreamDisconnected => "upstream_disconnected",
+            Self::UpstreamProtocol { .. } => "upstream_protocol",
+            Self::UpstreamInBand { .. } => "upstream_in_band",
+        }
+    }
+
+    /// How long a client should wait before retrying, when the error says so.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            Self::Overloaded { retry_after } => Some(*retry_after),
+            Self::UpstreamRejected { retry_after, .. } => *retry_after,
+            Self::ShuttingDown => Some(Duration::from_secs(1)),
+            Self::InvalidRequest { .. }
+            | Self::InvalidJson { .. }
+            | Self::UnsupportedContentType
+            | Self::BodyTooLarge { .. }
+            | Self::ModelNotFound { .. }
+            | Self::MissingApiKey
+            | Self::InvalidApiKey
+            | Self::ModelNotAllowed { .. }
+            | Self::UnknownRoute { .. }
+            | Self::MethodNotAllowed { .. }
+            | Self::UpstreamUnavailable
+            | Self::UpstreamTimeout { .. }
+            | Self::UpstreamFailed { .. }
+            | Self::UpstreamDisconnected
+            | Self::UpstreamProtocol { .. }
+            | Self::UpstreamInBand { .. } => None,
+        }
+    }
+
+    /// The JSON error body, `{"error":{"message","type","param","code"}}`.
+    pub fn to_json(&self) -> Vec<u8> {
+        let body = ErrorBody {
+            error: ErrorDetail {
+                message: &self.to_string(),
+                r#type: self.error_type(),
+                param: self.param(),
+                code: self.code(),
+            },
+        };
+        serde_json::to_vec(&body).expect("invariant: the error body serialises")
+    }
+
+    /// Renders the error as a complete HTTP response (before any byte was sent).
+    pub fn into_response(self) -> Response<Body> {
+        let mut response = Response::new(full(self.to_json()));
+        *response.status_mut() = self.status();
+        let headers = response.headers_mut();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        if let Some(wait) = self.retry_after() {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(wait_secs(wait)));
+            headers.insert("retry-after-ms", HeaderValue::from(wait_millis(wait)));
+        }
+        if self.status() == StatusCode::METHOD_NOT_ALLOWED {
+            headers.insert(header::ALLOW, HeaderValue::from_static("GET, POST"));
+        }
+        response
+    }
+
+    /// Renders the error as the final SSE event of a stream that already started. No `[DONE]`
+    /// follows it, so the SDKs raise instead of treating a cut-short answer as complete.
+    pub fn to_sse_event(&self) -> Bytes {
+        let json = self.to_json();
+        let mut event = BytesMut::with_capacity(json.len() + 8);
+        event.put_slice(b"data: ");
+        event.put_slice(&json);
+        event.put_slice(b"\n\n");
+        event.freeze()
+    }
+}
+
+impl From<RelayError> for GatewayError {
+    fn from(error: RelayError) -> Self {
+        match error {
+            RelayError::FirstByteTimeout => Self::UpstreamTimeout {
+                phase: TimeoutPhase::FirstByte,
+            },
+            RelayError::IdleTimeout => Self::UpstreamTimeout {
+                phase: TimeoutPhase::Idle,
+            },
+            RelayError::TotalTimeout => Self::UpstreamTimeout {
+                phase: TimeoutPhase::Total,
+            },
+            RelayError::Decode(_) => Self::UpstreamProtocol {
+                detail: "a stream event exceeded the size limit",
+            },
+            RelayError::UpstreamEnded => Self::UpstreamDisconnected,
+            RelayError::Stopped => Self::ShuttingDown,
+        }
+    }
+}
+
+fn phase_text(phase: TimeoutPhase) -> &'static str {
+    match phase {
+        TimeoutPhase::Connect => "connect",
+        TimeoutPhase::FirstByte => "no first token in time",
+        TimeoutPhase::Idle => "stalled between chunks",
+        TimeoutPhase::Total => "total deadline exceeded",
+    }
+}
+
+/// Whole seconds for `retry-after`, rounded up so a client never retries early.
+fn wait_secs(wait: Duration) -> u64 {
+    wait.as_millis().div_ceil(1000).max(1) as u64
+}
+
+fn wait_millis(wait: Duration) -> u64 {
+    (wait.as_millis() as u64).max(1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_after_rounds_up_to_whole_seconds() {
+        let rows = [(1, 1), (999, 1), (1000, 1), (1001, 2), (2500, 3)];
+        for (millis, secs) in rows {
+            assert_eq!(
+                wait_secs(Duration::from_millis(millis)),
+                secs,
+                "{millis} ms"
+            );
+        }
+    }
+
+    #[test]
+    fn sse_event_is_one_data_line_with_the_openai_error_shape() {
+        let event = GatewayError::UpstreamUnavailable.to_sse_event();
+        let text = std::str::from_utf8(&event).expect("event is UTF-8");
+        let json = text
+            .strip_prefix("data: ")
+            .and_then(|t| t.strip_suffix("\n\n"))
+            .expect("event is one data line");
+        let value: serde_json::Value = serde_json::from_str(json).expect("data is JSON");
+        assert_eq!(value["error"]["code"], "upstream_unavailable");
+        assert_eq!(value["error"]["type"], "upstream_error");
+        assert!(value["error"]["param"].is_null());
+    }
+}

@@ -1,0 +1,198 @@
+//! `POST /v1/chat/completions`: the whole pipeline as a short list of calls, top to bottom.
+
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+use futures_util::{StreamExt, stream};
+use http::{HeaderMap, Request, Response, header};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use tokio::time::{Instant, timeout, timeout_at};
+
+use super::json::{json_response, sse_response};
+use crate::auth;
+use crate::body::{self, Body};
+use crate::error::{GatewayError, TimeoutPhase};
+use crate::openai::ChatRequest;
+use crate::openai::chunk::ChunkRewriter;
+use crate::openai::response::rewrite_completion;
+use crate::settle::RequestGuard;
+use crate::sse::relay::{RelayOptions, relay};
+use crate::state::AppState;
+use crate::upstream::{Backend, ByteStream, UpstreamRequest};
+
+/// The most a non-streamed upstream answer may hold.
+const MAX_COMPLETION_BYTES: usize = 16 * 1024 * 1024;
+
+pub async fn chat_completions(
+    request: Request<Incoming>,
+    state: &Arc<AppState>,
+    guard: &mut RequestGuard,
+) -> Result<Response<Body>, GatewayError> {
+    let principal = auth::authenticate(request.headers(), &state.keys)?;
+    guard.set_key(principal.key_id.clone());
+    require_json(request.headers())?;
+    let body = read_body(request, state).await?;
+    let chat = ChatRequest::parse(&body)?;
+    let pool = state.models.get(&chat.model)?;
+    principal.authorize(&pool.name)?;
+    let backend = pool.pick();
+    if !backend.supports_choices(chat.choices) {
+        return Err(GatewayError::invalid(
+            "n",
+            "unsupported_value",
+            "this model only supports n = 1",
+        ));
+    }
+    guard.set_route(&pool.name, &backend.name, chat.stream);
+    let deadline = Instant::now() + state.upstream.total_timeout;
+    let upstream = UpstreamRequest {
+        body: chat.upstream_body(&backend.upstream_model),
+        stream: chat.stream,
+        request_id: guard.request_id().as_arc(),
+    };
+    if chat.stream {
+        stream_reply(state, backend, upstream, &chat, deadline, guard).await
+    } else {
+        complete_reply(state, &backend, upstream, &pool.name, deadline, guard).await
+    }
+}
+
+/// Streams the answer. The status line waits for the first upstream event or heartbeat, so a
+/// failure before either is still a proper error status; after it, a final error event.
+async fn stream_reply(
+    state: &AppState,
+    backend: Arc<Backend>,
+    upstream: UpstreamRequest,
+    chat: &ChatRequest,
+    deadline: Instant,
+    guard: &RequestGuard,
+) -> Result<Response<Body>, GatewayError> {
+    let rewriter = ChunkRewriter::new(&chat.model, chat.include_usage, guard.usage_slot());
+    let options = RelayOptions {
+        heartbeat_interval: state.stream.heartbeat_interval,
+        first_byte_timeout: state.upstream.first_byte_timeout,
+        idle_timeout: state.upstream.idle_timeout,
+        deadline,
+        max_event_bytes: state.stream.max_event_bytes,
+    };
+    let connect = async move { backend.send(upstream).await };
+    let mut events = Box::pin(relay(connect, rewriter, options, state.drain.expired()));
+    let first = match events.next().await {
+        Some(Ok(bytes)) => bytes,
+        Some(Err(error)) => return Err(error),
+        None => return Err(GatewayError::UpstreamDisconnected),
+    };
+    let failure = guard.failure_slot();
+    let rest = events.map(move |item| match item {
+        Ok(bytes) => bytes,
+        Err(error) => {
+            let _ = failure.set((error.kind(), error.blame()));
+            error.to_sse_event()
+        }
+    });
+    Ok(sse_response(body::streamed(
+        stream::once(async { first }).chain(rest),
+    )))
+}
+
+/// Waits for the whole answer, then sends it as one JSON body.
+async fn complete_reply(
+    state: &AppState,
+    backend: &Backend,
+    upstream: UpstreamRequest,
+    model: &str,
+    deadline: Instant,
+    guard: &RequestGuard,
+) -> Result<Response<Body>, GatewayError> {
+    let first_byte_at = (Instant::now() + state.upstream.first_byte_timeout).min(deadline);
+    let chunks = timeout_at(first_byte_at, backend.send(upstream))
+        .await
+        .map_err(|_| timeout_error(first_byte_at, deadline, TimeoutPhase::FirstByte))??;
+    let body = collect_capped(chunks, state, deadline).await?;
+    let (body, usage) = rewrite_completion(&body, model)?;
+    *guard.usage_slot().lock().unwrap_or_else(|p| p.into_inner()) = usage;
+    Ok(json_response(body))
+}
+
+async fn collect_capped(
+    mut chunks: ByteStream,
+    state: &AppState,
+    deadline: Instant,
+) -> Result<Bytes, GatewayError> {
+    let mut body = BytesMut::new();
+    loop {
+        let idle_until = (Instant::now() + state.upstream.idle_timeout).min(deadline);
+        let next = timeout_at(idle_until, chunks.next())
+            .await
+            .map_err(|_| timeout_error(idle_until, deadline, TimeoutPhase::Idle))?;
+        match next {
+            Some(chunk) => body.extend_from_slice(&chunk?),
+            None => return Ok(body.freeze()),
+        }
+        if body.len() > MAX_COMPLETION_BYTES {
+            return Err(GatewayError::UpstreamProtocol {
+                detail: "the response body exceeded the size limit",
+            });
+        }
+    }
+}
+
+/// The timeout error for a wait that ended at `at`: the total deadline when that was sooner.
+fn timeout_error(at: Instant, deadline: Instant, phase: TimeoutPhase) -> GatewayError {
+    let phase = if at >= deadline {
+        TimeoutPhase::Total
+    } else {
+        phase
+    };
+    GatewayError::UpstreamTimeout { phase }
+}
+
+/// Accepts `application/json` (with parameters) or no content-type at all.
+fn require_json(headers: &HeaderMap) -> Result<(), GatewayError> {
+    let Some(value) = headers.get(header::CONTENT_TYPE) else {
+        return Ok(());
+    };
+    let essence = value
+        .to_str()
+        .unwrap_or_default()
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .trim();
+    if essence.eq_ignore_ascii_case("application/json") {
+        Ok(())
+    } else {
+        Err(GatewayError::UnsupportedContentType)
+    }
+}
+
+/// Reads the body, stopping at `max_body_bytes` whatever Content-Length claimed, and within
+/// `body_read_timeout`.
+async fn read_body(request: Request<Incoming>, state: &AppState) -> Result<Bytes, GatewayError> {
+    let limit = state.server.max_body_bytes.get();
+    let too_large = GatewayError::BodyTooLarge { limit_bytes: limit };
+    let declared = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(too_large);
+    }
+    let limited = http_body_util::Limited::new(request.into_body(), limit);
+    match timeout(state.server.body_read_timeout, limited.collect()).await {
+        Ok(Ok(collected)) => Ok(collected.to_bytes()),
+        Ok(Err(error)) if error.is::<http_body_util::LengthLimitError>() => Err(too_large),
+        Ok(Err(_)) => Err(GatewayError::InvalidRequest {
+            message: "the request body could not be read".into(),
+            param: None,
+            code: "invalid_body",
+        }),
+        Err(_) => Err(GatewayError::InvalidRequest {
+            message: "the request body was not received in time".into(),
+            param: None,
+            code: "body_timeout",
+        }),
+    }
+}

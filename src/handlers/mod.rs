@@ -1,0 +1,6 @@
+//! Request handlers: each reads top to bottom as the list of stages it runs.
+
+pub mod chat;
+mod json;
+pub mod models;
+pub mod probes;

@@ -1,0 +1,78 @@
+//! sluicegate: an OpenAI-compatible LLM API gateway.
+//!
+//! # The request path
+//!
+//! ```text
+//! server/      accept (hyper-util auto: h1 + h2c), header timeout, client-stall timeout
+//! routes       request id, concurrency permit (server/admission), RequestGuard, dispatch
+//! handlers/    chat: read body (capped) -> openai::request parse + validate -> auth
+//!              -> upstream::pool pick -> upstream send -> sse::relay (stream) or JSON
+//! settle       the guard drops with the response body: permit released, access log written
+//! ```
+//!
+//! # Module map
+//!
+//! - [`config`]: YAML file -> validated `Config`; the built-in development config.
+//! - [`server`]: accept loop, admission (503 at the cap), graceful drain.
+//! - [`routes`], [`handlers`]: (method, path) -> handler; chat, models, probes.
+//! - [`auth`]: `Authorization: Bearer` -> `Principal` via SHA-256 digests.
+//! - [`openai`]: the wire format: request validation, chunk and response rewriting, errors.
+//! - [`sse`]: decoder, encoder and the pull-based relay.
+//! - [`upstream`]: backends (OpenAI-compatible over reqwest, in-process mock) and pools.
+//! - [`error`]: `GatewayError`, the one error every stage returns.
+//!
+//! # Invariants
+//!
+//! - `sse/` knows nothing about OpenAI; `openai/` does no I/O; `config/` does not import `http`.
+//! - Only `error.rs` renders error bodies, through `into_response` or `to_sse_event`.
+//! - Nothing between upstream and client is unbounded: the relay is pulled by hyper, and it
+//!   pulls the upstream only when it needs bytes.
+//! - A response body owns its request's guard, so settlement happens however the request ends.
+
+pub mod auth;
+pub mod body;
+pub mod config;
+pub mod error;
+pub mod handlers;
+pub mod openai;
+pub mod request_id;
+pub mod routes;
+pub mod server;
+pub mod settle;
+pub mod sse;
+pub mod state;
+pub mod telemetry;
+pub mod upstream;
+
+use std::future::Future;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+
+pub use config::Config;
+pub use error::GatewayError;
+pub use state::BuildError;
+
+/// A gateway built from a configuration, ready to serve.
+#[derive(Debug)]
+pub struct Gateway {
+    state: Arc<state::AppState>,
+}
+
+impl Gateway {
+    pub fn build(config: &Config) -> Result<Self, BuildError> {
+        Ok(Self {
+            state: state::AppState::build(config)?,
+        })
+    }
+
+    /// Serves `listener` until `shutdown` resolves, then drains open requests for the grace
+    /// period and returns.
+    pub async fn serve(
+        self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()>,
+    ) -> std::io::Result<()> {
+        server::serve(listener, self.state, shutdown).await
+    }
+}

@@ -1,0 +1,148 @@
+//! The `sluicegate` command line: serve (default), check-config, hash-key, mock-upstream.
+
+use std::io::Read;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use sluicegate::config::{self, Config, ConfigSource, MockConfig};
+use sluicegate::{Gateway, telemetry};
+
+#[derive(Parser)]
+#[command(version, about = "OpenAI-compatible LLM API gateway")]
+struct Cli {
+    /// YAML configuration file; without it the built-in development configuration is used.
+    #[arg(long, short, env = "SLUICEGATE_CONFIG", global = true)]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the gateway (the default).
+    Serve,
+    /// Validate a configuration file and report the first problem by field.
+    CheckConfig { file: PathBuf },
+    /// Print the SHA-256 digest of an API key for `api_keys[].sha256` ("-" reads stdin).
+    HashKey { key: String },
+    /// Serve the mock model over HTTP as an OpenAI-compatible upstream.
+    MockUpstream {
+        #[arg(long, default_value_t = 9000)]
+        port: u16,
+        #[arg(long, default_value = "127.0.0.1")]
+        host: std::net::IpAddr,
+        /// Content tokens per answer.
+        #[arg(long, default_value_t = 16)]
+        tokens: u32,
+        /// Time between tokens, such as `20ms`.
+        #[arg(long, default_value = "20ms", value_parser = humantime::parse_duration)]
+        pace: Duration,
+        /// Time before the first token.
+        #[arg(long, default_value = "0ms", value_parser = humantime::parse_duration)]
+        first_token_delay: Duration,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command.unwrap_or(Command::Serve) {
+        Command::Serve => serve(load(cli.config.as_deref())?),
+        Command::CheckConfig { file } => {
+            config::load(&file)?;
+            println!("{}: ok", file.display());
+            Ok(())
+        }
+        Command::HashKey { key } => {
+            println!("{}", sluicegate::auth::hash_key(&read_key(key)?));
+            Ok(())
+        }
+        Command::MockUpstream {
+            port,
+            host,
+            tokens,
+            pace,
+            first_token_delay,
+        } => {
+            let script = MockConfig {
+                tokens,
+                pace,
+                first_token_delay,
+            };
+            mock_upstream(SocketAddr::new(host, port), script)
+        }
+    }
+}
+
+fn load(path: Option<&Path>) -> anyhow::Result<Config> {
+    Ok(match path {
+        Some(path) => config::load(path)?,
+        None => config::development()?,
+    })
+}
+
+fn read_key(key: String) -> anyhow::Result<String> {
+    if key != "-" {
+        return Ok(key);
+    }
+    let mut text = String::new();
+    std::io::stdin().read_to_string(&mut text)?;
+    Ok(text.trim_end_matches(['\r', '\n']).to_owned())
+}
+
+fn runtime(
+    worker_threads: Option<std::num::NonZeroUsize>,
+) -> anyhow::Result<tokio::runtime::Runtime> {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Some(n) = worker_threads {
+        builder.worker_threads(n.get());
+    }
+    Ok(builder.enable_all().build()?)
+}
+
+fn serve(config: Config) -> anyhow::Result<()> {
+    telemetry::init(&config.log).context("installing the log subscriber")?;
+    let gateway = Gateway::build(&config)?;
+    runtime(config.server.worker_threads)?.block_on(async {
+        let listener = tokio::net::TcpListener::bind(config.server.listen)
+            .await
+            .with_context(|| format!("binding {}", config.server.listen))?;
+        let addr = listener.local_addr()?;
+        if config.source == ConfigSource::Development {
+            tracing::warn!(
+                key = config::DEV_API_KEY,
+                "using the built-in development configuration (mock model `mock-gpt`); pass --config for production"
+            );
+        }
+        tracing::info!(%addr, "listening");
+        gateway.serve(listener, stop_signal()).await?;
+        tracing::info!("stopped");
+        Ok(())
+    })
+}
+
+fn mock_upstream(addr: SocketAddr, script: MockConfig) -> anyhow::Result<()> {
+    runtime(None)?.block_on(async {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("binding {addr}"))?;
+        println!(
+            "mock upstream listening on http://{}/v1",
+            listener.local_addr()?
+        );
+        sluicegate::upstream::mock_server::serve(listener, script, stop_signal()).await?;
+        Ok(())
+    })
+}
+
+/// Resolves on SIGTERM or SIGINT.
+async fn stop_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("invariant: SIGTERM handler installs");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}

@@ -1,0 +1,132 @@
+//! Streaming chunk rewrite: model alias restored, usage captured, the usage chunk dropped when
+//! the client did not ask for it, in-band upstream errors turned into the final error event.
+
+use std::sync::{Arc, Mutex};
+
+use bytes::{Bytes, BytesMut};
+
+use super::sanitize::upstream_message;
+use super::view::{ObjectView, Usage};
+use crate::error::GatewayError;
+use crate::sse::Event;
+use crate::sse::encoder::put_data_event;
+use crate::sse::relay::{Rewrite, Step};
+
+/// The terminating event, forwarded only when the upstream sent its own.
+const DONE: Bytes = Bytes::from_static(b"data: [DONE]\n\n");
+
+/// Where the last usage seen on a stream is kept for settlement.
+pub type UsageSlot = Arc<Mutex<Option<Usage>>>;
+
+/// The per-stream [`Rewrite`] for `chat.completion.chunk` events.
+#[derive(Debug)]
+pub struct ChunkRewriter {
+    model_json: Bytes,
+    include_usage: bool,
+    usage: UsageSlot,
+}
+
+impl ChunkRewriter {
+    /// `model` is the client-facing name written into every chunk.
+    pub fn new(model: &str, include_usage: bool, usage: UsageSlot) -> Self {
+        Self {
+            model_json: serde_json::to_vec(model)
+                .expect("invariant: a string serialises")
+                .into(),
+            include_usage,
+            usage,
+        }
+    }
+}
+
+impl Rewrite for ChunkRewriter {
+    type Error = GatewayError;
+
+    fn on_event(&mut self, event: Event) -> Result<Step, GatewayError> {
+        if event.data.trim_ascii() == b"[DONE]" {
+            return Ok(Step::Finish(DONE));
+        }
+        if &event.name[..] == b"error" {
+            return Err(in_band(&event.data));
+        }
+        let view = ObjectView::parse(&event.data).map_err(|_| GatewayError::UpstreamProtocol {
+            detail: "a stream event is not a JSON object",
+        })?;
+        if let Some(error) = view.error() {
+            return Err(in_band(error.as_bytes()));
+        }
+        if let Some(usage) = view.usage() {
+            *self
+                .usage
+                .lock()
+                .expect("invariant: usage slot lock is never poisoned") = Some(usage);
+            if view.has_no_choices() && !self.include_usage {
+                return Ok(Step::Skip);
+            }
+        }
+        let mut payload = BytesMut::new();
+        view.put_with_model(&event.data, &self.model_json, &mut payload);
+        let mut out = BytesMut::with_capacity(payload.len() + 8);
+        put_data_event(&mut out, &payload);
+        Ok(Step::Send(out.freeze()))
+    }
+}
+
+fn in_band(raw: &[u8]) -> GatewayError {
+    GatewayError::UpstreamInBand {
+        message: upstream_message(raw).unwrap_or_else(|| "unspecified error".into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sse::Decoder;
+
+    fn run(golden: &str, include_usage: bool) -> (Vec<Result<String, String>>, Option<Usage>) {
+        let bytes = std::fs::read(format!("{}/proto/{golden}", env!("CARGO_MANIFEST_DIR")))
+            .expect("golden exists");
+        let slot = UsageSlot::default();
+        let mut rewriter = ChunkRewriter::new("alias", include_usage, slot.clone());
+        let mut decoder = Decoder::new(1 << 20);
+        decoder.feed(&bytes);
+        let mut out = Vec::new();
+        while let Some(event) = decoder.next_event().expect("golden decodes") {
+            match rewriter.on_event(event) {
+                Ok(Step::Send(b) | Step::Finish(b)) => {
+                    out.push(Ok(String::from_utf8(b.to_vec()).expect("utf-8")))
+                }
+                Ok(Step::Skip) => {}
+                Err(e) => out.push(Err(e.kind().to_owned())),
+            }
+        }
+        let usage = *slot.lock().expect("not poisoned");
+        (out, usage)
+    }
+
+    #[test]
+    fn rewrites_model_and_keeps_content_bytes_exactly() {
+        let (out, usage) = run("openai-chat.sse", false);
+        assert_eq!(out.len(), 5, "usage chunk dropped: 4 chunks and [DONE]");
+        assert!(
+            out.iter()
+                .all(|e| !e.as_ref().expect("no errors").contains("gpt-4o-mini"))
+        );
+        assert!(
+            out[2]
+                .as_ref()
+                .expect("ok")
+                .contains(r#""content":" \r\n\ndata: [DONE]\n\n""#)
+        );
+        assert_eq!(out[4].as_ref().expect("ok"), "data: [DONE]\n\n");
+        assert_eq!(usage.map(|u| u.total_tokens), Some(12));
+    }
+
+    #[test]
+    fn usage_chunk_kept_when_asked_and_in_band_errors_end_the_stream() {
+        let (out, _) = run("openai-chat.sse", true);
+        assert_eq!(out.len(), 6, "usage chunk forwarded");
+        let (out, _) = run("vllm-in-band-error.sse", false);
+        assert_eq!(out.last(), Some(&Err("upstream_in_band".to_owned())));
+    }
+}

@@ -1,0 +1,12 @@
+//! The OpenAI wire format: requests, responses, stream chunks and error bodies.
+//! Invariant: `openai/` does no I/O; it turns bytes into checked values and back.
+
+pub mod chunk;
+pub mod error_body;
+pub mod request;
+pub mod response;
+pub mod sanitize;
+pub mod view;
+
+pub use request::ChatRequest;
+pub use view::Usage;

@@ -1,0 +1,389 @@
+//! `ChatRequest`: the client's JSON body, parsed and validated so a 400 names its `param`.
+//!
+//! The whole object is kept, so fields the gateway does not know (tools, response_format,
+//! logprobs, seed, ...) reach the upstream untouched; the known ones are checked here.
+
+use bytes::Bytes;
+use serde::ser::{Serialize, SerializeMap, Serializer};
+use serde_json::{Map, Value};
+
+use crate::error::GatewayError;
+
+const ROLES: [&str; 6] = [
+    "system",
+    "developer",
+    "user",
+    "assistant",
+    "tool",
+    "function",
+];
+
+/// Body fields that other gateways read as a destination or a credential. sluicegate never
+/// does, and never forwards them either.
+const DESTINATION_FIELDS: [&str; 3] = ["api_base", "base_url", "api_key"];
+
+/// A validated chat completion request.
+#[derive(Debug)]
+pub struct ChatRequest {
+    pub model: String,
+    pub stream: bool,
+    /// The client asked for the final usage chunk (`stream_options.include_usage`).
+    pub include_usage: bool,
+    /// The larger of `max_tokens` and `max_completion_tokens`, when either is given.
+    pub max_output_tokens: Option<u64>,
+    /// Number of choices asked for (`n`, default 1).
+    pub choices: u64,
+    fields: Map<String, Value>,
+}
+
+impl ChatRequest {
+    /// Parses and validates a request body.
+    pub fn parse(body: &[u8]) -> Result<Self, GatewayError> {
+        let text = std::str::from_utf8(body).map_err(|_| GatewayError::InvalidJson {
+            detail: "the body is not valid UTF-8".into(),
+        })?;
+        let value: Value = serde_json::from_str(text).map_err(|e| GatewayError::InvalidJson {
+            detail: e.to_string(),
+        })?;
+        let Value::Object(fields) = value else {
+            return Err(GatewayError::InvalidRequest {
+                message: "the request body must be a JSON object".into(),
+                param: None,
+                code: "invalid_type",
+            });
+        };
+        let model = model(&fields)?;
+        messages(&fields)?;
+        let stream = optional_bool(&fields, "stream")?.unwrap_or(false);
+        let include_usage = stream_options(&fields, stream)?;
+        let max_tokens = positive_integer(&fields, "max_tokens")?;
+        let max_completion_tokens = positive_integer(&fields, "max_completion_tokens")?;
+        Ok(Self {
+            model,
+            stream,
+            include_usage,
+            max_output_tokens: max_tokens.max(max_completion_tokens),
+            choices: positive_integer(&fields, "n")?.unwrap_or(1),
+            fields,
+        })
+    }
+
+    /// The body sent upstream: the client's object with `model` replaced, destination fields
+    /// removed and, for streams, `stream_options.include_usage` forced on so usage is always
+    /// known (the usage chunk is dropped again when the client did not ask for it).
+    pub fn upstream_body(&self, upstream_model: &str) -> Bytes {
+        let body = UpstreamBody {
+            request: self,
+            upstream_model,
+        };
+        serde_json::to_vec(&body)
+            .expect("invariant: a parsed JSON object serialises")
+            .into()
+    }
+}
+
+struct UpstreamBody<'a> {
+    request: &'a ChatRequest,
+    upstream_model: &'a str,
+}
+
+impl Serialize for UpstreamBody<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut map = serializer.serialize_map(None)?;
+        let fields = &self.request.fields;
+        for (key, value) in fields {
+            match key.as_str() {
+                "model" => map.serialize_entry(key, self.upstream_model)?,
+                "stream_options" if self.request.stream => {
+                    map.serialize_entry(key, &with_usage(value))?
+                }
+                k if DESTINATION_FIELDS.contains(&k) => {}
+                _ => map.serialize_entry(key, value)?,
+            }
+        }
+        if self.request.stream && !fields.contains_key("stream_options") {
+            map.serialize_entry("stream_options", &with_usage(&Value::Null))?;
+        }
+        map.end()
+    }
+}
+
+fn with_usage(stream_options: &Value) -> Value {
+    let mut options = match stream_options {
+        Value::Object(options) => options.clone(),
+        _ => Map::new(),
+    };
+    options.insert("include_usage".into(), Value::Bool(true));
+    Value::Object(options)
+}
+
+fn model(fields: &Map<String, Value>) -> Result<String, GatewayError> {
+    match fields.get("model") {
+        None | Some(Value::Null) => Err(missing("model")),
+        Some(Value::String(name)) if !name.is_empty() => Ok(name.clone()),
+        Some(Value::String(_)) => Err(GatewayError::invalid(
+            "model",
+            "invalid_value",
+            "'model' must not be empty",
+        )),
+        Some(other) => Err(wrong_type("model", "a string", other)),
+    }
+}
+
+fn messages(fields: &Map<String, Value>) -> Result<(), GatewayError> {
+    let messages = match fields.get("messages") {
+        None | Some(Value::Null) => return Err(missing("messages")),
+        Some(Value::Array(messages)) => messages,
+        Some(other) => return Err(wrong_type("messages", "an array", other)),
+    };
+    if messages.is_empty() {
+        return Err(GatewayError::invalid(
+            "messages",
+            "invalid_value",
+            "'messages' must contain at least one message",
+        ));
+    }
+    messages
+        .iter()
+        .enumerate()
+        .try_for_each(|(i, m)| message(i, m))
+}
+
+fn message(index: usize, message: &Value) -> Result<(), GatewayError> {
+    let param = format!("messages[{index}]");
+    let Value::Object(message) = message else {
+        return Err(wrong_type(&param, "an object", message));
+    };
+    let role_param = format!("{param}.role");
+    let role = match message.get("role") {
+        None | Some(Value::Null) => return Err(missing(&role_param)),
+        Some(Value::String(role)) => role,
+        Some(other) => return Err(wrong_type(&role_param, "a string", other)),
+    };
+    if !ROLES.contains(&role.as_str()) {
+        return Err(GatewayError::invalid(
+            &role_param,
+            "invalid_value",
+            format!(
+                "invalid value for '{role_param}': '{role}'; supported values are {}",
+                ROLES.join(", ")
+            ),
+        ));
+    }
+    match message.get("content") {
+        None | Some(Value::Null | Value::String(_) | Value::Array(_)) => Ok(()),
+        Some(other) => Err(wrong_type(
+            &format!("{param}.content"),
+            "a string or an array",
+            other,
+        )),
+    }
+}
+
+fn optional_bool(fields: &Map<String, Value>, param: &str) -> Result<Option<bool>, GatewayError> {
+    match fields.get(param) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Bool(b)) => Ok(Some(*b)),
+        Some(other) => Err(wrong_type(param, "a boolean", other)),
+    }
+}
+
+fn stream_options(fields: &Map<String, Value>, stream: bool) -> Result<bool, GatewayError> {
+    let options = match fields.get("stream_options") {
+        None | Some(Value::Null) => return Ok(false),
+        Some(Value::Object(options)) => options,
+        Some(other) => return Err(wrong_type("stream_options", "an object", other)),
+    };
+    if !stream {
+        return Err(GatewayError::invalid(
+            "stream_options",
+            "invalid_value",
+            "'stream_options' is only allowed when 'stream' is true",
+        ));
+    }
+    optional_bool(options, "include_usage")
+        .map(|b| b.unwrap_or(false))
+        .map_err(|_| {
+            wrong_type(
+                "stream_options.include_usage",
+                "a boolean",
+                &options["include_usage"],
+            )
+        })
+}
+
+fn positive_integer(fields: &Map<String, Value>, param: &str) -> Result<Option<u64>, GatewayError> {
+    match fields.get(param) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Number(n)) => match n.as_u64() {
+            Some(v) if v >= 1 => Ok(Some(v)),
+            _ if n.is_f64() && n.as_f64().is_some_and(|f| f.fract() != 0.0) => {
+                Err(wrong_type(param, "an integer", &Value::Number(n.clone())))
+            }
+            _ => Err(GatewayError::invalid(
+                param,
+                "invalid_value",
+                format!("invalid value for '{param}': {n}; it must be an integer of at least 1"),
+            )),
+        },
+        Some(other) => Err(wrong_type(param, "an integer", other)),
+    }
+}
+
+fn missing(param: &str) -> GatewayError {
+    GatewayError::invalid(
+        param,
+        "missing_required_parameter",
+        format!("missing required parameter: '{param}'"),
+    )
+}
+
+fn wrong_type(param: &str, expected: &str, got: &Value) -> GatewayError {
+    let got = match got {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    };
+    GatewayError::invalid(
+        param,
+        "invalid_type",
+        format!("invalid type for '{param}': expected {expected}, but got {got} instead"),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn param_of(body: &str) -> (String, Option<String>) {
+        let error = ChatRequest::parse(body.as_bytes()).expect_err("body is invalid");
+        (
+            error.code().unwrap_or_default().to_owned(),
+            error.param().map(str::to_owned),
+        )
+    }
+
+    #[test]
+    fn invalid_bodies_name_their_param() {
+        let m = r#""messages":[{"role":"user","content":"hi"}]"#;
+        let rows: Vec<(String, &str, Option<&str>)> = vec![
+            ("{".into(), "invalid_json", None),
+            ("[]".into(), "invalid_type", None),
+            (
+                format!(r#"{{{m}}}"#),
+                "missing_required_parameter",
+                Some("model"),
+            ),
+            (
+                r#"{"model":"m"}"#.into(),
+                "missing_required_parameter",
+                Some("messages"),
+            ),
+            (
+                r#"{"model":"m","messages":[]}"#.into(),
+                "invalid_value",
+                Some("messages"),
+            ),
+            (
+                r#"{"model":"m","messages":[{"content":"x"}]}"#.into(),
+                "missing_required_parameter",
+                Some("messages[0].role"),
+            ),
+            (
+                r#"{"model":"m","messages":[{"role":"wizard"}]}"#.into(),
+                "invalid_value",
+                Some("messages[0].role"),
+            ),
+            (
+                r#"{"model":"m","messages":[{"role":"user","content":5}]}"#.into(),
+                "invalid_type",
+                Some("messages[0].content"),
+            ),
+            (
+                format!(r#"{{"model":"m",{m},"stream":"yes"}}"#),
+                "invalid_type",
+                Some("stream"),
+            ),
+            (
+                format!(r#"{{"model":"m",{m},"max_tokens":-1}}"#),
+                "invalid_value",
+                Some("max_tokens"),
+            ),
+            (
+                format!(r#"{{"model":"m",{m},"max_tokens":1.5}}"#),
+                "invalid_type",
+                Some("max_tokens"),
+            ),
+            (
+                format!(r#"{{"model":"m",{m},"max_tokens":"9"}}"#),
+                "invalid_type",
+                Some("max_tokens"),
+            ),
+            (
+                format!(r#"{{"model":"m",{m},"n":0}}"#),
+                "invalid_value",
+                Some("n"),
+            ),
+            (
+                format!(r#"{{"model":"m",{m},"stream_options":{{"include_usage":true}}}}"#),
+                "invalid_value",
+                Some("stream_options"),
+            ),
+        ];
+        for (body, code, param) in rows {
+            assert_eq!(
+                param_of(&body),
+                (code.to_owned(), param.map(str::to_owned)),
+                "body {body}"
+            );
+        }
+    }
+
+    #[test]
+    fn upstream_body_keeps_unknown_fields_and_forces_usage() {
+        let body = r#"{"model":"alias","messages":[{"role":"user","content":"hi"}],"stream":true,
+            "tools":[{"type":"function"}],"seed":7,"api_base":"http://evil","stream_options":{"x":1}}"#;
+        let request = ChatRequest::parse(body.as_bytes()).expect("valid request");
+        assert!(!request.include_usage, "the client did not ask for usage");
+        let sent: Value =
+            serde_json::from_slice(&request.upstream_body("upstream-m")).expect("JSON");
+        assert_eq!(sent["model"], "upstream-m");
+        assert_eq!(sent["tools"][0]["type"], "function");
+        assert_eq!(sent["seed"], 7);
+        assert_eq!(
+            sent["stream_options"],
+            serde_json::json!({"x": 1, "include_usage": true})
+        );
+        assert!(
+            sent.get("api_base").is_none(),
+            "destination fields are never forwarded"
+        );
+    }
+
+    #[test]
+    fn max_output_tokens_is_the_larger_cap() {
+        let body = r#"{"model":"m","messages":[{"role":"user"}],"max_tokens":1,"max_completion_tokens":10000}"#;
+        let request = ChatRequest::parse(body.as_bytes()).expect("valid request");
+        assert_eq!(request.max_output_tokens, Some(10000));
+    }
+
+    #[test]
+    fn hostile_json_is_a_clean_error() {
+        let deep = format!("{}{}", "[".repeat(10_000), "]".repeat(10_000));
+        assert_eq!(
+            param_of(&deep).0,
+            "invalid_json",
+            "deep nesting hits the recursion limit"
+        );
+        assert_eq!(
+            param_of(r#"{"model":"\ud800"}"#).0,
+            "invalid_json",
+            "lone surrogate"
+        );
+        let error = ChatRequest::parse(b"{\"model\":\"\xff\"}").expect_err("non-UTF-8");
+        assert_eq!(error.code(), Some("invalid_json"));
+    }
+}

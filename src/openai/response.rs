@@ -1,0 +1,27 @@
+//! Non-streaming completion body: model alias restored, usage read, in-band errors surfaced.
+
+use bytes::{Bytes, BytesMut};
+
+use super::sanitize::upstream_message;
+use super::view::{ObjectView, Usage};
+use crate::error::GatewayError;
+
+/// Rewrites an upstream `chat.completion` object for the client.
+pub fn rewrite_completion(
+    body: &[u8],
+    model: &str,
+) -> Result<(Bytes, Option<Usage>), GatewayError> {
+    let view = ObjectView::parse(body).map_err(|_| GatewayError::UpstreamProtocol {
+        detail: "the response body is not a JSON object",
+    })?;
+    if let Some(error) = view.error() {
+        return Err(GatewayError::UpstreamInBand {
+            message: upstream_message(error.as_bytes())
+                .unwrap_or_else(|| "unspecified error".into()),
+        });
+    }
+    let model_json = serde_json::to_vec(model).expect("invariant: a string serialises");
+    let mut out = BytesMut::new();
+    view.put_with_model(body, &model_json, &mut out);
+    Ok((out.freeze(), view.usage()))
+}

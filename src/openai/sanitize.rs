@@ -1,0 +1,94 @@
+//! The one place upstream-provided error text is made safe to show a client: only the message
+//! is kept, URLs and key-like words are masked, control characters dropped, length bounded.
+
+use super::error_body::UpstreamErrorBody;
+
+const MAX_MESSAGE_CHARS: usize = 512;
+
+/// The client-safe message of an upstream error body (a whole body or an in-band `error` value).
+pub fn upstream_message(raw: &[u8]) -> Option<String> {
+    let message = match serde_json::from_slice::<UpstreamErrorBody>(raw) {
+        Ok(body) => body.error.message().map(str::to_owned),
+        Err(_) => serde_json::from_slice::<super::error_body::UpstreamErrorDetail>(raw)
+            .ok()
+            .and_then(|detail| detail.message().map(str::to_owned)),
+    }?;
+    let clean = sanitize(&message);
+    (!clean.is_empty()).then_some(clean)
+}
+
+/// Masks URLs and secret-looking words, drops control characters, bounds the length.
+pub fn sanitize(message: &str) -> String {
+    let mut out = String::with_capacity(message.len().min(MAX_MESSAGE_CHARS));
+    for (i, word) in message.split(' ').enumerate() {
+        if i > 0 {
+            out.push(' ');
+        }
+        if looks_secret_or_url(word) {
+            out.push_str("[redacted]");
+        } else {
+            out.extend(word.chars().filter(|c| !c.is_control()));
+        }
+    }
+    match out.char_indices().nth(MAX_MESSAGE_CHARS) {
+        Some((cut, _)) => {
+            out.truncate(cut);
+            out.push('…');
+            out
+        }
+        None => out,
+    }
+}
+
+fn looks_secret_or_url(word: &str) -> bool {
+    let word = word.trim_matches(|c: char| !c.is_ascii_alphanumeric());
+    word.contains("://")
+        || word.starts_with("sk-")
+        || word.starts_with("Bearer")
+        || (word.len() >= 40 && word.is_ascii())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keeps_the_message_and_masks_what_must_not_leak() {
+        let rows = [
+            (
+                r#"{"error":{"message":"context too long","type":"x"}}"#,
+                Some("context too long"),
+            ),
+            (r#"{"error":"plain text error"}"#, Some("plain text error")),
+            (
+                r#"{"message":"bare detail object"}"#,
+                Some("bare detail object"),
+            ),
+            (
+                r#"{"error":{"message":"see http://10.0.0.3:8000/v1 now"}}"#,
+                Some("see [redacted] now"),
+            ),
+            (
+                r#"{"error":{"message":"bad key sk-abc123"}}"#,
+                Some("bad key [redacted]"),
+            ),
+            (
+                r#"{"error":{"message":"line\u0000break"}}"#,
+                Some("linebreak"),
+            ),
+            ("not json", None),
+        ];
+        for (raw, expected) in rows {
+            assert_eq!(
+                upstream_message(raw.as_bytes()).as_deref(),
+                expected,
+                "{raw}"
+            );
+        }
+        assert_eq!(
+            sanitize(&"a ".repeat(600)).chars().count(),
+            MAX_MESSAGE_CHARS + 1,
+            "bounded length"
+        );
+    }
+}

@@ -1,0 +1,133 @@
+//! A borrowed view of an upstream JSON object: the few top-level fields the gateway reads,
+//! located by span so the model name can be replaced without re-serialising the object.
+
+use bytes::{BufMut, BytesMut};
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+/// Token counts as the upstream reported them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+pub struct Usage {
+    #[serde(default)]
+    pub prompt_tokens: u64,
+    #[serde(default)]
+    pub completion_tokens: u64,
+    #[serde(default)]
+    pub total_tokens: u64,
+}
+
+/// The fields of one response object or chunk; everything else is skipped unparsed.
+#[derive(Debug, Deserialize)]
+pub struct ObjectView<'a> {
+    #[serde(borrow, default)]
+    model: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    usage: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    error: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    choices: Option<&'a RawValue>,
+}
+
+impl<'a> ObjectView<'a> {
+    pub fn parse(json: &'a [u8]) -> Result<Self, serde_json::Error> {
+        serde_json::from_slice(json)
+    }
+
+    /// The `usage` object, when present and not `null`.
+    pub fn usage(&self) -> Option<Usage> {
+        non_null(self.usage).and_then(|raw| serde_json::from_str(raw.get()).ok())
+    }
+
+    /// The raw `error` value, when present and not `null` (an in-band upstream error).
+    pub fn error(&self) -> Option<&'a str> {
+        non_null(self.error).map(RawValue::get)
+    }
+
+    /// True for the usage-only chunk: `choices` present and empty.
+    pub fn has_no_choices(&self) -> bool {
+        self.choices.is_some_and(|raw| {
+            raw.get()
+                .bytes()
+                .all(|b| matches!(b, b'[' | b']') || b.is_ascii_whitespace())
+        })
+    }
+
+    /// Appends `json` to `out` with the `model` value replaced by `model_json` (a JSON string
+    /// literal). Only that span changes; every other byte is copied as it came.
+    pub fn put_with_model(&self, json: &[u8], model_json: &[u8], out: &mut BytesMut) {
+        out.reserve(json.len() + model_json.len());
+        match self.model.and_then(|raw| span_in(json, raw.get())) {
+            Some((start, end)) => {
+                out.put_slice(&json[..start]);
+                out.put_slice(model_json);
+                out.put_slice(&json[end..]);
+            }
+            None => out.put_slice(json),
+        }
+    }
+}
+
+fn non_null(raw: Option<&RawValue>) -> Option<&RawValue> {
+    raw.filter(|r| r.get() != "null")
+}
+
+/// The byte range of `part` inside `whole`, when `part` borrows from it.
+fn span_in(whole: &[u8], part: &str) -> Option<(usize, usize)> {
+    let start = (part.as_ptr() as usize).checked_sub(whole.as_ptr() as usize)?;
+    let end = start.checked_add(part.len())?;
+    (end <= whole.len()).then_some((start, end))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with_model(json: &str, model: &str) -> String {
+        let view = ObjectView::parse(json.as_bytes()).expect("valid JSON object");
+        let mut out = BytesMut::new();
+        let model_json = serde_json::to_vec(model).expect("string serialises");
+        view.put_with_model(json.as_bytes(), &model_json, &mut out);
+        String::from_utf8(out.to_vec()).expect("utf-8")
+    }
+
+    #[test]
+    fn replaces_only_the_model_value() {
+        let rows = [
+            (r#"{"model":"up","x":1}"#, r#"{"model":"alias","x":1}"#),
+            (
+                r#"{ "x" : {"model":"inner"}, "model" : "up" }"#,
+                r#"{ "x" : {"model":"inner"}, "model" : "alias" }"#,
+            ),
+            (
+                r#"{"choices":[{"delta":{"content":"\"model\":\"up\""}}],"model":"u\"p"}"#,
+                r#"{"choices":[{"delta":{"content":"\"model\":\"up\""}}],"model":"alias"}"#,
+            ),
+            (r#"{"no_model":true}"#, r#"{"no_model":true}"#),
+        ];
+        for (input, expected) in rows {
+            assert_eq!(with_model(input, "alias"), expected, "input {input}");
+        }
+    }
+
+    #[test]
+    fn reads_usage_error_and_empty_choices() {
+        let view = ObjectView::parse(br#"{"choices":[ ],"usage":{"prompt_tokens":3,"completion_tokens":4,"total_tokens":7}}"#)
+            .expect("valid");
+        assert!(view.has_no_choices());
+        assert_eq!(
+            view.usage(),
+            Some(Usage {
+                prompt_tokens: 3,
+                completion_tokens: 4,
+                total_tokens: 7
+            })
+        );
+        assert_eq!(view.error(), None);
+        let view = ObjectView::parse(br#"{"choices":[{}],"usage":null,"error":{"message":"m"}}"#)
+            .expect("valid");
+        assert!(!view.has_no_choices());
+        assert_eq!(view.usage(), None);
+        assert_eq!(view.error(), Some(r#"{"message":"m"}"#));
+    }
+}

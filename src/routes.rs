@@ -1,0 +1,101 @@
+//! (method, path) -> handler, and the per-request frame around it: request id, concurrency
+//! permit, guard, error rendering. Unknown paths are 404 and wrong methods 405, both as
+//! OpenAI errors.
+
+use std::sync::Arc;
+
+use http::{Method, Request, Response};
+use hyper::body::Incoming;
+use tracing::Instrument;
+
+use crate::body::Body;
+use crate::error::GatewayError;
+use crate::handlers::{chat, models, probes};
+use crate::request_id::{self, RequestId};
+use crate::settle::RequestGuard;
+use crate::state::AppState;
+
+/// Handles one request; never fails: every error becomes an OpenAI-shaped response.
+pub async fn handle(request: Request<Incoming>, state: Arc<AppState>) -> Response<Body> {
+    let request_id = RequestId::from_headers(request.headers());
+    let span = tracing::info_span!("request", request_id = %request_id);
+    let mut guard = RequestGuard::start(
+        request_id.clone(),
+        request.method().clone(),
+        request.uri().path(),
+    );
+    let result = dispatch(request, &state, &mut guard).instrument(span).await;
+    let response = result.unwrap_or_else(|error| {
+        guard.record_failure(&error);
+        error.into_response()
+    });
+    let (mut parts, body) = response.into_parts();
+    parts
+        .headers
+        .insert(request_id::HEADER, request_id.header_value());
+    let body = guard.attach(parts.status, body);
+    Response::from_parts(parts, body)
+}
+
+async fn dispatch(
+    request: Request<Incoming>,
+    state: &Arc<AppState>,
+    guard: &mut RequestGuard,
+) -> Result<Response<Body>, GatewayError> {
+    let method = request.method().clone();
+    let read = method == Method::GET || method == Method::HEAD;
+    match Route::of(request.uri().path()) {
+        Route::Health if read => Ok(probes::health()),
+        Route::Ready if read => Ok(probes::ready(state)),
+        Route::ChatCompletions if method == Method::POST => {
+            guard.hold(state.admission.try_admit()?);
+            chat::chat_completions(request, state, guard).await
+        }
+        Route::Models if read => {
+            guard.hold(state.admission.try_admit()?);
+            models::list(request.headers(), state, guard)
+        }
+        Route::Model(id) if read => {
+            guard.hold(state.admission.try_admit()?);
+            models::get(request.headers(), &id, state, guard)
+        }
+        Route::Unknown => Err(GatewayError::UnknownRoute {
+            method: method.to_string(),
+            path: shortened(request.uri().path()),
+        }),
+        Route::Health | Route::Ready | Route::ChatCompletions | Route::Models | Route::Model(_) => {
+            Err(GatewayError::MethodNotAllowed {
+                method: method.to_string(),
+                path: shortened(request.uri().path()),
+            })
+        }
+    }
+}
+
+fn shortened(path: &str) -> String {
+    path.chars().take(256).collect()
+}
+
+enum Route {
+    ChatCompletions,
+    Models,
+    Model(String),
+    Health,
+    Ready,
+    Unknown,
+}
+
+impl Route {
+    fn of(path: &str) -> Self {
+        match path {
+            "/v1/chat/completions" => Self::ChatCompletions,
+            "/v1/models" => Self::Models,
+            "/healthz" => Self::Health,
+            "/readyz" => Self::Ready,
+            _ => match path.strip_prefix("/v1/models/") {
+                Some(id) if !id.is_empty() => Self::Model(id.to_owned()),
+                _ => Self::Unknown,
+            },
+        }
+    }
+}

@@ -1,0 +1,107 @@
+//! The accept loop: hyper-util serves each connection as HTTP/1.1 or h2c, with a header read
+//! timeout, bounded buffers, TCP_NODELAY and a client-stall timeout; graceful shutdown drains
+//! open requests for `shutdown_grace`, then tells open streams to end.
+
+pub mod admission;
+pub mod shutdown;
+mod stall;
+
+use std::future::Future;
+use std::io;
+use std::pin::pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::TcpListener;
+
+use crate::routes;
+use crate::state::AppState;
+use stall::StallTimeoutIo;
+
+/// How long streams get to write their final event and close after the grace period.
+const FINAL_EVENT_WINDOW: Duration = Duration::from_secs(5);
+/// Pause after an accept error (such as EMFILE) so the loop does not spin.
+const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(50);
+/// Concurrent streams per HTTP/2 connection.
+const H2_MAX_CONCURRENT_STREAMS: u32 = 256;
+
+/// Serves `listener` until `shutdown` resolves, then drains.
+pub async fn serve(
+    listener: TcpListener,
+    state: Arc<AppState>,
+    shutdown: impl Future<Output = ()>,
+) -> io::Result<()> {
+    let builder = connection_builder(&state);
+    let graceful = GracefulShutdown::new();
+    let mut shutdown = pin!(shutdown);
+    loop {
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _peer)) => stream,
+                Err(error) => {
+                    tracing::warn!(%error, "accept failed");
+                    tokio::time::sleep(ACCEPT_ERROR_BACKOFF).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let io = TokioIo::new(StallTimeoutIo::new(
+            stream,
+            state.stream.client_stall_timeout,
+        ));
+        let conn_state = state.clone();
+        let service = service_fn(move |request| {
+            let state = conn_state.clone();
+            async move { Ok::<_, std::convert::Infallible>(routes::handle(request, state).await) }
+        });
+        let connection = graceful.watch(builder.serve_connection(io, service).into_owned());
+        #[expect(
+            clippy::disallowed_methods,
+            reason = "a connection outlives the accept loop iteration; GracefulShutdown tracks it"
+        )]
+        tokio::spawn(async move {
+            let _ = connection.await;
+        });
+    }
+    drop(listener);
+    state.drain.begin();
+    tracing::info!(grace = ?state.server.shutdown_grace, "draining");
+    drain(graceful, &state).await;
+    Ok(())
+}
+
+async fn drain(graceful: GracefulShutdown, state: &AppState) {
+    let mut all_closed = pin!(graceful.shutdown());
+    tokio::select! {
+        () = &mut all_closed => {}
+        () = tokio::time::sleep(state.server.shutdown_grace) => {
+            state.drain.expire();
+            if tokio::time::timeout(FINAL_EVENT_WINDOW, all_closed).await.is_err() {
+                tracing::warn!("connections still open after the grace period; closing");
+            }
+        }
+    }
+}
+
+fn connection_builder(state: &AppState) -> auto::Builder<TokioExecutor> {
+    let server = &state.server;
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(server.header_read_timeout)
+        .keep_alive(server.keep_alive)
+        .max_buf_size(server.max_header_bytes);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(u32::try_from(server.max_header_bytes).unwrap_or(u32::MAX))
+        .max_concurrent_streams(H2_MAX_CONCURRENT_STREAMS);
+    builder
+}

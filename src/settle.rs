@@ -1,0 +1,170 @@
+//! `RequestGuard`: what must happen when a request ends, however it ends (success, error,
+//! client disconnect, shutdown), done in `Drop`: release the concurrency permit and write the
+//! one access-log line. The guard rides inside the response body, so it drops when hyper is
+//! done with the body, not when the handler returns.
+
+use std::pin::Pin;
+use std::sync::{Arc, OnceLock};
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http::{Method, StatusCode};
+use http_body::{Body as HttpBody, Frame, SizeHint};
+use tokio::sync::OwnedSemaphorePermit;
+use tokio::time::Instant;
+
+use crate::body::Body;
+use crate::error::{Blame, GatewayError};
+use crate::openai::chunk::UsageSlot;
+use crate::request_id::RequestId;
+
+/// The kind and blame of a failure, recorded once.
+pub type FailureSlot = Arc<OnceLock<(&'static str, Blame)>>;
+
+#[derive(Debug)]
+pub struct RequestGuard {
+    request_id: RequestId,
+    method: Method,
+    path: String,
+    started: Instant,
+    status: StatusCode,
+    key_id: Option<Arc<str>>,
+    model: Option<String>,
+    backend: Option<String>,
+    stream: bool,
+    bytes_out: u64,
+    completed: bool,
+    usage: UsageSlot,
+    failure: FailureSlot,
+    _permit: Option<OwnedSemaphorePermit>,
+}
+
+impl RequestGuard {
+    pub fn start(request_id: RequestId, method: Method, path: &str) -> Self {
+        Self {
+            request_id,
+            method,
+            path: path.chars().take(256).collect(),
+            started: Instant::now(),
+            status: StatusCode::OK,
+            key_id: None,
+            model: None,
+            backend: None,
+            stream: false,
+            bytes_out: 0,
+            completed: false,
+            usage: UsageSlot::default(),
+            failure: FailureSlot::default(),
+            _permit: None,
+        }
+    }
+
+    pub fn request_id(&self) -> &RequestId {
+        &self.request_id
+    }
+
+    pub fn hold(&mut self, permit: OwnedSemaphorePermit) {
+        self._permit = Some(permit);
+    }
+
+    pub fn set_key(&mut self, key_id: Arc<str>) {
+        self.key_id = Some(key_id);
+    }
+
+    pub fn set_route(&mut self, model: &str, backend: &str, stream: bool) {
+        self.model = Some(model.to_owned());
+        self.backend = Some(backend.to_owned());
+        self.stream = stream;
+    }
+
+    /// Shared with the stream rewriter, which records the upstream's usage in it.
+    pub fn usage_slot(&self) -> UsageSlot {
+        self.usage.clone()
+    }
+
+    /// Shared with a stream, which records a failure that happened after the first byte.
+    pub fn failure_slot(&self) -> FailureSlot {
+        self.failure.clone()
+    }
+
+    pub fn record_failure(&self, error: &GatewayError) {
+        let _ = self.failure.set((error.kind(), error.blame()));
+    }
+
+    /// Wraps a response body so this guard settles when the body is finished or dropped.
+    pub fn attach(mut self, status: StatusCode, body: Body) -> Body {
+        self.status = status;
+        Body::new(GuardedBody {
+            inner: body,
+            guard: self,
+        })
+    }
+}
+
+impl Drop for RequestGuard {
+    fn drop(&mut self) {
+        let usage = *self
+            .usage
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let failure = self.failure.get();
+        tracing::info!(
+            target: "sluicegate::access",
+            request_id = %self.request_id,
+            method = %self.method,
+            path = %self.path,
+            status = self.status.as_u16(),
+            key_id = self.key_id.as_deref(),
+            model = self.model.as_deref(),
+            backend = self.backend.as_deref(),
+            stream = self.stream,
+            duration_ms = self.started.elapsed().as_secs_f64() * 1000.0,
+            bytes_out = self.bytes_out,
+            client_closed = !self.completed,
+            prompt_tokens = usage.map(|u| u.prompt_tokens),
+            completion_tokens = usage.map(|u| u.completion_tokens),
+            error_kind = failure.map(|f| f.0),
+            blame = failure.map(|f| format!("{:?}", f.1).to_lowercase()),
+            "request"
+        );
+    }
+}
+
+/// A body that carries its request's guard and counts the bytes it gives hyper.
+struct GuardedBody {
+    inner: Body,
+    guard: RequestGuard,
+}
+
+impl HttpBody for GuardedBody {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                self.guard.bytes_out += frame.data_ref().map_or(0, |d| d.len() as u64);
+                // hyper stops polling a body that reports its end, so note the end here too.
+                if self.inner.is_end_stream() {
+                    self.guard.completed = true;
+                }
+            }
+            Poll::Ready(None) => self.guard.completed = true,
+            Poll::Ready(Some(Err(never))) => match *never {},
+            Poll::Pending => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}

@@ -1,0 +1,49 @@
+//! `AppState`: the immutable, `Arc`-shared runtime every request reads.
+
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use crate::auth::KeyIndex;
+use crate::config::{Config, ServerConfig, StreamConfig, UpstreamConfig};
+use crate::server::admission::Admission;
+use crate::server::shutdown::Drain;
+use crate::upstream::http_client;
+use crate::upstream::pool::ModelTable;
+
+#[derive(Debug)]
+pub struct AppState {
+    pub server: ServerConfig,
+    pub upstream: UpstreamConfig,
+    pub stream: StreamConfig,
+    pub keys: KeyIndex,
+    pub models: ModelTable,
+    pub admission: Admission,
+    pub drain: Drain,
+    /// Unix seconds at start; the `created` of every listed model.
+    pub started_unix: u64,
+}
+
+/// Why the runtime could not be built from a valid configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error("cannot build the upstream HTTP client: {0}")]
+    HttpClient(#[from] reqwest::Error),
+}
+
+impl AppState {
+    pub fn build(config: &Config) -> Result<Arc<Self>, BuildError> {
+        let http = http_client(&config.upstream)?;
+        Ok(Arc::new(Self {
+            server: config.server.clone(),
+            upstream: config.upstream.clone(),
+            stream: config.stream.clone(),
+            keys: KeyIndex::new(&config.api_keys),
+            models: ModelTable::new(&config.models, &http),
+            admission: Admission::new(config.server.max_concurrent_requests.get()),
+            drain: Drain::default(),
+            started_unix: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs()),
+        }))
+    }
+}

@@ -1,0 +1,171 @@
+//! The mock backend: a synthesized OpenAI answer (token count, pace, first-token delay), so the
+//! gateway serves on a machine with no model server. Also served over HTTP by `mock-upstream`.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::{BufMut, Bytes, BytesMut};
+use serde_json::{Value, json};
+
+use super::ByteStream;
+use crate::config::MockConfig;
+
+const WORDS: [&str; 8] = [
+    "The ",
+    "quick ",
+    "brown ",
+    "fox ",
+    "jumps ",
+    "over ",
+    "the ",
+    "lazy dog. ",
+];
+
+static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+
+#[derive(Debug)]
+pub struct MockBackend {
+    script: MockConfig,
+    model: String,
+}
+
+/// What the mock reads from a request body.
+#[derive(Debug, Clone, Copy)]
+struct Ask {
+    stream: bool,
+    include_usage: bool,
+    max_tokens: Option<u64>,
+}
+
+impl MockBackend {
+    pub fn new(script: MockConfig, model: &str) -> Self {
+        Self {
+            script,
+            model: model.to_owned(),
+        }
+    }
+
+    /// The answer to a chat completion body: SSE bytes when it asks to stream, else JSON.
+    pub fn respond(&self, body: &[u8]) -> ByteStream {
+        let request: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
+        let ask = Ask {
+            stream: request["stream"].as_bool().unwrap_or(false),
+            include_usage: request["stream_options"]["include_usage"]
+                .as_bool()
+                .unwrap_or(false),
+            max_tokens: request["max_completion_tokens"]
+                .as_u64()
+                .or(request["max_tokens"].as_u64()),
+        };
+        let answer = Answer {
+            id: format!("chatcmpl-mock-{}", NEXT_ID.fetch_add(1, Ordering::Relaxed)),
+            created: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs()),
+            model: self.model.clone(),
+            tokens: ask.max_tokens.map_or(self.script.tokens as u64, |cap| {
+                cap.min(self.script.tokens as u64)
+            }),
+            prompt_tokens: prompt_tokens(&request),
+        };
+        if ask.stream {
+            Box::pin(stream(answer, self.script, ask.include_usage))
+        } else {
+            Box::pin(complete(answer, self.script))
+        }
+    }
+}
+
+struct Answer {
+    id: String,
+    created: u64,
+    model: String,
+    tokens: u64,
+    prompt_tokens: u64,
+}
+
+impl Answer {
+    fn chunk(&self, delta: Value, finish_reason: Option<&str>) -> Bytes {
+        event(&json!({
+            "id": self.id, "object": "chat.completion.chunk", "created": self.created, "model": self.model,
+            "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason}],
+        }))
+    }
+
+    fn usage(&self) -> Value {
+        json!({
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.tokens,
+            "total_tokens": self.prompt_tokens + self.tokens,
+        })
+    }
+
+    fn text(&self) -> String {
+        (0..self.tokens)
+            .map(|i| WORDS[i as usize % WORDS.len()])
+            .collect()
+    }
+}
+
+fn stream(
+    answer: Answer,
+    script: MockConfig,
+    include_usage: bool,
+) -> impl futures_util::Stream<Item = Result<Bytes, crate::error::GatewayError>> + Send {
+    async_stream::stream! {
+        tokio::time::sleep(script.first_token_delay).await;
+        yield Ok(answer.chunk(json!({"role": "assistant", "content": ""}), None));
+        for i in 0..answer.tokens {
+            if i > 0 {
+                tokio::time::sleep(script.pace).await;
+            }
+            yield Ok(answer.chunk(json!({"content": WORDS[i as usize % WORDS.len()]}), None));
+        }
+        yield Ok(answer.chunk(json!({}), Some("stop")));
+        if include_usage {
+            yield Ok(event(&json!({
+                "id": answer.id, "object": "chat.completion.chunk", "created": answer.created,
+                "model": answer.model, "choices": [], "usage": answer.usage(),
+            })));
+        }
+        yield Ok(Bytes::from_static(b"data: [DONE]\n\n"));
+    }
+}
+
+fn complete(
+    answer: Answer,
+    script: MockConfig,
+) -> impl futures_util::Stream<Item = Result<Bytes, crate::error::GatewayError>> + Send {
+    async_stream::stream! {
+        let generation = script.pace.saturating_mul(answer.tokens.saturating_sub(1) as u32);
+        tokio::time::sleep(script.first_token_delay + generation.min(Duration::from_secs(600))).await;
+        let body = json!({
+            "id": answer.id, "object": "chat.completion", "created": answer.created, "model": answer.model,
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": answer.text()}, "finish_reason": "stop"}],
+            "usage": answer.usage(),
+        });
+        yield Ok(Bytes::from(serde_json::to_vec(&body).expect("invariant: JSON value serialises")));
+    }
+}
+
+fn event(value: &Value) -> Bytes {
+    let mut out = BytesMut::with_capacity(256);
+    out.put_slice(b"data: ");
+    out.put_slice(&serde_json::to_vec(value).expect("invariant: JSON value serialises"));
+    out.put_slice(b"\n\n");
+    out.freeze()
+}
+
+/// A rough prompt size: one token per four bytes of message content.
+fn prompt_tokens(request: &Value) -> u64 {
+    let bytes: usize = request["messages"]
+        .as_array()
+        .map(|messages| {
+            messages
+                .iter()
+                .map(|m| m["content"].to_string().len())
+                .sum()
+        })
+        .unwrap_or(0);
+    (bytes as u64).div_ceil(4)
+}
