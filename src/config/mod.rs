@@ -203,7 +203,11 @@ pub fn parse(text: &str) -> Result<Config, ConfigError> {
     let file: file::ConfigFile = serde_path_to_error::deserialize(deserializer).map_err(|e| {
         let path = e.path().to_string();
         ConfigError::invalid(
-            if path == "." { "(file)" } else { &path },
+            if path == "." || path == "?" {
+                "(file)"
+            } else {
+                &path
+            },
             without_location(&e.inner().to_string()),
         )
     })?;

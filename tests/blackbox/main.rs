@@ -1,1 +1,14 @@
+//! Black-box tests: the real gateway on 127.0.0.1:0 (in-process, or the real binary where the
+//! process is the behaviour), scripted upstreams, assertions on what a client sees.
 
+mod support;
+
+mod admission;
+mod auth;
+mod backpressure;
+mod bad_requests;
+mod chat;
+mod cli;
+mod sdk;
+mod shutdown;
+mod upstream_failures;

@@ -1,0 +1,84 @@
+//! Client helpers: OpenAI-shaped requests through reqwest, raw bytes through TCP.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+pub fn chat_body(stream: bool) -> Value {
+    json!({"model": "test-model", "messages": [{"role": "user", "content": "hello"}], "stream": stream})
+}
+
+pub fn http() -> reqwest::Client {
+    reqwest::Client::builder()
+        .no_proxy()
+        .build()
+        .expect("client builds")
+}
+
+pub async fn post_chat(base: &str, key: &str, body: &Value) -> reqwest::Response {
+    http()
+        .post(format!("{base}/v1/chat/completions"))
+        .bearer_auth(key)
+        .json(body)
+        .send()
+        .await
+        .expect("gateway answers")
+}
+
+/// The status and parsed JSON error body of a response.
+pub async fn error_of(response: reqwest::Response) -> (u16, Value) {
+    let status = response.status().as_u16();
+    let body: Value = response.json().await.expect("error body is JSON");
+    assert!(
+        body["error"]["message"].is_string(),
+        "error has a message: {body}"
+    );
+    assert!(
+        body["error"]["type"].is_string(),
+        "error has a type: {body}"
+    );
+    let error = body["error"].as_object().expect("error is an object");
+    assert!(
+        error.contains_key("param") && error.contains_key("code"),
+        "param and code are present: {body}"
+    );
+    (status, body)
+}
+
+/// Splits an SSE body into its events (without the blank-line terminators).
+pub fn events(body: &str) -> Vec<&str> {
+    body.split_terminator("\n\n").collect()
+}
+
+/// The JSON of every `data:` event that is not `[DONE]`.
+pub fn data_json(body: &str) -> Vec<Value> {
+    events(body)
+        .into_iter()
+        .filter_map(|e| e.strip_prefix("data: "))
+        .filter(|d| *d != "[DONE]")
+        .map(|d| serde_json::from_str(d).expect("each data event is JSON"))
+        .collect()
+}
+
+/// The concatenated `delta.content` of a streamed answer.
+pub fn content_of(body: &str) -> String {
+    data_json(body)
+        .iter()
+        .filter_map(|c| {
+            c["choices"][0]["delta"]["content"]
+                .as_str()
+                .map(str::to_owned)
+        })
+        .collect()
+}
+
+/// Writes `request` on a fresh connection and reads until the gateway closes it or `limit`.
+pub async fn raw_exchange(addr: SocketAddr, request: &[u8], limit: Duration) -> String {
+    let mut socket = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    socket.write_all(request).await.expect("write request");
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(limit, socket.read_to_end(&mut out)).await;
+    String::from_utf8_lossy(&out).into_owned()
+}

@@ -1,0 +1,123 @@
+//! `TestGateway`: `Gateway::serve` on 127.0.0.1:0 in-process, configured from YAML.
+
+use std::net::SocketAddr;
+
+use sluicegate::Gateway;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+use super::{KEY, OTHER_KEY};
+
+/// A test configuration: one model `test-model` served by `backend` YAML, two keys
+/// (`KEY` may use every model, `OTHER_KEY` only `other-model`), and overridable sections.
+#[derive(Debug, Clone)]
+pub struct GatewayConfig {
+    pub backend: String,
+    pub server: String,
+    pub upstream: String,
+    pub stream: String,
+}
+
+impl GatewayConfig {
+    /// `test-model` served by an OpenAI-compatible upstream at `base_url`.
+    pub fn openai(base_url: &str) -> Self {
+        Self::with_backend(format!(
+            "{{name: up, kind: openai, base_url: '{base_url}', upstream_model: upstream-model}}"
+        ))
+    }
+
+    /// `test-model` served by the in-process mock backend.
+    pub fn mock(tokens: u32, pace: &str) -> Self {
+        Self::with_backend(format!(
+            "{{name: mock, kind: mock, mock: {{tokens: {tokens}, pace: {pace}}}}}"
+        ))
+    }
+
+    fn with_backend(backend: String) -> Self {
+        Self {
+            backend,
+            server: "{}".into(),
+            upstream: "{first_byte_timeout: 5s, idle_timeout: 5s, total_timeout: 30s}".into(),
+            stream: "{heartbeat_interval: 10s}".into(),
+        }
+    }
+
+    pub fn server(mut self, yaml: &str) -> Self {
+        self.server = yaml.into();
+        self
+    }
+
+    pub fn upstream(mut self, yaml: &str) -> Self {
+        self.upstream = yaml.into();
+        self
+    }
+
+    pub fn stream(mut self, yaml: &str) -> Self {
+        self.stream = yaml.into();
+        self
+    }
+
+    pub fn yaml(&self) -> String {
+        format!(
+            "server: {server}\nlog: {{format: json, level: warn}}\nupstream: {upstream}\nstream: {stream}\n\
+             tiers: {{basic: {{}}}}\n\
+             models:\n  - {{name: test-model, backends: [{backend}]}}\n  - {{name: other-model, backends: [{backend}]}}\n\
+             api_keys:\n  - {{id: full, sha256: {full}, tier: basic}}\n  - {{id: limited, sha256: {limited}, tier: basic, models: [other-model]}}\n",
+            server = self.server,
+            upstream = self.upstream,
+            stream = self.stream,
+            backend = self.backend,
+            full = sluicegate::auth::hash_key(KEY),
+            limited = sluicegate::auth::hash_key(OTHER_KEY),
+        )
+    }
+}
+
+/// A gateway serving on a free loopback port; shut down (without grace) when dropped.
+pub struct TestGateway {
+    pub addr: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<std::io::Result<()>>>,
+}
+
+impl TestGateway {
+    pub async fn start(config: &GatewayConfig) -> Self {
+        let config = sluicegate::config::parse(&config.yaml()).expect("test config is valid");
+        let gateway = Gateway::build(&config).expect("gateway builds");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind loopback");
+        let addr = listener.local_addr().expect("bound address");
+        let (stop, stopped) = oneshot::channel::<()>();
+        #[expect(
+            clippy::disallowed_methods,
+            reason = "the gateway runs for the whole test"
+        )]
+        let task = tokio::spawn(gateway.serve(listener, async {
+            let _ = stopped.await;
+        }));
+        Self {
+            addr,
+            stop: Some(stop),
+            task: Some(task),
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// Starts draining, as a stop signal would, and returns the serve task to await.
+    pub fn begin_shutdown(&mut self) -> JoinHandle<std::io::Result<()>> {
+        let _ = self.stop.take().expect("shutdown starts once").send(());
+        self.task.take().expect("serve task is running")
+    }
+}
+
+impl Drop for TestGateway {
+    fn drop(&mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+    }
+}

@@ -1,0 +1,387 @@
+//! `MockUpstream`: a scripted OpenAI-compatible upstream on raw TCP, so a test controls every
+//! byte (and every hang or drop) and can see what the gateway did: the requests it sent, when
+//! each connection opened and closed, and how many bytes the upstream managed to write.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+/// What the upstream answers to every request.
+#[derive(Debug, Clone)]
+pub enum Reply {
+    /// A 200 SSE stream of `tokens` content chunks.
+    Stream(StreamScript),
+    /// A complete response with this status, JSON body and extra headers.
+    Status {
+        status: u16,
+        body: String,
+        headers: Vec<(String, String)>,
+    },
+    /// Read the request, then never answer.
+    Hang,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct StreamScript {
+    pub tokens: Vec<String>,
+    pub pace: Duration,
+    pub first_delay: Duration,
+    /// Close the connection abruptly after this many content chunks.
+    pub drop_after: Option<usize>,
+    /// Send an in-band `{"error":...}` event after this many content chunks.
+    pub error_after: Option<usize>,
+}
+
+/// One request as the upstream received it.
+#[derive(Debug, Clone)]
+pub struct Seen {
+    pub request_line: String,
+    pub headers: Vec<(String, String)>,
+    pub body: serde_json::Value,
+}
+
+impl Seen {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// One accepted connection's timeline.
+#[derive(Debug)]
+pub struct ConnectionLog {
+    closed: Mutex<Option<Instant>>,
+    bytes_written: AtomicU64,
+}
+
+impl ConnectionLog {
+    pub fn closed_at(&self) -> Option<Instant> {
+        *self.closed.lock().expect("lock")
+    }
+
+    pub fn bytes_written(&self) -> u64 {
+        self.bytes_written.load(Ordering::SeqCst)
+    }
+}
+
+#[derive(Debug, Default)]
+struct Shared {
+    requests: Mutex<Vec<Seen>>,
+    connections: Mutex<Vec<Arc<ConnectionLog>>>,
+    changed: Notify,
+}
+
+pub struct MockUpstream {
+    pub addr: std::net::SocketAddr,
+    shared: Arc<Shared>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+/// Builds a `MockUpstream`; `start` binds it on a free loopback port.
+pub struct MockBuilder {
+    reply: Reply,
+}
+
+impl MockUpstream {
+    pub fn stream(tokens: usize) -> MockBuilder {
+        let tokens = (0..tokens).map(|i| format!("tok{i} ")).collect();
+        MockBuilder {
+            reply: Reply::Stream(StreamScript {
+                tokens,
+                ..StreamScript::default()
+            }),
+        }
+    }
+
+    pub fn stream_tokens(tokens: &[&str]) -> MockBuilder {
+        let tokens = tokens.iter().map(|t| (*t).to_owned()).collect();
+        MockBuilder {
+            reply: Reply::Stream(StreamScript {
+                tokens,
+                ..StreamScript::default()
+            }),
+        }
+    }
+
+    pub fn reply(reply: Reply) -> MockBuilder {
+        MockBuilder { reply }
+    }
+
+    pub fn base_url(&self) -> String {
+        format!("http://{}/v1", self.addr)
+    }
+
+    pub fn requests(&self) -> Vec<Seen> {
+        self.shared.requests.lock().expect("lock").clone()
+    }
+
+    pub fn connections(&self) -> Vec<Arc<ConnectionLog>> {
+        self.shared.connections.lock().expect("lock").clone()
+    }
+
+    /// Waits until connection `index` has been opened and then closed by the gateway.
+    pub async fn closed(&self, index: usize) -> Instant {
+        loop {
+            let changed = self.shared.changed.notified();
+            if let Some(at) = self.connections().get(index).and_then(|c| c.closed_at()) {
+                return at;
+            }
+            changed.await;
+        }
+    }
+}
+
+impl Drop for MockUpstream {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl MockBuilder {
+    fn script(&mut self) -> &mut StreamScript {
+        match &mut self.reply {
+            Reply::Stream(script) => script,
+            other => panic!("only stream replies have a pace, not {other:?}"),
+        }
+    }
+
+    pub fn pace(mut self, pace: Duration) -> Self {
+        self.script().pace = pace;
+        self
+    }
+
+    pub fn first_delay(mut self, delay: Duration) -> Self {
+        self.script().first_delay = delay;
+        self
+    }
+
+    pub fn drop_after(mut self, chunks: usize) -> Self {
+        self.script().drop_after = Some(chunks);
+        self
+    }
+
+    pub fn error_after(mut self, chunks: usize) -> Self {
+        self.script().error_after = Some(chunks);
+        self
+    }
+
+    pub async fn start(self) -> MockUpstream {
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind loopback");
+        let addr = listener.local_addr().expect("bound address");
+        let shared = Arc::new(Shared::default());
+        let reply = Arc::new(self.reply);
+        let accept_shared = shared.clone();
+        #[expect(
+            clippy::disallowed_methods,
+            reason = "the mock serves for the whole test"
+        )]
+        let task = tokio::spawn(async move {
+            while let Ok((socket, _)) = listener.accept().await {
+                let log = Arc::new(ConnectionLog {
+                    closed: Mutex::new(None),
+                    bytes_written: AtomicU64::new(0),
+                });
+                accept_shared
+                    .connections
+                    .lock()
+                    .expect("lock")
+                    .push(log.clone());
+                accept_shared.changed.notify_waiters();
+                let (shared, reply) = (accept_shared.clone(), reply.clone());
+                #[expect(clippy::disallowed_methods, reason = "one task per mock connection")]
+                tokio::spawn(async move { serve_connection(socket, &shared, &log, &reply).await });
+            }
+        });
+        MockUpstream { addr, shared, task }
+    }
+}
+
+async fn serve_connection(
+    socket: TcpStream,
+    shared: &Shared,
+    log: &Arc<ConnectionLog>,
+    reply: &Reply,
+) {
+    let _ = socket.set_nodelay(true);
+    let (mut reader, mut writer) = socket.into_split();
+    let Some(seen) = read_request(&mut reader).await else {
+        mark_closed(shared, log);
+        return;
+    };
+    let include_usage = seen.body["stream_options"]["include_usage"] == true;
+    shared.requests.lock().expect("lock").push(seen);
+    shared.changed.notify_waiters();
+    // The gateway closing its side shows up as EOF on our read half.
+    let eof = async {
+        let mut byte = [0u8; 1];
+        while matches!(reader.read(&mut byte).await, Ok(n) if n > 0) {}
+    };
+    let mut eof = std::pin::pin!(eof);
+    tokio::select! {
+        () = &mut eof => {}
+        () = write_reply(&mut writer, log, reply, include_usage) => eof.await,
+    }
+    mark_closed(shared, log);
+}
+
+fn mark_closed(shared: &Shared, log: &ConnectionLog) {
+    log.closed
+        .lock()
+        .expect("lock")
+        .get_or_insert_with(Instant::now);
+    shared.changed.notify_waiters();
+}
+
+async fn read_request(reader: &mut tokio::net::tcp::OwnedReadHalf) -> Option<Seen> {
+    let mut buf = Vec::new();
+    let head_end = loop {
+        let mut chunk = [0u8; 4096];
+        let n = reader.read(&mut chunk).await.ok()?;
+        if n == 0 {
+            return None;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+    };
+    let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
+    let mut lines = head.split("\r\n");
+    let request_line = lines.next()?.to_owned();
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_owned()))
+        .collect();
+    let length: usize = headers
+        .iter()
+        .find(|(n, _)| n == "content-length")
+        .and_then(|(_, v)| v.parse().ok())
+        .unwrap_or(0);
+    while buf.len() < head_end + length {
+        let mut chunk = [0u8; 4096];
+        let n = reader.read(&mut chunk).await.ok()?;
+        if n == 0 {
+            return None;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+    let body = serde_json::from_slice(&buf[head_end..head_end + length])
+        .unwrap_or(serde_json::Value::Null);
+    Some(Seen {
+        request_line,
+        headers,
+        body,
+    })
+}
+
+async fn write_reply(
+    writer: &mut tokio::net::tcp::OwnedWriteHalf,
+    log: &ConnectionLog,
+    reply: &Reply,
+    include_usage: bool,
+) {
+    match reply {
+        Reply::Hang => std::future::pending().await,
+        Reply::Status {
+            status,
+            body,
+            headers,
+        } => {
+            let mut head = format!(
+                "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\n",
+                body.len()
+            );
+            for (name, value) in headers {
+                head.push_str(&format!("{name}: {value}\r\n"));
+            }
+            head.push_str("connection: close\r\n\r\n");
+            let _ = send(writer, log, format!("{head}{body}").as_bytes()).await;
+            let _ = writer.shutdown().await;
+        }
+        Reply::Stream(script) => {
+            let _ = write_stream(writer, log, script, include_usage).await;
+        }
+    }
+}
+
+async fn write_stream(
+    writer: &mut tokio::net::tcp::OwnedWriteHalf,
+    log: &ConnectionLog,
+    script: &StreamScript,
+    include_usage: bool,
+) -> std::io::Result<()> {
+    tokio::time::sleep(script.first_delay).await;
+    send(writer, log, b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n").await?;
+    for (i, token) in script.tokens.iter().enumerate() {
+        if script.drop_after == Some(i) {
+            // An abrupt end inside the chunked body: no terminating chunk.
+            return writer.shutdown().await;
+        }
+        if script.error_after == Some(i) {
+            let event = r#"data: {"error":{"message":"out of KV cache","type":"InternalServerError","code":500}}"#;
+            return send_chunk(writer, log, &format!("{event}\n\n")).await;
+        }
+        if i > 0 && !script.pace.is_zero() {
+            tokio::time::sleep(script.pace).await;
+        }
+        send_chunk(
+            writer,
+            log,
+            &chunk(serde_json::json!({"content": token}), None),
+        )
+        .await?;
+    }
+    send_chunk(writer, log, &chunk(serde_json::json!({}), Some("stop"))).await?;
+    if include_usage {
+        let n = script.tokens.len();
+        let usage = format!(
+            "data: {{\"id\":\"c1\",\"object\":\"chat.completion.chunk\",\"created\":1,\"model\":\"upstream-model\",\"choices\":[],\"usage\":{{\"prompt_tokens\":5,\"completion_tokens\":{n},\"total_tokens\":{}}}}}\n\n",
+            n + 5
+        );
+        send_chunk(writer, log, &usage).await?;
+    }
+    send_chunk(writer, log, "data: [DONE]\n\n").await?;
+    send(writer, log, b"0\r\n\r\n").await
+}
+
+/// One OpenAI-shaped chunk event, as the upstream names its model.
+pub fn chunk(delta: serde_json::Value, finish_reason: Option<&str>) -> String {
+    let json = serde_json::json!({
+        "id": "c1", "object": "chat.completion.chunk", "created": 1, "model": "upstream-model",
+        "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason}],
+    });
+    format!("data: {json}\n\n")
+}
+
+async fn send_chunk(
+    writer: &mut tokio::net::tcp::OwnedWriteHalf,
+    log: &ConnectionLog,
+    data: &str,
+) -> std::io::Result<()> {
+    send(
+        writer,
+        log,
+        format!("{:x}\r\n{data}\r\n", data.len()).as_bytes(),
+    )
+    .await
+}
+
+async fn send(
+    writer: &mut tokio::net::tcp::OwnedWriteHalf,
+    log: &ConnectionLog,
+    bytes: &[u8],
+) -> std::io::Result<()> {
+    writer.write_all(bytes).await?;
+    log.bytes_written
+        .fetch_add(bytes.len() as u64, Ordering::SeqCst);
+    Ok(())
+}

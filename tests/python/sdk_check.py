@@ -1,0 +1,70 @@
+"""The official OpenAI Python SDK against a running sluicegate.
+
+Usage: sdk_check.py BASE_URL FULL_KEY LIMITED_KEY
+
+`test-model` streams "The quick brown fox jumps " (5 tokens); `other-model` drops mid-stream
+and is the only model LIMITED_KEY may use. Exits non-zero on the first failed check.
+"""
+
+import sys
+
+import openai
+
+base, full_key, limited_key = sys.argv[1:4]
+messages = [{"role": "user", "content": "hello"}]
+client = openai.OpenAI(base_url=f"{base}/v1", api_key=full_key, max_retries=0)
+
+
+def expect_error(kind, **kwargs):
+    key = kwargs.pop("key", full_key)
+    sdk = openai.OpenAI(base_url=f"{base}/v1", api_key=key, max_retries=0)
+    try:
+        sdk.chat.completions.create(**kwargs)
+    except kind as error:
+        assert error.body is not None, "error carries the OpenAI body"
+        return error
+    raise AssertionError(f"expected {kind.__name__}")
+
+
+# Streaming, with the usage chunk asked for.
+chunks = list(
+    client.chat.completions.create(
+        model="test-model", messages=messages, stream=True, stream_options={"include_usage": True}
+    )
+)
+text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+assert text == "The quick brown fox jumps ", text
+assert all(c.model == "test-model" for c in chunks)
+assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == 5, chunks[-1]
+
+# Streaming without usage: no usage chunk.
+chunks = list(client.chat.completions.create(model="test-model", messages=messages, stream=True))
+assert all(c.usage is None for c in chunks)
+
+# Non-streaming.
+completion = client.chat.completions.create(model="test-model", messages=messages)
+assert completion.choices[0].message.content == "The quick brown fox jumps ", completion
+assert completion.model == "test-model"
+assert completion.usage.completion_tokens == 5
+
+# Models.
+assert [m.id for m in client.models.list()] == ["test-model", "other-model"]
+
+# Errors map to the SDK's exception classes.
+expect_error(openai.AuthenticationError, key="sk-wrong", model="test-model", messages=messages)
+expect_error(openai.NotFoundError, model="no-such-model", messages=messages)
+bad = expect_error(openai.BadRequestError, model="test-model", messages=[])
+assert bad.param == "messages", bad.param
+expect_error(openai.PermissionDeniedError, key=limited_key, model="test-model", messages=messages)
+
+# A stream that fails after it started raises instead of ending quietly.
+limited = openai.OpenAI(base_url=f"{base}/v1", api_key=limited_key, max_retries=0)
+try:
+    for _ in limited.chat.completions.create(model="other-model", messages=messages, stream=True):
+        pass
+except openai.APIError as error:
+    assert "closed before the response was complete" in str(error), error
+else:
+    raise AssertionError("a dropped stream must raise")
+
+print("sdk ok")
