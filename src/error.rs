@@ -47,6 +47,8 @@ pub enum GatewayError {
     InvalidJson { detail: String },
     #[error("unsupported content-type; this endpoint only accepts 'application/json'")]
     UnsupportedContentType,
+    #[error("the request body was not received within {}s", .timeout.as_secs())]
+    BodyTimeout { timeout: Duration },
     #[error("request body exceeds the limit of {limit_bytes} bytes")]
     BodyTooLarge { limit_bytes: usize },
     #[error("the model '{model}' does not exist or you do not have access to it")]
@@ -101,6 +103,7 @@ impl GatewayError {
             Self::InvalidRequest { .. } | Self::InvalidJson { .. } => StatusCode::BAD_REQUEST,
             Self::UnsupportedContentType => StatusCode::BAD_REQUEST,
             Self::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::BodyTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
             Self::ModelNotFound { .. } | Self::UnknownRoute { .. } => StatusCode::NOT_FOUND,
             Self::MissingApiKey | Self::InvalidApiKey => StatusCode::UNAUTHORIZED,
             Self::ModelNotAllowed { .. } => StatusCode::FORBIDDEN,
@@ -123,6 +126,7 @@ impl GatewayError {
             | Self::InvalidJson { .. }
             | Self::UnsupportedContentType
             | Self::BodyTooLarge { .. }
+            | Self::BodyTimeout { .. }
             | Self::ModelNotFound { .. }
             | Self::MissingApiKey
             | Self::InvalidApiKey
@@ -153,6 +157,7 @@ impl GatewayError {
             Self::InvalidJson { .. } => Some("invalid_json"),
             Self::UnsupportedContentType => Some("unsupported_content_type"),
             Self::BodyTooLarge { .. } => Some("request_too_large"),
+            Self::BodyTimeout { .. } => Some("request_timeout"),
             Self::ModelNotFound { .. } => Some("model_not_found"),
             Self::MissingApiKey | Self::InvalidApiKey => Some("invalid_api_key"),
             Self::ModelNotAllowed { .. } => Some("model_not_allowed"),
@@ -183,6 +188,7 @@ impl GatewayError {
             Self::InvalidJson { .. }
             | Self::UnsupportedContentType
             | Self::BodyTooLarge { .. }
+            | Self::BodyTimeout { .. }
             | Self::MissingApiKey
             | Self::InvalidApiKey
             | Self::UnknownRoute { .. }
@@ -205,6 +211,7 @@ impl GatewayError {
             | Self::InvalidJson { .. }
             | Self::UnsupportedContentType
             | Self::BodyTooLarge { .. }
+            | Self::BodyTimeout { .. }
             | Self::ModelNotFound { .. }
             | Self::MissingApiKey
             | Self::InvalidApiKey
@@ -229,6 +236,7 @@ impl GatewayError {
             Self::InvalidJson { .. } => "invalid_json",
             Self::UnsupportedContentType => "unsupported_content_type",
             Self::BodyTooLarge { .. } => "body_too_large",
+            Self::BodyTimeout { .. } => "body_timeout",
             Self::ModelNotFound { .. } => "model_not_found",
             Self::MissingApiKey => "missing_api_key",
             Self::InvalidApiKey => "invalid_api_key",
@@ -262,6 +270,7 @@ impl GatewayError {
             | Self::InvalidJson { .. }
             | Self::UnsupportedContentType
             | Self::BodyTooLarge { .. }
+            | Self::BodyTimeout { .. }
             | Self::ModelNotFound { .. }
             | Self::MissingApiKey
             | Self::InvalidApiKey

@@ -189,10 +189,8 @@ async fn read_body(request: Request<Incoming>, state: &AppState) -> Result<Bytes
             param: None,
             code: "invalid_body",
         }),
-        Err(_) => Err(GatewayError::InvalidRequest {
-            message: "the request body was not received in time".into(),
-            param: None,
-            code: "body_timeout",
+        Err(_) => Err(GatewayError::BodyTimeout {
+            timeout: state.server.body_read_timeout,
         }),
     }
 }

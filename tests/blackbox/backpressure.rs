@@ -58,17 +58,17 @@ async fn plateau(upstream: &MockUpstream) -> u64 {
     }
 }
 
-#[tokio::test]
-async fn a_paused_reader_stalls_the_upstream_instead_of_growing_a_buffer() {
-    // 60,000 chunks of 1 KiB: about 80 MiB on the wire, far more than every socket buffer
-    // between the upstream and the client can hold.
+/// An upstream flooding 60,000 chunks of 1 KiB (about 80 MiB on the wire, far more than every
+/// socket buffer between upstream and client can hold), a gateway with `stall_timeout`, and a
+/// raw client socket that has received the first response byte and then reads nothing.
+async fn flood(stall_timeout: &str) -> (MockUpstream, TestGateway, tokio::net::TcpStream) {
     let big = "x".repeat(1024);
     let tokens: Vec<&str> = std::iter::repeat_n(big.as_str(), 60_000).collect();
     let upstream = MockUpstream::stream_tokens(&tokens).start().await;
-    let config = GatewayConfig::openai(&upstream.base_url())
-        .stream("{heartbeat_interval: 10s, client_stall_timeout: 60s}");
+    let config = GatewayConfig::openai(&upstream.base_url()).stream(&format!(
+        "{{heartbeat_interval: 10s, client_stall_timeout: {stall_timeout}}}"
+    ));
     let gateway = TestGateway::start(&config).await;
-
     let mut socket = tokio::net::TcpStream::connect(gateway.addr)
         .await
         .expect("connect");
@@ -78,6 +78,12 @@ async fn a_paused_reader_stalls_the_upstream_instead_of_growing_a_buffer() {
         .expect("send request");
     let mut head = [0u8; 1];
     socket.read_exact(&mut head).await.expect("response starts");
+    (upstream, gateway, socket)
+}
+
+#[tokio::test]
+async fn a_paused_reader_stalls_the_upstream_instead_of_growing_a_buffer() {
+    let (upstream, _gateway, mut socket) = flood("60s").await;
 
     let stalled_at = within(
         Duration::from_secs(30),
@@ -114,22 +120,7 @@ async fn a_paused_reader_stalls_the_upstream_instead_of_growing_a_buffer() {
 
 #[tokio::test]
 async fn a_client_that_stops_reading_is_cut_off_after_the_stall_timeout() {
-    let big = "y".repeat(1024);
-    let tokens: Vec<&str> = std::iter::repeat_n(big.as_str(), 60_000).collect();
-    let upstream = MockUpstream::stream_tokens(&tokens).start().await;
-    let config = GatewayConfig::openai(&upstream.base_url())
-        .stream("{heartbeat_interval: 10s, client_stall_timeout: 1s}");
-    let gateway = TestGateway::start(&config).await;
-
-    let mut socket = tokio::net::TcpStream::connect(gateway.addr)
-        .await
-        .expect("connect");
-    socket
-        .write_all(raw_stream_request().as_bytes())
-        .await
-        .expect("send request");
-    let mut head = [0u8; 1];
-    socket.read_exact(&mut head).await.expect("response starts");
+    let (upstream, _gateway, _socket) = flood("1s").await;
 
     within(
         Duration::from_secs(20),

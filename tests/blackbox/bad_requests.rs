@@ -278,3 +278,20 @@ async fn a_lying_content_length_never_reads_past_the_cap() {
     let answer = raw_exchange(gateway.addr, request.as_bytes(), Duration::from_secs(3)).await;
     assert!(answer.starts_with("HTTP/1.1 413"), "got {answer:?}");
 }
+
+#[tokio::test]
+async fn a_body_that_never_finishes_arriving_is_408() {
+    let gateway =
+        TestGateway::start(&GatewayConfig::mock(1, "1ms").server("{body_read_timeout: 500ms}"))
+            .await;
+    let request = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {KEY}\r\n\
+         content-type: application/json\r\ncontent-length: 100\r\n\r\n{{\"model\""
+    );
+    let answer = raw_exchange(gateway.addr, request.as_bytes(), Duration::from_secs(5)).await;
+    assert!(answer.starts_with("HTTP/1.1 408"), "got {answer:?}");
+    assert!(
+        answer.contains(r#""code":"request_timeout""#),
+        "OpenAI error body: {answer:?}"
+    );
+}

@@ -18,21 +18,48 @@ fn binary_config(upstream: &MockUpstream, grace: &str) -> String {
         .replace("level: warn", "level: info")
 }
 
+type Chunks =
+    std::pin::Pin<Box<dyn futures_util::Stream<Item = reqwest::Result<bytes::Bytes>> + Send>>;
+
+/// Starts a stream through `base` and returns its first chunk's text and the rest of the body.
+async fn open_stream(base: &str) -> (String, Chunks) {
+    let mut body: Chunks = Box::pin(post_chat(base, KEY, &chat_body(true)).await.bytes_stream());
+    let first = within(ms(5000), "the first chunk", body.next())
+        .await
+        .expect("a chunk")
+        .expect("bytes");
+    (String::from_utf8_lossy(&first).into_owned(), body)
+}
+
+/// Reads a started stream to its end, with no transport error.
+async fn read_to_end(mut text: String, mut body: Chunks) -> String {
+    while let Some(chunk) = within(ms(5000), "the stream to go on", body.next()).await {
+        text.push_str(&String::from_utf8_lossy(
+            &chunk.expect("no transport error"),
+        ));
+    }
+    text
+}
+
+async fn exits_zero(gateway: &mut RunningBinary) {
+    let status = within(
+        Duration::from_secs(10),
+        "the process to exit",
+        gateway.child.wait(),
+    )
+    .await
+    .expect("wait");
+    assert!(status.success(), "exit status {status:?}");
+}
+
 #[tokio::test]
 async fn sigterm_lets_streams_finish_then_exits_zero() {
     let upstream = MockUpstream::stream(15).pace(ms(100)).start().await;
     let mut gateway = RunningBinary::start(&binary_config(&upstream, "10s")).await;
-
-    let mut streams = Vec::new();
-    for _ in 0..2 {
-        let response = post_chat(&gateway.base(), KEY, &chat_body(true)).await;
-        let mut body = response.bytes_stream();
-        let first = within(ms(5000), "the first chunk", body.next())
-            .await
-            .expect("a chunk")
-            .expect("bytes");
-        streams.push((first, body));
-    }
+    let streams = vec![
+        open_stream(&gateway.base()).await,
+        open_stream(&gateway.base()).await,
+    ];
     gateway.signal("TERM");
     let signalled = Instant::now();
 
@@ -43,13 +70,8 @@ async fn sigterm_lets_streams_finish_then_exits_zero() {
         }
     })
     .await;
-    for (first, mut body) in streams {
-        let mut text = String::from_utf8_lossy(&first).into_owned();
-        while let Some(chunk) = within(ms(5000), "the stream to go on", body.next()).await {
-            text.push_str(&String::from_utf8_lossy(
-                &chunk.expect("no transport error"),
-            ));
-        }
+    for (first, body) in streams {
+        let text = read_to_end(first, body).await;
         assert!(
             text.ends_with("data: [DONE]\n\n"),
             "the stream finished normally"
@@ -60,14 +82,7 @@ async fn sigterm_lets_streams_finish_then_exits_zero() {
             "nothing was cut"
         );
     }
-    let status = within(
-        Duration::from_secs(10),
-        "the process to exit",
-        gateway.child.wait(),
-    )
-    .await
-    .expect("wait");
-    assert!(status.success(), "exit status {status:?}");
+    exits_zero(&mut gateway).await;
     assert!(
         signalled.elapsed() < Duration::from_secs(8),
         "exited once streams ended, not at the grace deadline"
@@ -78,35 +93,15 @@ async fn sigterm_lets_streams_finish_then_exits_zero() {
 async fn streams_open_past_the_grace_period_get_a_final_error_event() {
     let upstream = MockUpstream::stream(100).pace(ms(100)).start().await;
     let mut gateway = RunningBinary::start(&binary_config(&upstream, "500ms")).await;
-
-    let response = post_chat(&gateway.base(), KEY, &chat_body(true)).await;
-    let mut body = response.bytes_stream();
-    let mut text = String::from_utf8_lossy(
-        &within(ms(5000), "first chunk", body.next())
-            .await
-            .expect("chunk")
-            .expect("bytes"),
-    )
-    .into_owned();
+    let (first, body) = open_stream(&gateway.base()).await;
     gateway.signal("TERM");
-    while let Some(chunk) = within(ms(5000), "the stream to end", body.next()).await {
-        text.push_str(&String::from_utf8_lossy(
-            &chunk.expect("no transport error"),
-        ));
-    }
+    let text = read_to_end(first, body).await;
     assert!(!text.contains("[DONE]"), "cut short, so no [DONE]");
     assert!(
         text.ends_with("\"code\":\"shutting_down\"}}\n\n"),
         "final event: {text:?}"
     );
-    let status = within(
-        Duration::from_secs(10),
-        "the process to exit",
-        gateway.child.wait(),
-    )
-    .await
-    .expect("wait");
-    assert!(status.success(), "exit status {status:?}");
+    exits_zero(&mut gateway).await;
     within(ms(2000), "the upstream to be released", upstream.closed(0)).await;
 }
 
