@@ -113,11 +113,11 @@ fn stream(
     include_usage: bool,
 ) -> impl futures_util::Stream<Item = Result<Bytes, crate::error::GatewayError>> + Send {
     async_stream::stream! {
-        tokio::time::sleep(script.first_token_delay).await;
+        pause(script.first_token_delay).await;
         yield Ok(answer.chunk(json!({"role": "assistant", "content": ""}), None));
         for i in 0..answer.tokens {
             if i > 0 {
-                tokio::time::sleep(script.pace).await;
+                pause(script.pace).await;
             }
             yield Ok(answer.chunk(json!({"content": WORDS[i as usize % WORDS.len()]}), None));
         }
@@ -138,13 +138,21 @@ fn complete(
 ) -> impl futures_util::Stream<Item = Result<Bytes, crate::error::GatewayError>> + Send {
     async_stream::stream! {
         let generation = script.pace.saturating_mul(answer.tokens.saturating_sub(1) as u32);
-        tokio::time::sleep(script.first_token_delay + generation.min(Duration::from_secs(600))).await;
+        pause(script.first_token_delay + generation.min(Duration::from_secs(600))).await;
         let body = json!({
             "id": answer.id, "object": "chat.completion", "created": answer.created, "model": answer.model,
             "choices": [{"index": 0, "message": {"role": "assistant", "content": answer.text()}, "finish_reason": "stop"}],
             "usage": answer.usage(),
         });
         yield Ok(Bytes::from(serde_json::to_vec(&body).expect("invariant: JSON value serialises")));
+    }
+}
+
+/// Sleeps for `duration`; a zero pace does not sleep at all (a zero-length tokio sleep still
+/// waits for the next 1 ms timer tick, which would dominate benchmark latencies).
+async fn pause(duration: Duration) {
+    if !duration.is_zero() {
+        tokio::time::sleep(duration).await;
     }
 }
 
