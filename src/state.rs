@@ -38,7 +38,7 @@ impl AppState {
             upstream: config.upstream.clone(),
             stream: config.stream.clone(),
             keys: KeyIndex::new(&config.api_keys),
-            models: ModelTable::new(&config.models, &http),
+            models: ModelTable::new(&config.models, &http, &config.upstream),
             admission: Admission::new(config.server.max_concurrent_requests.get()),
             drain: Drain::default(),
             started_unix: SystemTime::now()

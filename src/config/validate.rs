@@ -298,6 +298,10 @@ fn base_url_with_slash(raw: &str, path: &str) -> Result<String, ConfigError> {
 
 fn secret_from_env(var: &str, path: &str) -> Result<Secret, ConfigError> {
     match std::env::var(var) {
+        Ok(value) if value.bytes().any(|b| b.is_ascii_control()) => Err(ConfigError::invalid(
+            format!("{path}.api_key_env"),
+            format!("environment variable `{var}` contains control characters"),
+        )),
         Ok(value) if !value.is_empty() => Ok(Secret(value)),
         _ => Err(ConfigError::invalid(
             format!("{path}.api_key_env"),

@@ -1,10 +1,12 @@
 //! Upstream model backends: `send(UpstreamRequest)` -> a byte stream, or a typed error that
 //! already says how the client should see the failure.
 
+mod http1;
+mod https;
 pub mod mock;
 pub mod mock_server;
-mod openai;
 pub mod pool;
+mod rejection;
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -12,10 +14,10 @@ use std::sync::Arc;
 use bytes::Bytes;
 use futures_util::Stream;
 
-use crate::config::{BackendConfig, BackendKind};
+use crate::config::{BackendConfig, BackendKind, UpstreamConfig};
 use crate::error::GatewayError;
 
-pub use openai::http_client;
+pub use https::http_client;
 
 /// The body of a successful upstream response: SSE bytes for streams, JSON otherwise.
 pub type ByteStream = Pin<Box<dyn Stream<Item = Result<Bytes, GatewayError>> + Send>>;
@@ -38,18 +40,35 @@ pub struct Backend {
     transport: Transport,
 }
 
+/// How a backend is reached: plain HTTP through the inline client, TLS through reqwest, or
+/// the in-process mock.
 #[derive(Debug)]
 enum Transport {
-    OpenAi(openai::OpenAiBackend),
+    Http1(http1::Http1Backend),
+    Https(https::HttpsBackend),
     Mock(mock::MockBackend),
 }
 
 impl Backend {
-    pub fn new(config: &BackendConfig, http: &reqwest::Client) -> Self {
+    pub fn new(config: &BackendConfig, http: &reqwest::Client, timeouts: &UpstreamConfig) -> Self {
         let transport = match &config.kind {
-            BackendKind::OpenAi { base_url, api_key } => Transport::OpenAi(
-                openai::OpenAiBackend::new(http.clone(), base_url, api_key.as_ref()),
-            ),
+            BackendKind::OpenAi { base_url, api_key } => {
+                let url = reqwest::Url::parse(base_url).expect("invariant: base_url was validated");
+                if url.scheme() == "http" {
+                    let connect_timeout = timeouts.connect_timeout;
+                    Transport::Http1(http1::Http1Backend::new(
+                        &url,
+                        api_key.as_ref(),
+                        connect_timeout,
+                    ))
+                } else {
+                    Transport::Https(https::HttpsBackend::new(
+                        http.clone(),
+                        base_url,
+                        api_key.as_ref(),
+                    ))
+                }
+            }
             BackendKind::Mock(script) => {
                 Transport::Mock(mock::MockBackend::new(*script, &config.upstream_model))
             }
@@ -64,7 +83,8 @@ impl Backend {
     /// Sends the request; resolves when the response headers arrived with a 2xx status.
     pub async fn send(&self, request: UpstreamRequest) -> Result<ByteStream, GatewayError> {
         match &self.transport {
-            Transport::OpenAi(backend) => backend.send(request).await,
+            Transport::Http1(backend) => backend.send(request).await,
+            Transport::Https(backend) => backend.send(request).await,
             Transport::Mock(backend) => Ok(backend.respond(&request.body)),
         }
     }
@@ -72,7 +92,7 @@ impl Backend {
     /// Whether the backend can produce `n` choices per request.
     pub fn supports_choices(&self, n: u64) -> bool {
         match &self.transport {
-            Transport::OpenAi(_) => true,
+            Transport::Http1(_) | Transport::Https(_) => true,
             Transport::Mock(_) => n == 1,
         }
     }

@@ -4,7 +4,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use super::Backend;
-use crate::config::Model;
+use crate::config::{Model, UpstreamConfig};
 use crate::error::GatewayError;
 
 /// A client-facing model and its backends, in configured order.
@@ -34,14 +34,14 @@ pub struct ModelTable {
 }
 
 impl ModelTable {
-    pub fn new(models: &[Model], http: &reqwest::Client) -> Self {
+    pub fn new(models: &[Model], http: &reqwest::Client, timeouts: &UpstreamConfig) -> Self {
         let by_name = models
             .iter()
             .map(|model| {
                 let backends = model
                     .backends
                     .iter()
-                    .map(|b| Arc::new(Backend::new(b, http)))
+                    .map(|b| Arc::new(Backend::new(b, http, timeouts)))
                     .collect();
                 let pool = Pool {
                     name: model.name.clone(),

@@ -11,4 +11,5 @@ mod chat;
 mod cli;
 mod sdk;
 mod shutdown;
+mod upstream_connections;
 mod upstream_failures;

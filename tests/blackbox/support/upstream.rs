@@ -87,31 +87,39 @@ pub struct MockUpstream {
 /// Builds a `MockUpstream`; `start` binds it on a free loopback port.
 pub struct MockBuilder {
     reply: Reply,
+    keep_alive: KeepAlive,
+}
+
+/// What the mock does with a connection after an answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum KeepAlive {
+    /// Says `connection: close` and closes.
+    Off,
+    /// Says keep-alive and reads the next request.
+    On,
+    /// Says keep-alive, then closes anyway, as a backend that times out idle connections does.
+    Lie,
 }
 
 impl MockUpstream {
     pub fn stream(tokens: usize) -> MockBuilder {
         let tokens = (0..tokens).map(|i| format!("tok{i} ")).collect();
-        MockBuilder {
-            reply: Reply::Stream(StreamScript {
-                tokens,
-                ..StreamScript::default()
-            }),
-        }
+        MockBuilder::from(Reply::Stream(StreamScript {
+            tokens,
+            ..StreamScript::default()
+        }))
     }
 
     pub fn stream_tokens(tokens: &[&str]) -> MockBuilder {
         let tokens = tokens.iter().map(|t| (*t).to_owned()).collect();
-        MockBuilder {
-            reply: Reply::Stream(StreamScript {
-                tokens,
-                ..StreamScript::default()
-            }),
-        }
+        MockBuilder::from(Reply::Stream(StreamScript {
+            tokens,
+            ..StreamScript::default()
+        }))
     }
 
     pub fn reply(reply: Reply) -> MockBuilder {
-        MockBuilder { reply }
+        MockBuilder::from(reply)
     }
 
     pub fn base_url(&self) -> String {
@@ -144,6 +152,15 @@ impl Drop for MockUpstream {
     }
 }
 
+impl From<Reply> for MockBuilder {
+    fn from(reply: Reply) -> Self {
+        Self {
+            reply,
+            keep_alive: KeepAlive::Off,
+        }
+    }
+}
+
 impl MockBuilder {
     fn script(&mut self) -> &mut StreamScript {
         match &mut self.reply {
@@ -172,6 +189,18 @@ impl MockBuilder {
         self
     }
 
+    /// Answers several requests per connection (HTTP/1.1 keep-alive) instead of closing.
+    pub fn keep_alive(mut self) -> Self {
+        self.keep_alive = KeepAlive::On;
+        self
+    }
+
+    /// Advertises keep-alive but closes each connection right after its answer.
+    pub fn closes_idle_connections(mut self) -> Self {
+        self.keep_alive = KeepAlive::Lie;
+        self
+    }
+
     pub async fn start(self) -> MockUpstream {
         let listener = TcpListener::bind("127.0.0.1:0")
             .await
@@ -179,6 +208,7 @@ impl MockBuilder {
         let addr = listener.local_addr().expect("bound address");
         let shared = Arc::new(Shared::default());
         let reply = Arc::new(self.reply);
+        let keep_alive = self.keep_alive;
         let accept_shared = shared.clone();
         #[expect(
             clippy::disallowed_methods,
@@ -198,7 +228,9 @@ impl MockBuilder {
                 accept_shared.changed.notify_waiters();
                 let (shared, reply) = (accept_shared.clone(), reply.clone());
                 #[expect(clippy::disallowed_methods, reason = "one task per mock connection")]
-                tokio::spawn(async move { serve_connection(socket, &shared, &log, &reply).await });
+                tokio::spawn(async move {
+                    serve_connection(socket, &shared, &log, &reply, keep_alive).await
+                });
             }
         });
         MockUpstream { addr, shared, task }
@@ -210,25 +242,36 @@ async fn serve_connection(
     shared: &Shared,
     log: &Arc<ConnectionLog>,
     reply: &Reply,
+    keep_alive: KeepAlive,
 ) {
     let _ = socket.set_nodelay(true);
     let (mut reader, mut writer) = socket.into_split();
-    let Some(seen) = read_request(&mut reader).await else {
-        mark_closed(shared, log);
-        return;
-    };
-    let include_usage = seen.body["stream_options"]["include_usage"] == true;
-    shared.requests.lock().expect("lock").push(seen);
-    shared.changed.notify_waiters();
-    // The gateway closing its side shows up as EOF on our read half.
-    let eof = async {
-        let mut byte = [0u8; 1];
-        while matches!(reader.read(&mut byte).await, Ok(n) if n > 0) {}
-    };
-    let mut eof = std::pin::pin!(eof);
-    tokio::select! {
-        () = &mut eof => {}
-        () = write_reply(&mut writer, log, reply, include_usage) => eof.await,
+    while let Some(seen) = read_request(&mut reader).await {
+        let include_usage = seen.body["stream_options"]["include_usage"] == true;
+        shared.requests.lock().expect("lock").push(seen);
+        shared.changed.notify_waiters();
+        let advertise = keep_alive != KeepAlive::Off;
+        if keep_alive == KeepAlive::On {
+            // The next request (or EOF) is read once this answer is written.
+            write_reply(&mut writer, log, reply, include_usage, advertise).await;
+            continue;
+        }
+        if keep_alive == KeepAlive::Lie {
+            write_reply(&mut writer, log, reply, include_usage, advertise).await;
+            let _ = writer.shutdown().await;
+            break;
+        }
+        // The gateway closing its side shows up as EOF on our read half.
+        let eof = async {
+            let mut byte = [0u8; 1];
+            while matches!(reader.read(&mut byte).await, Ok(n) if n > 0) {}
+        };
+        let mut eof = std::pin::pin!(eof);
+        tokio::select! {
+            () = &mut eof => {}
+            () = write_reply(&mut writer, log, reply, include_usage, advertise) => eof.await,
+        }
+        break;
     }
     mark_closed(shared, log);
 }
@@ -288,7 +331,9 @@ async fn write_reply(
     log: &ConnectionLog,
     reply: &Reply,
     include_usage: bool,
+    keep_alive: bool,
 ) {
+    let connection = if keep_alive { "keep-alive" } else { "close" };
     match reply {
         Reply::Hang => std::future::pending().await,
         Reply::Status {
@@ -303,12 +348,14 @@ async fn write_reply(
             for (name, value) in headers {
                 head.push_str(&format!("{name}: {value}\r\n"));
             }
-            head.push_str("connection: close\r\n\r\n");
+            head.push_str(&format!("connection: {connection}\r\n\r\n"));
             let _ = send(writer, log, format!("{head}{body}").as_bytes()).await;
-            let _ = writer.shutdown().await;
+            if !keep_alive {
+                let _ = writer.shutdown().await;
+            }
         }
         Reply::Stream(script) => {
-            let _ = write_stream(writer, log, script, include_usage).await;
+            let _ = write_stream(writer, log, script, include_usage, connection).await;
         }
     }
 }
@@ -318,9 +365,13 @@ async fn write_stream(
     log: &ConnectionLog,
     script: &StreamScript,
     include_usage: bool,
+    connection: &str,
 ) -> std::io::Result<()> {
     tokio::time::sleep(script.first_delay).await;
-    send(writer, log, b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n").await?;
+    let head = format!(
+        "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\nconnection: {connection}\r\n\r\n"
+    );
+    send(writer, log, head.as_bytes()).await?;
     for (i, token) in script.tokens.iter().enumerate() {
         if script.drop_after == Some(i) {
             // An abrupt end inside the chunked body: no terminating chunk.

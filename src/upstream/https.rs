@@ -1,4 +1,5 @@
-//! Backends that speak the OpenAI HTTP API, through one shared, pooled reqwest client.
+//! `https://` backends, through one shared, pooled reqwest client (rustls, HTTP/2 by ALPN).
+//! Plain `http://` backends use the inline client in `http1/` instead.
 //!
 //! The client's `Authorization` header is never forwarded: the backend's own key is sent.
 //! Redirects are not followed, and proxies from the environment are ignored.
@@ -7,17 +8,12 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
-use http::{HeaderValue, StatusCode, header};
+use http::{HeaderValue, header};
 
+use super::rejection::{ERROR_BODY_TIMEOUT, MAX_ERROR_BODY_BYTES, passes_through, rejection};
 use super::{ByteStream, UpstreamRequest};
 use crate::config::{Secret, UpstreamConfig};
 use crate::error::{GatewayError, TimeoutPhase};
-use crate::openai::sanitize::upstream_message;
-
-/// How much of an upstream error body is read to find its message.
-const MAX_ERROR_BODY_BYTES: usize = 64 * 1024;
-/// How long reading an upstream error body may take.
-const ERROR_BODY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The one pooled client every OpenAI-kind backend shares.
 pub fn http_client(timeouts: &UpstreamConfig) -> Result<reqwest::Client, reqwest::Error> {
@@ -32,13 +28,13 @@ pub fn http_client(timeouts: &UpstreamConfig) -> Result<reqwest::Client, reqwest
 }
 
 #[derive(Debug)]
-pub struct OpenAiBackend {
+pub struct HttpsBackend {
     client: reqwest::Client,
     url: String,
     authorization: Option<HeaderValue>,
 }
 
-impl OpenAiBackend {
+impl HttpsBackend {
     pub fn new(client: reqwest::Client, base_url: &str, api_key: Option<&Secret>) -> Self {
         let authorization = api_key.and_then(|key| {
             let mut value = HeaderValue::try_from(format!("Bearer {}", key.expose())).ok()?;
@@ -100,38 +96,22 @@ fn body_error(error: reqwest::Error) -> GatewayError {
     }
 }
 
-/// Maps a non-2xx upstream response. Request faults (4xx) pass through with a sanitised
-/// message; the backend refusing the gateway's own credentials, redirects and 5xx are 502s.
+/// Maps a non-2xx upstream response, reading the body only when the client will see it.
 async fn status_error(response: reqwest::Response) -> GatewayError {
     let status = response.status();
-    let retry_after = response
-        .headers()
-        .get(header::RETRY_AFTER)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<u64>().ok())
-        .map(Duration::from_secs);
-    let passes_through = status.is_client_error()
-        && !matches!(
-            status,
-            StatusCode::UNAUTHORIZED
-                | StatusCode::FORBIDDEN
-                | StatusCode::PROXY_AUTHENTICATION_REQUIRED
-        );
-    if !passes_through {
-        return GatewayError::UpstreamFailed {
-            status: status.as_u16(),
-        };
-    }
-    let body = tokio::time::timeout(ERROR_BODY_TIMEOUT, read_capped(response))
-        .await
-        .unwrap_or_default();
-    GatewayError::UpstreamRejected {
+    let retry_after = response.headers().get(header::RETRY_AFTER).cloned();
+    let body = if passes_through(status) {
+        tokio::time::timeout(ERROR_BODY_TIMEOUT, read_capped(response))
+            .await
+            .unwrap_or_default()
+    } else {
+        Bytes::new()
+    };
+    rejection(
         status,
-        message: upstream_message(&body).unwrap_or_else(|| {
-            format!("the upstream model backend rejected the request ({status})")
-        }),
-        retry_after,
-    }
+        retry_after.as_ref().map(HeaderValue::as_bytes),
+        &body,
+    )
 }
 
 async fn read_capped(response: reqwest::Response) -> Bytes {

@@ -1,0 +1,143 @@
+//! The inline HTTP/1.1 client for plain `http://` backends (vLLM, llama.cpp, Ollama in the same
+//! network). The relay polls the response body, and that poll reads the upstream socket
+//! directly: no connection task, no channel, one 4 KiB read buffer per stream. Measured against
+//! the pooled hyper client it replaced, it cut one client write and one task switch per chunk.
+//!
+//! Pooled keep-alive connections are reused newest first. A request that finds its reused
+//! connection closed before any response byte (the backend timed it out while idle) is sent
+//! again on another connection: the backend never produced an answer for it.
+
+mod body;
+mod chunked;
+mod conn;
+mod idle;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::rejection::{ERROR_BODY_TIMEOUT, MAX_ERROR_BODY_BYTES, passes_through, rejection};
+use super::{ByteStream, UpstreamRequest};
+use crate::config::Secret;
+use crate::error::{GatewayError, TimeoutPhase};
+use body::Body;
+use conn::{Conn, ConnectError, ExchangeError, Head};
+use idle::IdleConns;
+
+/// Idle connections kept per backend.
+const MAX_IDLE_PER_BACKEND: usize = 256;
+/// How long an idle connection is kept.
+const MAX_IDLE_AGE: Duration = Duration::from_secs(60);
+
+#[derive(Debug)]
+pub struct Http1Backend {
+    host: String,
+    port: u16,
+    /// Everything of the request head that is the same for every request.
+    head_prefix: Vec<u8>,
+    connect_timeout: Duration,
+    idle: Arc<IdleConns>,
+}
+
+impl Http1Backend {
+    /// `base_url` is a validated `http://` URL ending in `/`.
+    pub fn new(
+        base_url: &reqwest::Url,
+        api_key: Option<&Secret>,
+        connect_timeout: Duration,
+    ) -> Self {
+        let host = base_url.host_str().unwrap_or_default();
+        let port = base_url.port_or_known_default().unwrap_or(80);
+        let authority = match base_url.port() {
+            Some(port) => format!("{host}:{port}"),
+            None => host.to_owned(),
+        };
+        let mut head_prefix = format!(
+            "POST {}chat/completions HTTP/1.1\r\nhost: {authority}\r\ncontent-type: application/json\r\n\
+             user-agent: sluicegate/{}\r\n",
+            base_url.path(),
+            env!("CARGO_PKG_VERSION")
+        );
+        if let Some(key) = api_key {
+            head_prefix.push_str(&format!("authorization: Bearer {}\r\n", key.expose()));
+        }
+        Self {
+            host: host
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .to_owned(),
+            port,
+            head_prefix: head_prefix.into_bytes(),
+            connect_timeout,
+            idle: Arc::new(IdleConns::new(MAX_IDLE_PER_BACKEND, MAX_IDLE_AGE)),
+        }
+    }
+
+    pub async fn send(&self, request: UpstreamRequest) -> Result<ByteStream, GatewayError> {
+        let wire = self.request_bytes(&request);
+        loop {
+            let (mut conn, reused) = match self.idle.take() {
+                Some(conn) => (conn, true),
+                None => (self.connect().await?, false),
+            };
+            match conn.exchange(&wire).await {
+                Ok(head) => return self.respond(conn, head).await,
+                Err(ExchangeError::ClosedEarly) if reused => continue,
+                Err(ExchangeError::ClosedEarly | ExchangeError::Broken) => {
+                    return Err(GatewayError::UpstreamDisconnected);
+                }
+                Err(ExchangeError::Malformed(detail)) => {
+                    return Err(GatewayError::UpstreamProtocol { detail });
+                }
+            }
+        }
+    }
+
+    async fn connect(&self) -> Result<Conn, GatewayError> {
+        Conn::connect(&self.host, self.port, self.connect_timeout)
+            .await
+            .map_err(|error| match error {
+                ConnectError::Refused => GatewayError::UpstreamUnavailable,
+                ConnectError::TimedOut => GatewayError::UpstreamTimeout {
+                    phase: TimeoutPhase::Connect,
+                },
+            })
+    }
+
+    async fn respond(&self, conn: Conn, head: Head) -> Result<ByteStream, GatewayError> {
+        let body = Body::new(conn, head.framing, head.keep_alive, self.idle.clone());
+        if head.status.is_success() {
+            return Ok(Box::pin(body));
+        }
+        let text = if passes_through(head.status) {
+            let read = body.collect_capped(MAX_ERROR_BODY_BYTES);
+            tokio::time::timeout(ERROR_BODY_TIMEOUT, read)
+                .await
+                .ok()
+                .and_then(Result::ok)
+                .unwrap_or_default()
+        } else {
+            bytes::Bytes::new()
+        };
+        Err(rejection(head.status, head.retry_after.as_deref(), &text))
+    }
+
+    fn request_bytes(&self, request: &UpstreamRequest) -> Vec<u8> {
+        let accept = if request.stream {
+            "text/event-stream"
+        } else {
+            "application/json"
+        };
+        let mut wire = Vec::with_capacity(self.head_prefix.len() + request.body.len() + 128);
+        wire.extend_from_slice(&self.head_prefix);
+        wire.extend_from_slice(
+            format!(
+                "accept: {accept}\r\nx-request-id: {}\r\ncontent-length: {}\r\n\r\n",
+                request.request_id,
+                request.body.len()
+            )
+            .as_bytes(),
+        );
+        wire.extend_from_slice(&request.body);
+        wire
+    }
+}
