@@ -64,10 +64,17 @@ impl Rewrite for ChunkRewriter {
                 return Ok(Step::Skip);
             }
         }
-        let mut payload = BytesMut::new();
-        view.put_with_model(&event.data, &self.model_json, &mut payload);
-        let mut out = BytesMut::with_capacity(payload.len() + 8);
-        put_data_event(&mut out, &payload);
+        let mut out = BytesMut::with_capacity(event.data.len() + self.model_json.len() + 8);
+        if memchr::memchr(b'\n', &event.data).is_none() {
+            // The usual one-line payload is spliced straight into the outgoing event.
+            out.extend_from_slice(b"data: ");
+            view.put_with_model(&event.data, &self.model_json, &mut out);
+            out.extend_from_slice(b"\n\n");
+        } else {
+            let mut payload = BytesMut::new();
+            view.put_with_model(&event.data, &self.model_json, &mut payload);
+            put_data_event(&mut out, &payload);
+        }
         Ok(Step::Send(out.freeze()))
     }
 }

@@ -14,6 +14,26 @@ pub struct Event {
     pub data: Bytes,
 }
 
+/// The data of the event being read. The usual single `data:` line is kept as a zero-copy
+/// slice of the input; only a second line makes the decoder join lines into its own buffer.
+#[derive(Debug, Default)]
+enum Data {
+    #[default]
+    None,
+    Line(Bytes),
+    Lines(BytesMut),
+}
+
+impl Data {
+    fn len(&self) -> usize {
+        match self {
+            Self::None => 0,
+            Self::Line(line) => line.len(),
+            Self::Lines(joined) => joined.len(),
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum DecodeError {
     #[error("an event exceeded {limit} bytes")]
@@ -25,7 +45,7 @@ pub enum DecodeError {
 #[derive(Debug)]
 pub struct Decoder {
     pending: BytesMut,
-    data: BytesMut,
+    data: Data,
     name: Bytes,
     skip_leading_lf: bool,
     max_event_bytes: usize,
@@ -35,7 +55,7 @@ impl Decoder {
     pub fn new(max_event_bytes: usize) -> Self {
         Self {
             pending: BytesMut::new(),
-            data: BytesMut::new(),
+            data: Data::None,
             name: Bytes::new(),
             skip_leading_lf: false,
             max_event_bytes,
@@ -70,7 +90,7 @@ impl Decoder {
 
     /// True when no partial line or event is held: the stream ended on an event boundary.
     pub fn is_idle(&self) -> bool {
-        self.pending.is_empty() && self.data.is_empty()
+        self.pending.is_empty() && matches!(self.data, Data::None)
     }
 
     fn consume_terminator(&mut self) {
@@ -106,8 +126,21 @@ impl Decoder {
         match &field[..] {
             b"data" => {
                 self.check_size(self.data.len() + value.len() + 1)?;
-                self.data.extend_from_slice(&value);
-                self.data.extend_from_slice(b"\n");
+                self.data = match std::mem::take(&mut self.data) {
+                    Data::None => Data::Line(value),
+                    Data::Line(first) => {
+                        let mut joined = BytesMut::with_capacity(first.len() + value.len() + 1);
+                        joined.extend_from_slice(&first);
+                        joined.extend_from_slice(b"\n");
+                        joined.extend_from_slice(&value);
+                        Data::Lines(joined)
+                    }
+                    Data::Lines(mut joined) => {
+                        joined.extend_from_slice(b"\n");
+                        joined.extend_from_slice(&value);
+                        Data::Lines(joined)
+                    }
+                };
             }
             b"event" => self.name = value,
             // `id`, `retry` and unknown fields carry nothing a relay forwards.
@@ -118,15 +151,12 @@ impl Decoder {
 
     fn dispatch(&mut self) -> Option<Event> {
         let name = std::mem::take(&mut self.name);
-        if self.data.is_empty() {
-            return None;
-        }
-        let mut data = self.data.split();
-        data.truncate(data.len() - 1);
-        Some(Event {
-            name,
-            data: data.freeze(),
-        })
+        let data = match std::mem::take(&mut self.data) {
+            Data::None => return None,
+            Data::Line(line) => line,
+            Data::Lines(joined) => joined.freeze(),
+        };
+        Some(Event { name, data })
     }
 
     fn check_size(&self, bytes: usize) -> Result<(), DecodeError> {
