@@ -10,6 +10,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 use http::{HeaderValue, Response, StatusCode, header};
 
 use crate::body::{Body, full};
+use crate::limits::{LimitKind, Refusal};
 use crate::openai::error_body::{ErrorBody, ErrorDetail};
 use crate::sse::relay::RelayError;
 
@@ -63,6 +64,8 @@ pub enum GatewayError {
     UnknownRoute { method: String, path: String },
     #[error("method {method} is not allowed on {path}")]
     MethodNotAllowed { method: String, path: String },
+    #[error("{}", rate_limit_message(.0))]
+    RateLimited(Box<Refusal>),
     #[error("the gateway is at its concurrent request limit; retry shortly")]
     Overloaded { retry_after: Duration },
     #[error("the gateway is shutting down; retry on another instance")]
@@ -108,6 +111,7 @@ impl GatewayError {
             Self::MissingApiKey | Self::InvalidApiKey => StatusCode::UNAUTHORIZED,
             Self::ModelNotAllowed { .. } => StatusCode::FORBIDDEN,
             Self::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
+            Self::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
             Self::Overloaded { .. } | Self::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
             Self::UpstreamUnavailable => StatusCode::BAD_GATEWAY,
             Self::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
@@ -133,6 +137,10 @@ impl GatewayError {
             | Self::UnknownRoute { .. }
             | Self::MethodNotAllowed { .. } => "invalid_request_error",
             Self::ModelNotAllowed { .. } => "permission_error",
+            Self::RateLimited(refusal) => match refusal.kind {
+                LimitKind::Requests | LimitKind::Streams => "requests",
+                LimitKind::Tokens => "tokens",
+            },
             Self::Overloaded { .. } | Self::ShuttingDown => "server_error",
             Self::UpstreamUnavailable
             | Self::UpstreamTimeout { .. }
@@ -163,6 +171,7 @@ impl GatewayError {
             Self::ModelNotAllowed { .. } => Some("model_not_allowed"),
             Self::UnknownRoute { .. } => Some("unknown_url"),
             Self::MethodNotAllowed { .. } => Some("method_not_allowed"),
+            Self::RateLimited(_) => Some("rate_limit_exceeded"),
             Self::Overloaded { .. } => Some("overloaded"),
             Self::ShuttingDown => Some("shutting_down"),
             Self::UpstreamUnavailable => Some("upstream_unavailable"),
@@ -193,6 +202,7 @@ impl GatewayError {
             | Self::InvalidApiKey
             | Self::UnknownRoute { .. }
             | Self::MethodNotAllowed { .. }
+            | Self::RateLimited(_)
             | Self::Overloaded { .. }
             | Self::ShuttingDown
             | Self::UpstreamUnavailable
@@ -218,6 +228,7 @@ impl GatewayError {
             | Self::ModelNotAllowed { .. }
             | Self::UnknownRoute { .. }
             | Self::MethodNotAllowed { .. }
+            | Self::RateLimited(_)
             | Self::UpstreamRejected { .. } => Blame::Client,
             Self::Overloaded { .. } | Self::ShuttingDown => Blame::Gateway,
             Self::UpstreamUnavailable
@@ -243,6 +254,11 @@ impl GatewayError {
             Self::ModelNotAllowed { .. } => "model_not_allowed",
             Self::UnknownRoute { .. } => "unknown_route",
             Self::MethodNotAllowed { .. } => "method_not_allowed",
+            Self::RateLimited(refusal) => match refusal.kind {
+                LimitKind::Requests => "rate_limited_requests",
+                LimitKind::Tokens => "rate_limited_tokens",
+                LimitKind::Streams => "rate_limited_streams",
+            },
             Self::Overloaded { .. } => "overloaded",
             Self::ShuttingDown => "shutting_down",
             Self::UpstreamUnavailable => "upstream_unavailable",
@@ -264,6 +280,7 @@ impl GatewayError {
     pub fn retry_after(&self) -> Option<Duration> {
         match self {
             Self::Overloaded { retry_after } => Some(*retry_after),
+            Self::RateLimited(refusal) => (!refusal.never_fits).then_some(refusal.retry_after),
             Self::UpstreamRejected { retry_after, .. } => *retry_after,
             Self::ShuttingDown => Some(Duration::from_secs(1)),
             Self::InvalidRequest { .. }
@@ -312,6 +329,12 @@ impl GatewayError {
             headers.insert(header::RETRY_AFTER, HeaderValue::from(wait_secs(wait)));
             headers.insert("retry-after-ms", HeaderValue::from(wait_millis(wait)));
         }
+        if let Self::RateLimited(refusal) = &self {
+            crate::limits::headers::put(headers, &refusal.state);
+            if refusal.never_fits {
+                headers.insert("x-should-retry", HeaderValue::from_static("false"));
+            }
+        }
         if self.status() == StatusCode::METHOD_NOT_ALLOWED {
             headers.insert(header::ALLOW, HeaderValue::from_static("GET, POST"));
         }
@@ -348,6 +371,26 @@ impl From<RelayError> for GatewayError {
             RelayError::UpstreamEnded => Self::UpstreamDisconnected,
             RelayError::Stopped => Self::ShuttingDown,
         }
+    }
+}
+
+fn rate_limit_message(refusal: &Refusal) -> String {
+    let limit = refusal.limit;
+    let retry = crate::limits::headers::reset_text(refusal.retry_after);
+    match refusal.kind {
+        LimitKind::Tokens if refusal.never_fits => format!(
+            "this request reserves more tokens (prompt plus max_tokens) than the whole limit of \
+             {limit} tokens per minute; lower max_tokens or shorten the prompt"
+        ),
+        LimitKind::Requests => {
+            format!("rate limit reached for requests per minute (limit {limit}); retry in {retry}")
+        }
+        LimitKind::Tokens => {
+            format!("rate limit reached for tokens per minute (limit {limit}); retry in {retry}")
+        }
+        LimitKind::Streams => format!(
+            "too many concurrent requests for this key (limit {limit}); retry when one ends"
+        ),
     }
 }
 

@@ -5,9 +5,10 @@
 //! ```text
 //! server/      accept (hyper-util auto: h1 + h2c), header timeout, client-stall timeout
 //! routes       request id, concurrency permit (server/admission), RequestGuard, dispatch
-//! handlers/    chat: read body (capped) -> openai::request parse + validate -> auth
-//!              -> upstream::pool pick -> upstream send -> sse::relay (stream) or JSON
-//! settle       the guard drops with the response body: permit released, access log written
+//! handlers/    chat: auth -> read body (capped) -> openai::request parse + validate
+//!              -> limits admit -> upstream::pool pick -> upstream send -> sse::relay or JSON
+//! settle       the guard drops with the response body: limits settled, permit released,
+//!              access log written
 //! ```
 //!
 //! # Module map
@@ -16,6 +17,7 @@
 //! - [`server`]: accept loop, admission (503 at the cap), graceful drain.
 //! - [`routes`], [`handlers`]: (method, path) -> handler; chat, models, probes.
 //! - [`auth`]: `Authorization: Bearer` -> `Principal` via SHA-256 digests.
+//! - [`limits`]: requests/min, tokens/min and concurrent streams per key (token buckets).
 //! - [`openai`]: the wire format: request validation, chunk and response rewriting, errors.
 //! - [`sse`]: decoder, encoder and the pull-based relay.
 //! - [`upstream`]: backends (OpenAI-compatible over reqwest, in-process mock) and pools.
@@ -34,6 +36,7 @@ pub mod body;
 pub mod config;
 pub mod error;
 pub mod handlers;
+pub mod limits;
 pub mod openai;
 pub mod request_id;
 pub mod routes;

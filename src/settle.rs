@@ -15,7 +15,8 @@ use tokio::time::Instant;
 
 use crate::body::Body;
 use crate::error::{Blame, GatewayError};
-use crate::openai::chunk::UsageSlot;
+use crate::limits::{Admission, Limiter};
+use crate::openai::chunk::{MeterSlot, Metering};
 use crate::request_id::RequestId;
 
 /// The kind and blame of a failure, recorded once.
@@ -34,7 +35,8 @@ pub struct RequestGuard {
     stream: bool,
     bytes_out: u64,
     completed: bool,
-    usage: UsageSlot,
+    metering: MeterSlot,
+    settlement: Option<Settlement>,
     failure: FailureSlot,
     _permit: Option<OwnedSemaphorePermit>,
 }
@@ -53,7 +55,8 @@ impl RequestGuard {
             stream: false,
             bytes_out: 0,
             completed: false,
-            usage: UsageSlot::default(),
+            metering: MeterSlot::default(),
+            settlement: None,
             failure: FailureSlot::default(),
             _permit: None,
         }
@@ -77,9 +80,23 @@ impl RequestGuard {
         self.stream = stream;
     }
 
-    /// Shared with the stream rewriter, which records the upstream's usage in it.
-    pub fn usage_slot(&self) -> UsageSlot {
-        self.usage.clone()
+    /// Shared with the response rewriter, which leaves what was generated in it.
+    pub fn meter_slot(&self) -> MeterSlot {
+        self.metering.clone()
+    }
+
+    /// Settles `admission` with `limiter` when the request ends.
+    pub fn settle_with(
+        &mut self,
+        limiter: Arc<Limiter>,
+        admission: Admission,
+        prompt_estimate: u64,
+    ) {
+        self.settlement = Some(Settlement {
+            limiter,
+            admission,
+            prompt_estimate,
+        });
     }
 
     /// Shared with a stream, which records a failure that happened after the first byte.
@@ -103,10 +120,12 @@ impl RequestGuard {
 
 impl Drop for RequestGuard {
     fn drop(&mut self) {
-        let usage = *self
-            .usage
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let metering: Metering = *self.metering.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(settlement) = self.settlement.take() {
+            let used = metering.used_tokens(settlement.prompt_estimate);
+            settlement.limiter.settle(settlement.admission, used);
+        }
+        let usage = metering.usage;
         let failure = self.failure.get();
         tracing::info!(
             target: "sluicegate::access",
@@ -128,6 +147,14 @@ impl Drop for RequestGuard {
             "request"
         );
     }
+}
+
+/// What settling an admitted request needs.
+#[derive(Debug)]
+struct Settlement {
+    limiter: Arc<Limiter>,
+    admission: Admission,
+    prompt_estimate: u64,
 }
 
 /// A body that carries its request's guard and counts the bytes it gives hyper.

@@ -5,6 +5,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::auth::KeyIndex;
 use crate::config::{Config, ServerConfig, StreamConfig, UpstreamConfig};
+use crate::limits::{Limiter, LocalLimiter};
 use crate::server::admission::Admission;
 use crate::server::shutdown::Drain;
 use crate::upstream::http_client;
@@ -18,6 +19,7 @@ pub struct AppState {
     pub keys: KeyIndex,
     pub models: ModelTable,
     pub admission: Admission,
+    pub limiter: Arc<Limiter>,
     pub drain: Drain,
     /// Unix seconds at start; the `created` of every listed model.
     pub started_unix: u64,
@@ -40,10 +42,19 @@ impl AppState {
             keys: KeyIndex::new(&config.api_keys),
             models: ModelTable::new(&config.models, &http, &config.upstream),
             admission: Admission::new(config.server.max_concurrent_requests.get()),
+            limiter: Arc::new(Limiter::Local(LocalLimiter::new(lease_ttl(
+                &config.upstream,
+            )))),
             drain: Drain::default(),
             started_unix: SystemTime::now()
                 .duration_since(UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs()),
         }))
     }
+}
+
+/// How long a stream lease lives if its request is never settled (a crashed replica): longer
+/// than any request may run.
+fn lease_ttl(upstream: &UpstreamConfig) -> std::time::Duration {
+    upstream.total_timeout + std::time::Duration::from_secs(60)
 }

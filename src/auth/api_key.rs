@@ -25,6 +25,8 @@ impl KeyIndex {
                     key_id: key.id.as_str().into(),
                     tier: key.tier.as_str().into(),
                     models: Arc::new(key.models.clone()),
+                    limits: key.limits,
+                    output: key.output,
                 };
                 (key.sha256, principal)
             })
@@ -61,6 +63,8 @@ mod tests {
             sha256,
             tier: "free".into(),
             models: ModelAccess::All,
+            limits: Default::default(),
+            output: Default::default(),
         }]);
         assert_eq!(index.find(b"sk-right").map(|p| p.key_id), Some("k1".into()));
         assert!(index.find(b"sk-wrong").is_none(), "a wrong key is rejected");

@@ -8,7 +8,7 @@ use http::HeaderMap;
 
 pub use api_key::{KeyIndex, hash_key};
 
-use crate::config::ModelAccess;
+use crate::config::{Limits, ModelAccess, OutputCaps};
 use crate::error::GatewayError;
 
 /// Who is calling: the key's id (safe to log), its tier and the models it may use.
@@ -17,6 +17,8 @@ pub struct Principal {
     pub key_id: Arc<str>,
     pub tier: Arc<str>,
     pub models: Arc<ModelAccess>,
+    pub limits: Limits,
+    pub output: OutputCaps,
 }
 
 impl Principal {

@@ -80,6 +80,9 @@ pub struct ApiKeyFile {
     pub tier: String,
     #[serde(default = "all_models")]
     pub models: Vec<String>,
+    /// Limits of this key that differ from its tier's.
+    #[serde(default)]
+    pub limits: LimitsFile,
 }
 
 fn all_models() -> Vec<String> {
@@ -89,6 +92,18 @@ fn all_models() -> Vec<String> {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TierFile {
+    pub requests_per_minute: Option<u32>,
+    pub tokens_per_minute: Option<u64>,
+    pub concurrent_streams: Option<u32>,
+    /// Output cap written into a request that sets none.
+    pub default_max_tokens: Option<u64>,
+    /// The largest output cap a request of this tier may ask for.
+    pub max_tokens: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsFile {
     pub requests_per_minute: Option<u32>,
     pub tokens_per_minute: Option<u64>,
     pub concurrent_streams: Option<u32>,

@@ -71,6 +71,9 @@ pub struct ApiKey {
     pub sha256: [u8; 32],
     pub tier: String,
     pub models: ModelAccess,
+    /// The tier's limits with this key's overrides applied.
+    pub limits: Limits,
+    pub output: OutputCaps,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -88,12 +91,48 @@ impl ModelAccess {
     }
 }
 
-/// A tier's limits; `None` means unlimited.
-#[derive(Debug, Clone, Default)]
+/// A tier: its limits and output caps.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Tier {
+    pub limits: Limits,
+    pub output: OutputCaps,
+}
+
+/// Rate limits; `None` means unlimited.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Limits {
     pub requests_per_minute: Option<NonZeroU32>,
     pub tokens_per_minute: Option<NonZeroU64>,
     pub concurrent_streams: Option<NonZeroU32>,
+}
+
+/// How many output tokens a request may generate (and so reserves).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OutputCaps {
+    /// Used when a request sets neither `max_tokens` nor `max_completion_tokens`.
+    pub default: NonZeroU64,
+    /// The most a request may ask for; larger asks are lowered to it.
+    pub max: Option<NonZeroU64>,
+}
+
+impl Default for OutputCaps {
+    fn default() -> Self {
+        Self {
+            default: NonZeroU64::new(DEFAULT_MAX_TOKENS).expect("invariant: non-zero constant"),
+            max: None,
+        }
+    }
+}
+
+/// The output cap of a tier that sets no `default_max_tokens`.
+pub const DEFAULT_MAX_TOKENS: u64 = 4096;
+
+impl OutputCaps {
+    /// The cap for a request that asked for `requested` (the larger of its two fields).
+    pub fn effective(&self, requested: Option<u64>) -> u64 {
+        let asked = requested.unwrap_or(self.default.get());
+        self.max.map_or(asked, |max| asked.min(max.get()))
+    }
 }
 
 /// A client-facing model name and the backends that serve it.

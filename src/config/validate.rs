@@ -6,13 +6,13 @@ use std::num::{NonZeroU32, NonZeroU64, NonZeroUsize};
 use std::time::Duration;
 
 use super::file::{
-    ApiKeyFile, BackendFile, BackendKindFile, ConfigFile, ModelFile, ServerFile, StreamFile,
-    TierFile, UpstreamFile,
+    ApiKeyFile, BackendFile, BackendKindFile, ConfigFile, LimitsFile, ModelFile, ServerFile,
+    StreamFile, TierFile, UpstreamFile,
 };
 use super::{
-    ApiKey, BackendConfig, BackendKind, Config, ConfigError, ConfigSource, LogConfig, LogFormat,
-    MockConfig, Model, ModelAccess, RedisConfig, Secret, ServerConfig, StreamConfig, Tier,
-    UpstreamConfig,
+    ApiKey, BackendConfig, BackendKind, Config, ConfigError, ConfigSource, Limits, LogConfig,
+    LogFormat, MockConfig, Model, ModelAccess, OutputCaps, RedisConfig, Secret, ServerConfig,
+    StreamConfig, Tier, UpstreamConfig,
 };
 
 /// The smallest header cap hyper accepts for its read buffer.
@@ -84,37 +84,56 @@ fn tiers(file: BTreeMap<String, TierFile>) -> Result<BTreeMap<String, Tier>, Con
     file.into_iter()
         .map(|(name, t)| {
             let path = format!("tiers.{name}");
+            let limits = LimitsFile {
+                requests_per_minute: t.requests_per_minute,
+                tokens_per_minute: t.tokens_per_minute,
+                concurrent_streams: t.concurrent_streams,
+            };
+            let default = match t.default_max_tokens {
+                Some(n) => non_zero_u64(n, &path, "default_max_tokens")?,
+                None => OutputCaps::default().default,
+            };
+            let max = t
+                .max_tokens
+                .map(|n| non_zero_u64(n, &path, "max_tokens"))
+                .transpose()?;
             let tier = Tier {
-                requests_per_minute: optional_limit(
-                    t.requests_per_minute,
-                    &path,
-                    "requests_per_minute",
-                )?,
-                tokens_per_minute: t
-                    .tokens_per_minute
-                    .map(|n| {
-                        NonZeroU64::new(n).ok_or_else(|| zero_limit(&path, "tokens_per_minute"))
-                    })
-                    .transpose()?,
-                concurrent_streams: optional_limit(
-                    t.concurrent_streams,
-                    &path,
-                    "concurrent_streams",
-                )?,
+                limits: limits_over(Limits::default(), limits, &path)?,
+                output: OutputCaps {
+                    default: max.map_or(default, |max| default.min(max)),
+                    max,
+                },
             };
             Ok((name, tier))
         })
         .collect()
 }
 
-fn optional_limit(
-    value: Option<u32>,
-    path: &str,
-    field: &str,
-) -> Result<Option<NonZeroU32>, ConfigError> {
-    value
-        .map(|n| NonZeroU32::new(n).ok_or_else(|| zero_limit(path, field)))
-        .transpose()
+/// `base` with every limit `file` sets replaced.
+fn limits_over(base: Limits, file: LimitsFile, path: &str) -> Result<Limits, ConfigError> {
+    let rpm = |n| NonZeroU32::new(n).ok_or_else(|| zero_limit(path, "requests_per_minute"));
+    let streams = |n| NonZeroU32::new(n).ok_or_else(|| zero_limit(path, "concurrent_streams"));
+    Ok(Limits {
+        requests_per_minute: file
+            .requests_per_minute
+            .map(rpm)
+            .transpose()?
+            .or(base.requests_per_minute),
+        tokens_per_minute: file
+            .tokens_per_minute
+            .map(|n| non_zero_u64(n, path, "tokens_per_minute"))
+            .transpose()?
+            .or(base.tokens_per_minute),
+        concurrent_streams: file
+            .concurrent_streams
+            .map(streams)
+            .transpose()?
+            .or(base.concurrent_streams),
+    })
+}
+
+fn non_zero_u64(value: u64, path: &str, field: &str) -> Result<NonZeroU64, ConfigError> {
+    NonZeroU64::new(value).ok_or_else(|| zero_limit(path, field))
 }
 
 fn zero_limit(path: &str, field: &str) -> ConfigError {
@@ -153,12 +172,13 @@ fn api_key(
             "must be 64 hex digits (the output of `sluicegate hash-key KEY`)",
         )
     })?;
-    if !tiers.contains_key(&file.tier) {
+    let Some(tier) = tiers.get(&file.tier) else {
         return Err(ConfigError::invalid(
             format!("{path}.tier"),
             format!("unknown tier `{}`; define it under `tiers`", file.tier),
         ));
-    }
+    };
+    let limits = limits_over(tier.limits, file.limits, &format!("{path}.limits"))?;
     let access = if file.models.iter().any(|m| m == "*") {
         ModelAccess::All
     } else {
@@ -183,6 +203,8 @@ fn api_key(
         sha256,
         tier: file.tier,
         models: access,
+        limits,
+        output: tier.output,
     })
 }
 

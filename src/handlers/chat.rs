@@ -13,9 +13,10 @@ use super::json::{json_response, sse_response};
 use crate::auth;
 use crate::body::{self, Body};
 use crate::error::{GatewayError, TimeoutPhase};
-use crate::openai::ChatRequest;
-use crate::openai::chunk::ChunkRewriter;
+use crate::limits::{self, Ask};
+use crate::openai::chunk::{ChunkRewriter, Metering};
 use crate::openai::response::rewrite_completion;
+use crate::openai::{ChatRequest, Usage};
 use crate::settle::RequestGuard;
 use crate::sse::relay::{RelayOptions, relay};
 use crate::state::AppState;
@@ -45,17 +46,42 @@ pub async fn chat_completions(
         ));
     }
     guard.set_route(&pool.name, &backend.name, chat.stream);
+    let prompt_estimate = chat.prompt_tokens_estimate();
+    let output_cap = principal.output.effective(chat.max_output_tokens);
+    let ask = Ask {
+        key_id: &principal.key_id,
+        limits: &principal.limits,
+        tokens: prompt_estimate + output_cap * chat.choices,
+    };
+    let admission = state.limiter.admit(ask).await?;
+    let rate = admission.state;
+    guard.settle_with(state.limiter.clone(), admission, prompt_estimate);
     let deadline = Instant::now() + state.upstream.total_timeout;
     let upstream = UpstreamRequest {
-        body: chat.upstream_body(&backend.upstream_model),
+        body: chat.upstream_body(&backend.upstream_model, output_cap),
         stream: chat.stream,
         request_id: guard.request_id().as_arc(),
     };
-    if chat.stream {
-        stream_reply(state, backend, upstream, &chat, deadline, guard).await
+    let mut response = if chat.stream {
+        stream_reply(state, backend, upstream, &chat, deadline, guard).await?
     } else {
-        complete_reply(state, &backend, upstream, &pool.name, deadline, guard).await
-    }
+        let (response, usage) =
+            complete_reply(state, &backend, upstream, &pool.name, deadline).await?;
+        // Without a usage report the whole reservation stays charged.
+        let reserved = Usage {
+            prompt_tokens: prompt_estimate,
+            completion_tokens: output_cap * chat.choices,
+            total_tokens: prompt_estimate + output_cap * chat.choices,
+        };
+        let metering = Metering {
+            usage: Some(usage.unwrap_or(reserved)),
+            chunks: 0,
+        };
+        *guard.meter_slot().lock().unwrap_or_else(|p| p.into_inner()) = metering;
+        response
+    };
+    limits::headers::put(response.headers_mut(), &rate);
+    Ok(response)
 }
 
 /// Streams the answer. The status line waits for the first upstream event or heartbeat, so a
@@ -68,7 +94,7 @@ async fn stream_reply(
     deadline: Instant,
     guard: &RequestGuard,
 ) -> Result<Response<Body>, GatewayError> {
-    let rewriter = ChunkRewriter::new(&chat.model, chat.include_usage, guard.usage_slot());
+    let rewriter = ChunkRewriter::new(&chat.model, chat.include_usage, guard.meter_slot());
     let options = RelayOptions {
         heartbeat_interval: state.stream.heartbeat_interval,
         first_byte_timeout: state.upstream.first_byte_timeout,
@@ -103,16 +129,14 @@ async fn complete_reply(
     upstream: UpstreamRequest,
     model: &str,
     deadline: Instant,
-    guard: &RequestGuard,
-) -> Result<Response<Body>, GatewayError> {
+) -> Result<(Response<Body>, Option<Usage>), GatewayError> {
     let first_byte_at = (Instant::now() + state.upstream.first_byte_timeout).min(deadline);
     let chunks = timeout_at(first_byte_at, backend.send(upstream))
         .await
         .map_err(|_| timeout_error(first_byte_at, deadline, TimeoutPhase::FirstByte))??;
     let body = collect_capped(chunks, state, deadline).await?;
     let (body, usage) = rewrite_completion(&body, model)?;
-    *guard.usage_slot().lock().unwrap_or_else(|p| p.into_inner()) = usage;
-    Ok(json_response(body))
+    Ok((json_response(body), usage))
 }
 
 async fn collect_capped(

@@ -15,26 +15,50 @@ use crate::sse::relay::{Rewrite, Step};
 /// The terminating event, forwarded only when the upstream sent its own.
 const DONE: Bytes = Bytes::from_static(b"data: [DONE]\n\n");
 
-/// Where the last usage seen on a stream is kept for settlement.
-pub type UsageSlot = Arc<Mutex<Option<Usage>>>;
+/// What a response generated, as far as the gateway can tell: the upstream's usage report and
+/// the number of chunks that carried choices (the fallback when no usage arrived).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Metering {
+    pub usage: Option<Usage>,
+    pub chunks: u64,
+}
+
+impl Metering {
+    /// Tokens to settle: the reported total, else about one token a chunk plus the prompt
+    /// estimate, else (nothing was generated) none.
+    pub fn used_tokens(&self, prompt_estimate: u64) -> u64 {
+        match self.usage {
+            Some(usage) => usage
+                .total_tokens
+                .max(usage.prompt_tokens + usage.completion_tokens),
+            None if self.chunks == 0 => 0,
+            None => prompt_estimate + self.chunks,
+        }
+    }
+}
+
+/// Where a response's metering is left for settlement.
+pub type MeterSlot = Arc<Mutex<Metering>>;
 
 /// The per-stream [`Rewrite`] for `chat.completion.chunk` events.
 #[derive(Debug)]
 pub struct ChunkRewriter {
     model_json: Bytes,
     include_usage: bool,
-    usage: UsageSlot,
+    metering: Metering,
+    slot: MeterSlot,
 }
 
 impl ChunkRewriter {
     /// `model` is the client-facing name written into every chunk.
-    pub fn new(model: &str, include_usage: bool, usage: UsageSlot) -> Self {
+    pub fn new(model: &str, include_usage: bool, slot: MeterSlot) -> Self {
         Self {
             model_json: serde_json::to_vec(model)
                 .expect("invariant: a string serialises")
                 .into(),
             include_usage,
-            usage,
+            metering: Metering::default(),
+            slot,
         }
     }
 }
@@ -55,14 +79,14 @@ impl Rewrite for ChunkRewriter {
         if let Some(error) = view.error() {
             return Err(in_band(error.as_bytes()));
         }
-        if let Some(usage) = view.usage() {
-            *self
-                .usage
-                .lock()
-                .expect("invariant: usage slot lock is never poisoned") = Some(usage);
-            if view.has_no_choices() && !self.include_usage {
-                return Ok(Step::Skip);
-            }
+        let usage = view.usage();
+        if usage.is_some() {
+            self.metering.usage = usage;
+        }
+        if !view.has_no_choices() {
+            self.metering.chunks += 1;
+        } else if usage.is_some() && !self.include_usage {
+            return Ok(Step::Skip);
         }
         let mut out = BytesMut::with_capacity(event.data.len() + self.model_json.len() + 8);
         if memchr::memchr(b'\n', &event.data).is_none() {
@@ -79,6 +103,13 @@ impl Rewrite for ChunkRewriter {
     }
 }
 
+impl Drop for ChunkRewriter {
+    /// Leaves the metering for the request guard, which settles after the body is dropped.
+    fn drop(&mut self) {
+        *self.slot.lock().unwrap_or_else(|p| p.into_inner()) = self.metering;
+    }
+}
+
 fn in_band(raw: &[u8]) -> GatewayError {
     GatewayError::UpstreamInBand {
         message: upstream_message(raw).unwrap_or_else(|| "unspecified error".into()),
@@ -91,9 +122,9 @@ mod tests {
     use crate::sse::Decoder;
 
     fn run(golden: &str, include_usage: bool) -> (Vec<Result<String, String>>, Option<Usage>) {
+        let slot = MeterSlot::default();
         let bytes = std::fs::read(format!("{}/proto/{golden}", env!("CARGO_MANIFEST_DIR")))
             .expect("golden exists");
-        let slot = UsageSlot::default();
         let mut rewriter = ChunkRewriter::new("alias", include_usage, slot.clone());
         let mut decoder = Decoder::new(1 << 20);
         decoder.feed(&bytes);
@@ -107,7 +138,8 @@ mod tests {
                 Err(e) => out.push(Err(e.kind().to_owned())),
             }
         }
-        let usage = *slot.lock().expect("not poisoned");
+        drop(rewriter);
+        let usage = slot.lock().expect("not poisoned").usage;
         (out, usage)
     }
 

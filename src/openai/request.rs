@@ -69,12 +69,15 @@ impl ChatRequest {
     }
 
     /// The body sent upstream: the client's object with `model` replaced, destination fields
-    /// removed and, for streams, `stream_options.include_usage` forced on so usage is always
+    /// removed, the output cap written into `max_tokens` / `max_completion_tokens` (whichever
+    /// the client used; `max_tokens` when neither) so the backend cannot exceed what was
+    /// reserved, and for streams `stream_options.include_usage` forced on so usage is always
     /// known (the usage chunk is dropped again when the client did not ask for it).
-    pub fn upstream_body(&self, upstream_model: &str) -> Bytes {
+    pub fn upstream_body(&self, upstream_model: &str, output_cap: u64) -> Bytes {
         let body = UpstreamBody {
             request: self,
             upstream_model,
+            output_cap,
         };
         serde_json::to_vec(&body)
             .expect("invariant: a parsed JSON object serialises")
@@ -82,9 +85,39 @@ impl ChatRequest {
     }
 }
 
+impl ChatRequest {
+    /// A documented estimate of the prompt's tokens, erring high: one token per three bytes of
+    /// message content (English averages about four), plus four per message and three for the
+    /// reply's priming, as OpenAI's own accounting adds.
+    pub fn prompt_tokens_estimate(&self) -> u64 {
+        let Some(Value::Array(messages)) = self.fields.get("messages") else {
+            return 0;
+        };
+        let content_bytes: usize = messages.iter().map(|m| content_bytes(&m["content"])).sum();
+        (content_bytes as u64).div_ceil(3) + 4 * messages.len() as u64 + 3
+    }
+}
+
+/// Bytes of text in a message's content: a string, or the text parts of an array; other
+/// parts (images, audio) count their JSON size.
+fn content_bytes(content: &Value) -> usize {
+    match content {
+        Value::String(text) => text.len(),
+        Value::Array(parts) => parts
+            .iter()
+            .map(|part| match &part["text"] {
+                Value::String(text) => text.len(),
+                _ => part.to_string().len(),
+            })
+            .sum(),
+        _ => 0,
+    }
+}
+
 struct UpstreamBody<'a> {
     request: &'a ChatRequest,
     upstream_model: &'a str,
+    output_cap: u64,
 }
 
 impl Serialize for UpstreamBody<'_> {
@@ -94,12 +127,18 @@ impl Serialize for UpstreamBody<'_> {
         for (key, value) in fields {
             match key.as_str() {
                 "model" => map.serialize_entry(key, self.upstream_model)?,
+                "max_tokens" | "max_completion_tokens" => {
+                    map.serialize_entry(key, &self.output_cap)?
+                }
                 "stream_options" if self.request.stream => {
                     map.serialize_entry(key, &with_usage(value))?
                 }
                 k if DESTINATION_FIELDS.contains(&k) => {}
                 _ => map.serialize_entry(key, value)?,
             }
+        }
+        if !fields.contains_key("max_tokens") && !fields.contains_key("max_completion_tokens") {
+            map.serialize_entry("max_tokens", &self.output_cap)?;
         }
         if self.request.stream && !fields.contains_key("stream_options") {
             map.serialize_entry("stream_options", &with_usage(&Value::Null))?;
@@ -349,7 +388,7 @@ mod tests {
         let request = ChatRequest::parse(body.as_bytes()).expect("valid request");
         assert!(!request.include_usage, "the client did not ask for usage");
         let sent: Value =
-            serde_json::from_slice(&request.upstream_body("upstream-m")).expect("JSON");
+            serde_json::from_slice(&request.upstream_body("upstream-m", 77)).expect("JSON");
         assert_eq!(sent["model"], "upstream-m");
         assert_eq!(sent["tools"][0]["type"], "function");
         assert_eq!(sent["seed"], 7);

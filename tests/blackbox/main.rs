@@ -9,6 +9,7 @@ mod backpressure;
 mod bad_requests;
 mod chat;
 mod cli;
+mod limits;
 mod sdk;
 mod shutdown;
 mod upstream_connections;

@@ -16,6 +16,8 @@ pub struct GatewayConfig {
     pub server: String,
     pub upstream: String,
     pub stream: String,
+    /// The limits of the `basic` tier both keys are on.
+    pub tier: String,
 }
 
 impl GatewayConfig {
@@ -39,6 +41,7 @@ impl GatewayConfig {
             server: "{}".into(),
             upstream: "{first_byte_timeout: 5s, idle_timeout: 5s, total_timeout: 30s}".into(),
             stream: "{heartbeat_interval: 10s}".into(),
+            tier: "{}".into(),
         }
     }
 
@@ -57,16 +60,22 @@ impl GatewayConfig {
         self
     }
 
+    pub fn tier(mut self, yaml: &str) -> Self {
+        self.tier = yaml.into();
+        self
+    }
+
     pub fn yaml(&self) -> String {
         format!(
             "server: {server}\nlog: {{format: json, level: warn}}\nupstream: {upstream}\nstream: {stream}\n\
-             tiers: {{basic: {{}}}}\n\
+             tiers: {{basic: {tier}}}\n\
              models:\n  - {{name: test-model, backends: [{backend}]}}\n  - {{name: other-model, backends: [{backend}]}}\n\
              api_keys:\n  - {{id: full, sha256: {full}, tier: basic}}\n  - {{id: limited, sha256: {limited}, tier: basic, models: [other-model]}}\n",
             server = self.server,
             upstream = self.upstream,
             stream = self.stream,
             backend = self.backend,
+            tier = self.tier,
             full = sluicegate::auth::hash_key(KEY),
             limited = sluicegate::auth::hash_key(OTHER_KEY),
         )

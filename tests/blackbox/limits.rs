@@ -1,0 +1,234 @@
+//! Per-key limits enforced in-process (no `redis.url`): requests/min exactly, tokens/min with
+//! reservations refunded on settlement, concurrent streams as leases, OpenAI's headers.
+
+use futures_util::StreamExt;
+use serde_json::json;
+
+use crate::support::*;
+
+async fn fire_parallel(gateway: &TestGateway, n: usize) -> Vec<reqwest::Response> {
+    let (base, body) = (gateway.url(""), chat_body(false));
+    let requests = (0..n).map(|_| post_chat(&base, KEY, &body));
+    futures_util::future::join_all(requests).await
+}
+
+#[tokio::test]
+async fn exactly_the_requests_per_minute_pass_under_a_parallel_burst() {
+    let gateway =
+        TestGateway::start(&GatewayConfig::mock(1, "1ms").tier("{requests_per_minute: 10}")).await;
+    let responses = fire_parallel(&gateway, 50).await;
+    let ok = responses.iter().filter(|r| r.status() == 200).count();
+    assert_eq!(
+        ok, 10,
+        "a 10/min key admits exactly 10 of 50 parallel requests"
+    );
+    let refused = responses
+        .into_iter()
+        .find(|r| r.status() == 429)
+        .expect("a refusal");
+    let headers = refused.headers().clone();
+    assert_eq!(headers["x-ratelimit-limit-requests"], "10");
+    assert_eq!(headers["x-ratelimit-remaining-requests"], "0");
+    let retry_ms: u64 = headers["retry-after-ms"]
+        .to_str()
+        .expect("ascii")
+        .parse()
+        .expect("number");
+    assert!(
+        (5_000..=6_000).contains(&retry_ms),
+        "one request refills in 6 s: {retry_ms}"
+    );
+    assert_eq!(headers["retry-after"], "6");
+    let (_, body) = error_of(refused).await;
+    assert_eq!(body["error"]["type"], "requests");
+    assert_eq!(body["error"]["code"], "rate_limit_exceeded");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .expect("message")
+            .contains("requests per minute")
+    );
+}
+
+#[tokio::test]
+async fn successful_responses_carry_consistent_rate_limit_headers() {
+    let gateway = TestGateway::start(
+        &GatewayConfig::mock(1, "1ms")
+            .tier("{requests_per_minute: 100, tokens_per_minute: 100000}"),
+    )
+    .await;
+    let mut remaining = Vec::new();
+    for stream in [false, true, false] {
+        let response = post_chat(&gateway.url(""), KEY, &chat_body(stream)).await;
+        assert_eq!(response.status(), 200);
+        let headers = response.headers();
+        assert_eq!(headers["x-ratelimit-limit-requests"], "100");
+        assert_eq!(headers["x-ratelimit-limit-tokens"], "100000");
+        for name in ["x-ratelimit-reset-requests", "x-ratelimit-reset-tokens"] {
+            let reset = headers[name].to_str().expect("ascii");
+            assert!(
+                reset.ends_with('s'),
+                "{name} is formatted like 1s or 20ms: {reset}"
+            );
+        }
+        remaining.push(
+            headers["x-ratelimit-remaining-requests"]
+                .to_str()
+                .expect("ascii")
+                .parse::<u64>()
+                .expect("number"),
+        );
+        response.bytes().await.expect("body");
+    }
+    assert_eq!(remaining, [99, 98, 97], "each request takes one");
+}
+
+#[tokio::test]
+async fn tokens_are_reserved_then_refunded_when_the_answer_was_short() {
+    // Each request reserves its prompt estimate plus max_tokens 300; the answer uses 8 tokens.
+    let upstream = MockUpstream::stream(3).pace(ms(300)).start().await;
+    let config = GatewayConfig::openai(&upstream.base_url()).tier("{tokens_per_minute: 1000}");
+    let gateway = TestGateway::start(&config).await;
+    let mut body = chat_body(true);
+    body["max_tokens"] = json!(300);
+
+    let mut open = Vec::new();
+    for _ in 0..3 {
+        let response = post_chat(&gateway.url(""), KEY, &body).await;
+        assert_eq!(
+            response.status(),
+            200,
+            "three reservations of ~310 fit in 1000"
+        );
+        open.push(response);
+    }
+    let (status, error) = error_of(post_chat(&gateway.url(""), KEY, &body).await).await;
+    assert_eq!(
+        (status, error["error"]["type"].as_str()),
+        (429, Some("tokens")),
+        "a fourth does not"
+    );
+
+    for response in open {
+        assert!(
+            response
+                .text()
+                .await
+                .expect("stream")
+                .ends_with("[DONE]\n\n")
+        );
+    }
+    // Refilling 310 tokens at 1000/min would take about 19 s; the refunds make room at once.
+    let response = within(ms(3000), "a refunded reservation", async {
+        loop {
+            let response = post_chat(&gateway.url(""), KEY, &body).await;
+            if response.status() == 200 {
+                return response;
+            }
+            tokio::time::sleep(ms(20)).await;
+        }
+    })
+    .await;
+    assert!(
+        response.headers()["x-ratelimit-remaining-tokens"]
+            .to_str()
+            .expect("ascii")
+            .parse::<u64>()
+            .expect("n")
+            > 300
+    );
+}
+
+#[tokio::test]
+async fn a_request_that_can_never_fit_says_not_to_retry() {
+    let gateway =
+        TestGateway::start(&GatewayConfig::mock(1, "1ms").tier("{tokens_per_minute: 5000}")).await;
+    let mut body = chat_body(false);
+    body["max_tokens"] = json!(1);
+    body["max_completion_tokens"] = json!(10_000);
+    let response = post_chat(&gateway.url(""), KEY, &body).await;
+    assert_eq!(response.headers()["x-should-retry"], "false");
+    assert!(response.headers().get("retry-after").is_none());
+    let (status, error) = error_of(response).await;
+    assert_eq!(
+        (status, error["error"]["type"].as_str()),
+        (429, Some("tokens"))
+    );
+    assert!(
+        error["error"]["message"]
+            .as_str()
+            .expect("message")
+            .contains("whole limit"),
+        "{error}"
+    );
+}
+
+#[tokio::test]
+async fn the_output_cap_is_written_upstream_and_bounded_by_the_tier() {
+    let upstream = MockUpstream::stream(1).start().await;
+    let config = GatewayConfig::openai(&upstream.base_url())
+        .tier("{default_max_tokens: 64, max_tokens: 100}");
+    let gateway = TestGateway::start(&config).await;
+    let mut asks_too_much = chat_body(true);
+    asks_too_much["max_completion_tokens"] = json!(500);
+    for body in [chat_body(true), asks_too_much] {
+        post_chat(&gateway.url(""), KEY, &body)
+            .await
+            .text()
+            .await
+            .expect("stream");
+    }
+    let seen = upstream.requests();
+    assert_eq!(
+        seen[0].body["max_tokens"], 64,
+        "the tier default when the client set none"
+    );
+    assert_eq!(
+        seen[1].body["max_completion_tokens"], 100,
+        "lowered to the tier maximum"
+    );
+    assert!(
+        seen[1].body.get("max_tokens").is_none(),
+        "the client's field is the one written"
+    );
+}
+
+#[tokio::test]
+async fn concurrent_streams_are_leases_released_when_a_stream_ends_or_is_abandoned() {
+    let upstream = MockUpstream::stream(10).pace(ms(100)).start().await;
+    let config = GatewayConfig::openai(&upstream.base_url()).tier("{concurrent_streams: 2}");
+    let gateway = TestGateway::start(&config).await;
+
+    let first = post_chat(&gateway.url(""), KEY, &chat_body(true)).await;
+    let second = post_chat(&gateway.url(""), KEY, &chat_body(true)).await;
+    assert_eq!(
+        (first.status().as_u16(), second.status().as_u16()),
+        (200, 200)
+    );
+    let (status, error) = error_of(post_chat(&gateway.url(""), KEY, &chat_body(true)).await).await;
+    assert_eq!(status, 429, "the third simultaneous stream is refused");
+    assert!(
+        error["error"]["message"]
+            .as_str()
+            .expect("message")
+            .contains("concurrent")
+    );
+
+    // Abandoning a stream mid-way releases its lease.
+    let mut abandoned = first.bytes_stream();
+    abandoned.next().await;
+    drop(abandoned);
+    let third = within(ms(2000), "the abandoned stream's lease", async {
+        loop {
+            let response = post_chat(&gateway.url(""), KEY, &chat_body(true)).await;
+            if response.status() == 200 {
+                return response;
+            }
+            tokio::time::sleep(ms(20)).await;
+        }
+    })
+    .await;
+    // Finishing one releases it too.
+    assert!(second.text().await.expect("stream").ends_with("[DONE]\n\n"));
+    drop(third);
+}
