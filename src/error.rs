@@ -66,6 +66,8 @@ pub enum GatewayError {
     MethodNotAllowed { method: String, path: String },
     #[error("{}", rate_limit_message(.0))]
     RateLimited(Box<Refusal>),
+    #[error("the rate limiter is unavailable; retry shortly")]
+    LimiterUnavailable,
     #[error("the gateway is at its concurrent request limit; retry shortly")]
     Overloaded { retry_after: Duration },
     #[error("the gateway is shutting down; retry on another instance")]
@@ -112,7 +114,9 @@ impl GatewayError {
             Self::ModelNotAllowed { .. } => StatusCode::FORBIDDEN,
             Self::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             Self::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
-            Self::Overloaded { .. } | Self::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Overloaded { .. } | Self::ShuttingDown | Self::LimiterUnavailable => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             Self::UpstreamUnavailable => StatusCode::BAD_GATEWAY,
             Self::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             Self::UpstreamFailed { .. } => StatusCode::BAD_GATEWAY,
@@ -141,7 +145,9 @@ impl GatewayError {
                 LimitKind::Requests | LimitKind::Streams => "requests",
                 LimitKind::Tokens => "tokens",
             },
-            Self::Overloaded { .. } | Self::ShuttingDown => "server_error",
+            Self::Overloaded { .. } | Self::ShuttingDown | Self::LimiterUnavailable => {
+                "server_error"
+            }
             Self::UpstreamUnavailable
             | Self::UpstreamTimeout { .. }
             | Self::UpstreamFailed { .. }
@@ -173,6 +179,7 @@ impl GatewayError {
             Self::MethodNotAllowed { .. } => Some("method_not_allowed"),
             Self::RateLimited(_) => Some("rate_limit_exceeded"),
             Self::Overloaded { .. } => Some("overloaded"),
+            Self::LimiterUnavailable => Some("limiter_unavailable"),
             Self::ShuttingDown => Some("shutting_down"),
             Self::UpstreamUnavailable => Some("upstream_unavailable"),
             Self::UpstreamTimeout { phase } => Some(match phase {
@@ -205,6 +212,7 @@ impl GatewayError {
             | Self::RateLimited(_)
             | Self::Overloaded { .. }
             | Self::ShuttingDown
+            | Self::LimiterUnavailable
             | Self::UpstreamUnavailable
             | Self::UpstreamTimeout { .. }
             | Self::UpstreamFailed { .. }
@@ -230,7 +238,9 @@ impl GatewayError {
             | Self::MethodNotAllowed { .. }
             | Self::RateLimited(_)
             | Self::UpstreamRejected { .. } => Blame::Client,
-            Self::Overloaded { .. } | Self::ShuttingDown => Blame::Gateway,
+            Self::Overloaded { .. } | Self::ShuttingDown | Self::LimiterUnavailable => {
+                Blame::Gateway
+            }
             Self::UpstreamUnavailable
             | Self::UpstreamTimeout { .. }
             | Self::UpstreamFailed { .. }
@@ -260,6 +270,7 @@ impl GatewayError {
                 LimitKind::Streams => "rate_limited_streams",
             },
             Self::Overloaded { .. } => "overloaded",
+            Self::LimiterUnavailable => "limiter_unavailable",
             Self::ShuttingDown => "shutting_down",
             Self::UpstreamUnavailable => "upstream_unavailable",
             Self::UpstreamTimeout { phase } => match phase {
@@ -282,7 +293,7 @@ impl GatewayError {
             Self::Overloaded { retry_after } => Some(*retry_after),
             Self::RateLimited(refusal) => (!refusal.never_fits).then_some(refusal.retry_after),
             Self::UpstreamRejected { retry_after, .. } => *retry_after,
-            Self::ShuttingDown => Some(Duration::from_secs(1)),
+            Self::ShuttingDown | Self::LimiterUnavailable => Some(Duration::from_secs(1)),
             Self::InvalidRequest { .. }
             | Self::InvalidJson { .. }
             | Self::UnsupportedContentType

@@ -5,7 +5,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::auth::KeyIndex;
 use crate::config::{Config, ServerConfig, StreamConfig, UpstreamConfig};
-use crate::limits::{Limiter, LocalLimiter};
+use crate::limits::{Limiter, LocalLimiter, RedisLimiter};
 use crate::server::admission::Admission;
 use crate::server::shutdown::Drain;
 use crate::upstream::http_client;
@@ -30,6 +30,8 @@ pub struct AppState {
 pub enum BuildError {
     #[error("cannot build the upstream HTTP client: {0}")]
     HttpClient(#[from] reqwest::Error),
+    #[error("cannot build the Redis client: {0}")]
+    Redis(#[from] fred::error::Error),
 }
 
 impl AppState {
@@ -42,9 +44,7 @@ impl AppState {
             keys: KeyIndex::new(&config.api_keys),
             models: ModelTable::new(&config.models, &http, &config.upstream),
             admission: Admission::new(config.server.max_concurrent_requests.get()),
-            limiter: Arc::new(Limiter::Local(LocalLimiter::new(lease_ttl(
-                &config.upstream,
-            )))),
+            limiter: Arc::new(limiter(config)?),
             drain: Drain::default(),
             started_unix: SystemTime::now()
                 .duration_since(UNIX_EPOCH)
@@ -57,4 +57,13 @@ impl AppState {
 /// than any request may run.
 fn lease_ttl(upstream: &UpstreamConfig) -> std::time::Duration {
     upstream.total_timeout + std::time::Duration::from_secs(60)
+}
+
+/// The shared limiter with `redis.url`, the in-process one without.
+fn limiter(config: &Config) -> Result<Limiter, BuildError> {
+    let ttl = lease_ttl(&config.upstream);
+    Ok(match &config.redis {
+        Some(redis) => Limiter::Shared(Box::new(RedisLimiter::new(redis, ttl)?)),
+        None => Limiter::Local(LocalLimiter::new(ttl)),
+    })
 }

@@ -202,5 +202,33 @@ impl Default for StreamFile {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RedisFile {
+    /// `redis://`, `rediss://` or `redis-cluster://` URL.
     pub url: String,
+    /// Bound on every Redis call.
+    #[serde(default = "redis_timeout", with = "humantime_serde")]
+    pub timeout: Duration,
+    /// What admission does while Redis is unreachable: `local`, `allow` or `deny`.
+    #[serde(default = "on_error_local")]
+    pub on_error: String,
+    #[serde(default = "redis_pool_size")]
+    pub pool_size: usize,
+    /// Prefix of every key the gateway writes.
+    #[serde(default = "key_prefix")]
+    pub key_prefix: String,
+}
+
+fn redis_timeout() -> Duration {
+    Duration::from_millis(50)
+}
+
+fn on_error_local() -> String {
+    "local".into()
+}
+
+fn redis_pool_size() -> usize {
+    4
+}
+
+fn key_prefix() -> String {
+    "sluicegate".into()
 }

@@ -202,6 +202,21 @@ pub struct StreamConfig {
 #[derive(Debug, Clone)]
 pub struct RedisConfig {
     pub url: String,
+    pub timeout: Duration,
+    pub on_error: OnRedisError,
+    pub pool_size: NonZeroUsize,
+    pub key_prefix: String,
+}
+
+/// What admission does while Redis is unreachable or its breaker is open.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnRedisError {
+    /// Enforce the same limits in this process (per replica, not shared).
+    Local,
+    /// Admit without limits.
+    Allow,
+    /// Refuse with 503.
+    Deny,
 }
 
 /// A configuration problem, naming the offending field.

@@ -6,13 +6,13 @@ use std::num::{NonZeroU32, NonZeroU64, NonZeroUsize};
 use std::time::Duration;
 
 use super::file::{
-    ApiKeyFile, BackendFile, BackendKindFile, ConfigFile, LimitsFile, ModelFile, ServerFile,
-    StreamFile, TierFile, UpstreamFile,
+    ApiKeyFile, BackendFile, BackendKindFile, ConfigFile, LimitsFile, ModelFile, RedisFile,
+    ServerFile, StreamFile, TierFile, UpstreamFile,
 };
 use super::{
     ApiKey, BackendConfig, BackendKind, Config, ConfigError, ConfigSource, Limits, LogConfig,
-    LogFormat, MockConfig, Model, ModelAccess, OutputCaps, RedisConfig, Secret, ServerConfig,
-    StreamConfig, Tier, UpstreamConfig,
+    LogFormat, MockConfig, Model, ModelAccess, OnRedisError, OutputCaps, RedisConfig, Secret,
+    ServerConfig, StreamConfig, Tier, UpstreamConfig,
 };
 
 /// The smallest header cap hyper accepts for its read buffer.
@@ -49,7 +49,7 @@ pub fn validate(file: ConfigFile) -> Result<Config, ConfigError> {
         models,
         upstream: upstream(file.upstream)?,
         stream: stream(file.stream)?,
-        redis: file.redis.map(|r| RedisConfig { url: r.url }),
+        redis: file.redis.map(redis).transpose()?,
         source: ConfigSource::Development,
     })
 }
@@ -330,6 +330,43 @@ fn secret_from_env(var: &str, path: &str) -> Result<Secret, ConfigError> {
             format!("environment variable `{var}` is not set"),
         )),
     }
+}
+
+fn redis(file: RedisFile) -> Result<RedisConfig, ConfigError> {
+    if fred::types::config::Config::from_url(&file.url).is_err() {
+        return Err(ConfigError::invalid(
+            "redis.url",
+            "not a redis://, rediss:// or redis-cluster:// URL",
+        ));
+    }
+    let on_error = match file.on_error.as_str() {
+        "local" => OnRedisError::Local,
+        "allow" => OnRedisError::Allow,
+        "deny" => OnRedisError::Deny,
+        _ => {
+            return Err(ConfigError::invalid(
+                "redis.on_error",
+                "must be `local`, `allow` or `deny`",
+            ));
+        }
+    };
+    if !file
+        .key_prefix
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'))
+    {
+        return Err(ConfigError::invalid(
+            "redis.key_prefix",
+            "may hold only letters, digits and `-_.:`",
+        ));
+    }
+    Ok(RedisConfig {
+        url: file.url,
+        timeout: positive(file.timeout, "redis.timeout")?,
+        on_error,
+        pool_size: non_zero(file.pool_size, "redis.pool_size")?,
+        key_prefix: file.key_prefix,
+    })
 }
 
 fn upstream(file: UpstreamFile) -> Result<UpstreamConfig, ConfigError> {

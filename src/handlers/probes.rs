@@ -1,5 +1,5 @@
-//! `/healthz` (the process is alive) and `/readyz` (it should get traffic: not draining, and
-//! some model has a usable backend).
+//! `/healthz` (the process is alive) and `/readyz` (it should get traffic: not draining, some
+//! model has a usable backend, and the limiter can decide; Redis state is reported).
 
 use http::{Response, StatusCode};
 
@@ -11,18 +11,27 @@ pub fn health() -> Response<Body> {
     json_response(r#"{"status":"ok"}"#)
 }
 
+/// Ready unless draining or without a usable backend. Redis being down is reported but fails
+/// readiness only with `on_error: deny`, where it means every request is refused.
 pub fn ready(state: &AppState) -> Response<Body> {
-    let (status, body) = if state.drain.is_draining() {
-        (StatusCode::SERVICE_UNAVAILABLE, r#"{"status":"draining"}"#)
+    let redis = state.limiter.redis_up();
+    let status = if state.drain.is_draining() {
+        "draining"
     } else if !state.models.any_usable() {
-        (
-            StatusCode::SERVICE_UNAVAILABLE,
-            r#"{"status":"no_usable_backend"}"#,
-        )
+        "no_usable_backend"
+    } else if redis == Some(false) && state.limiter.denies_without_redis() {
+        "redis_unavailable"
     } else {
-        (StatusCode::OK, r#"{"status":"ready"}"#)
+        "ready"
     };
-    let mut response = json_response(body);
-    *response.status_mut() = status;
+    let redis = match redis {
+        None => "",
+        Some(true) => r#","redis":"up""#,
+        Some(false) => r#","redis":"down""#,
+    };
+    let mut response = json_response(format!(r#"{{"status":"{status}"{redis}}}"#));
+    if status != "ready" {
+        *response.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+    }
     response
 }

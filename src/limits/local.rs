@@ -9,7 +9,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::bucket::{Bucket, Take};
-use super::{Admission, Ask, LimitKind, Quota, RateState, Refusal};
+use super::{Admission, Ask, DecidedBy, LimitKind, Quota, RateState, Refusal};
 use crate::config::Limits;
 
 /// What a client refused for concurrent streams is told to wait: a stream may end any moment.
@@ -113,6 +113,7 @@ impl LocalLimiter {
             reserved_tokens: ask.tokens,
             lease,
             state: snapshot(state),
+            decided_by: DecidedBy::Local,
         })
     }
 

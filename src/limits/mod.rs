@@ -8,6 +8,7 @@
 mod bucket;
 pub mod headers;
 mod local;
+mod redis;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,6 +17,9 @@ use crate::config::Limits;
 use crate::error::GatewayError;
 
 pub use local::LocalLimiter;
+pub use redis::RedisLimiter;
+
+use redis::SharedError;
 
 /// What a request asks of its key's limits.
 #[derive(Debug, Clone, Copy)]
@@ -68,26 +72,80 @@ pub struct Admission {
     pub reserved_tokens: u64,
     pub lease: Option<u64>,
     pub state: RateState,
+    pub decided_by: DecidedBy,
+}
+
+/// Which limiter took an admission, and so must settle it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DecidedBy {
+    /// The Redis script.
+    Shared,
+    /// The in-process limiter (the configured one, or the fallback while Redis is down).
+    Local,
+    /// Nobody: Redis was down and `on_error: allow`.
+    Unmetered,
 }
 
 /// The configured limiter.
 #[derive(Debug)]
 pub enum Limiter {
     Local(LocalLimiter),
+    Shared(Box<RedisLimiter>),
 }
 
 impl Limiter {
     pub async fn admit(&self, ask: Ask<'_>) -> Result<Admission, GatewayError> {
-        let result = match self {
-            Self::Local(local) => local.admit(ask),
-        };
-        result.map_err(|refusal| GatewayError::RateLimited(Box::new(refusal)))
+        let refused = |refusal| GatewayError::RateLimited(Box::new(refusal));
+        match self {
+            Self::Local(local) => local.admit(ask).map_err(refused),
+            Self::Shared(shared) => shared.admit(ask).await.map_err(|error| match error {
+                SharedError::Refused(refusal) => refused(refusal),
+                SharedError::Unavailable => GatewayError::LimiterUnavailable,
+            }),
+        }
     }
 
-    /// Reconciles `used_tokens` against the reservation and releases the lease.
-    pub fn settle(&self, admission: Admission, used_tokens: u64) {
+    /// Reconciles `used_tokens` against the reservation and releases the lease. Shared
+    /// settlements run in a task of their own, off the request path.
+    pub fn settle(self: &Arc<Self>, admission: Admission, used_tokens: u64) {
+        match (&**self, admission.decided_by) {
+            (_, DecidedBy::Unmetered) => {}
+            (Self::Local(local), _) => local.settle(&admission, used_tokens),
+            (Self::Shared(_), _) => {
+                let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+                    return;
+                };
+                let limiter = self.clone();
+                #[expect(
+                    clippy::disallowed_methods,
+                    reason = "settlement outlives the response by design; bounded by its timeout"
+                )]
+                runtime.spawn(async move {
+                    if let Self::Shared(shared) = &*limiter {
+                        shared.settle(&admission, used_tokens).await;
+                    }
+                });
+            }
+        }
+    }
+
+    /// Starts background work (Redis connections); call inside the runtime.
+    pub async fn start(&self) {
+        if let Self::Shared(shared) = self {
+            shared.connect().await;
+        }
+    }
+
+    /// Whether admission refuses everything while Redis is down (`on_error: deny`).
+    pub fn denies_without_redis(&self) -> bool {
+        matches!(self, Self::Shared(shared) if shared.denies_when_down())
+    }
+
+    /// `None` without Redis, else whether Redis is answering.
+    pub fn redis_up(&self) -> Option<bool> {
         match self {
-            Self::Local(local) => local.settle(&admission, used_tokens),
+            Self::Local(_) => None,
+            Self::Shared(shared) => Some(shared.is_up()),
         }
     }
 }

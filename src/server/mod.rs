@@ -35,6 +35,7 @@ pub async fn serve(
     state: Arc<AppState>,
     shutdown: impl Future<Output = ()>,
 ) -> io::Result<()> {
+    state.limiter.start().await;
     let builder = connection_builder(&state);
     let graceful = GracefulShutdown::new();
     let mut shutdown = pin!(shutdown);

@@ -1,10 +1,19 @@
-//! Per-key limits enforced in-process (no `redis.url`): requests/min exactly, tokens/min with
-//! reservations refunded on settlement, concurrent streams as leases, OpenAI's headers.
+//! Per-key limits: requests/min exactly, tokens/min with reservations refunded on settlement,
+//! concurrent streams as leases, OpenAI's headers. Each scenario runs in-process here and
+//! shared through a real Redis in `shared_limits`.
 
 use futures_util::StreamExt;
 use serde_json::json;
 
 use crate::support::*;
+
+/// The limiter under test: in-process, or shared through `redis`.
+pub fn limited(config: GatewayConfig, redis: Option<&RedisServer>) -> GatewayConfig {
+    match redis {
+        Some(redis) => config.redis(&redis.url()),
+        None => config,
+    }
+}
 
 async fn fire_parallel(gateway: &TestGateway, n: usize) -> Vec<reqwest::Response> {
     let (base, body) = (gateway.url(""), chat_body(false));
@@ -12,10 +21,14 @@ async fn fire_parallel(gateway: &TestGateway, n: usize) -> Vec<reqwest::Response
     futures_util::future::join_all(requests).await
 }
 
-#[tokio::test]
-async fn exactly_the_requests_per_minute_pass_under_a_parallel_burst() {
-    let gateway =
-        TestGateway::start(&GatewayConfig::mock(1, "1ms").tier("{requests_per_minute: 10}")).await;
+pub async fn exactly_the_requests_per_minute_pass_under_a_parallel_burst(
+    redis: Option<&RedisServer>,
+) {
+    let gateway = TestGateway::start(&limited(
+        GatewayConfig::mock(1, "1ms").tier("{requests_per_minute: 10}"),
+        redis,
+    ))
+    .await;
     let responses = fire_parallel(&gateway, 50).await;
     let ok = responses.iter().filter(|r| r.status() == 200).count();
     assert_eq!(
@@ -50,13 +63,10 @@ async fn exactly_the_requests_per_minute_pass_under_a_parallel_burst() {
     );
 }
 
-#[tokio::test]
-async fn successful_responses_carry_consistent_rate_limit_headers() {
-    let gateway = TestGateway::start(
-        &GatewayConfig::mock(1, "1ms")
-            .tier("{requests_per_minute: 100, tokens_per_minute: 100000}"),
-    )
-    .await;
+pub async fn successful_responses_carry_consistent_rate_limit_headers(redis: Option<&RedisServer>) {
+    let config =
+        GatewayConfig::mock(1, "1ms").tier("{requests_per_minute: 100, tokens_per_minute: 100000}");
+    let gateway = TestGateway::start(&limited(config, redis)).await;
     let mut remaining = Vec::new();
     for stream in [false, true, false] {
         let response = post_chat(&gateway.url(""), KEY, &chat_body(stream)).await;
@@ -83,12 +93,13 @@ async fn successful_responses_carry_consistent_rate_limit_headers() {
     assert_eq!(remaining, [99, 98, 97], "each request takes one");
 }
 
-#[tokio::test]
-async fn tokens_are_reserved_then_refunded_when_the_answer_was_short() {
+pub async fn tokens_are_reserved_then_refunded_when_the_answer_was_short(
+    redis: Option<&RedisServer>,
+) {
     // Each request reserves its prompt estimate plus max_tokens 300; the answer uses 8 tokens.
     let upstream = MockUpstream::stream(3).pace(ms(300)).start().await;
     let config = GatewayConfig::openai(&upstream.base_url()).tier("{tokens_per_minute: 1000}");
-    let gateway = TestGateway::start(&config).await;
+    let gateway = TestGateway::start(&limited(config, redis)).await;
     let mut body = chat_body(true);
     body["max_tokens"] = json!(300);
 
@@ -139,10 +150,12 @@ async fn tokens_are_reserved_then_refunded_when_the_answer_was_short() {
     );
 }
 
-#[tokio::test]
-async fn a_request_that_can_never_fit_says_not_to_retry() {
-    let gateway =
-        TestGateway::start(&GatewayConfig::mock(1, "1ms").tier("{tokens_per_minute: 5000}")).await;
+pub async fn a_request_that_can_never_fit_says_not_to_retry(redis: Option<&RedisServer>) {
+    let gateway = TestGateway::start(&limited(
+        GatewayConfig::mock(1, "1ms").tier("{tokens_per_minute: 5000}"),
+        redis,
+    ))
+    .await;
     let mut body = chat_body(false);
     body["max_tokens"] = json!(1);
     body["max_completion_tokens"] = json!(10_000);
@@ -163,12 +176,13 @@ async fn a_request_that_can_never_fit_says_not_to_retry() {
     );
 }
 
-#[tokio::test]
-async fn the_output_cap_is_written_upstream_and_bounded_by_the_tier() {
+pub async fn the_output_cap_is_written_upstream_and_bounded_by_the_tier(
+    redis: Option<&RedisServer>,
+) {
     let upstream = MockUpstream::stream(1).start().await;
     let config = GatewayConfig::openai(&upstream.base_url())
         .tier("{default_max_tokens: 64, max_tokens: 100}");
-    let gateway = TestGateway::start(&config).await;
+    let gateway = TestGateway::start(&limited(config, redis)).await;
     let mut asks_too_much = chat_body(true);
     asks_too_much["max_completion_tokens"] = json!(500);
     for body in [chat_body(true), asks_too_much] {
@@ -193,11 +207,12 @@ async fn the_output_cap_is_written_upstream_and_bounded_by_the_tier() {
     );
 }
 
-#[tokio::test]
-async fn concurrent_streams_are_leases_released_when_a_stream_ends_or_is_abandoned() {
+pub async fn concurrent_streams_are_leases_released_when_a_stream_ends_or_is_abandoned(
+    redis: Option<&RedisServer>,
+) {
     let upstream = MockUpstream::stream(10).pace(ms(100)).start().await;
     let config = GatewayConfig::openai(&upstream.base_url()).tier("{concurrent_streams: 2}");
-    let gateway = TestGateway::start(&config).await;
+    let gateway = TestGateway::start(&limited(config, redis)).await;
 
     let first = post_chat(&gateway.url(""), KEY, &chat_body(true)).await;
     let second = post_chat(&gateway.url(""), KEY, &chat_body(true)).await;
@@ -231,4 +246,34 @@ async fn concurrent_streams_are_leases_released_when_a_stream_ends_or_is_abandon
     // Finishing one releases it too.
     assert!(second.text().await.expect("stream").ends_with("[DONE]\n\n"));
     drop(third);
+}
+
+#[tokio::test]
+async fn in_process_exactly_the_requests_per_minute_pass_under_a_parallel_burst() {
+    exactly_the_requests_per_minute_pass_under_a_parallel_burst(None).await;
+}
+
+#[tokio::test]
+async fn in_process_successful_responses_carry_consistent_rate_limit_headers() {
+    successful_responses_carry_consistent_rate_limit_headers(None).await;
+}
+
+#[tokio::test]
+async fn in_process_tokens_are_reserved_then_refunded_when_the_answer_was_short() {
+    tokens_are_reserved_then_refunded_when_the_answer_was_short(None).await;
+}
+
+#[tokio::test]
+async fn in_process_a_request_that_can_never_fit_says_not_to_retry() {
+    a_request_that_can_never_fit_says_not_to_retry(None).await;
+}
+
+#[tokio::test]
+async fn in_process_the_output_cap_is_written_upstream_and_bounded_by_the_tier() {
+    the_output_cap_is_written_upstream_and_bounded_by_the_tier(None).await;
+}
+
+#[tokio::test]
+async fn in_process_concurrent_streams_are_leases_released_when_a_stream_ends_or_is_abandoned() {
+    concurrent_streams_are_leases_released_when_a_stream_ends_or_is_abandoned(None).await;
 }

@@ -11,6 +11,7 @@ mod chat;
 mod cli;
 mod limits;
 mod sdk;
+mod shared_limits;
 mod shutdown;
 mod upstream_connections;
 mod upstream_failures;

@@ -5,6 +5,9 @@ use std::path::PathBuf;
 use crate::support::binary::RunningBinary;
 use crate::support::*;
 
+/// A key allowed one request a minute.
+const THROTTLED_KEY: &str = "sk-test-throttled";
+
 /// The Python with the `openai` package: `SLUICEGATE_PYTHON`, else the venv the test script makes.
 fn python() -> PathBuf {
     let path = std::env::var_os("SLUICEGATE_PYTHON")
@@ -27,15 +30,17 @@ async fn openai_python_sdk_streams_completes_and_raises_the_right_errors() {
         "server: {{listen: '127.0.0.1:0'}}\nlog: {{format: json}}\ntiers: {{basic: {{}}}}\n\
          models:\n  - {{name: test-model, backends: [{{name: mock, kind: mock, mock: {{tokens: 5, pace: 1ms}}}}]}}\n  \
          - {{name: other-model, backends: [{{name: up, kind: openai, base_url: '{}'}}]}}\n\
-         api_keys:\n  - {{id: full, sha256: {}, tier: basic}}\n  - {{id: limited, sha256: {}, tier: basic, models: [other-model]}}\n",
+         api_keys:\n  - {{id: full, sha256: {}, tier: basic}}\n  - {{id: limited, sha256: {}, tier: basic, models: [other-model]}}\n  \
+           - {{id: throttled, sha256: {}, tier: basic, limits: {{requests_per_minute: 1}}}}\n",
         dropping.base_url(),
         sluicegate::auth::hash_key(KEY),
         sluicegate::auth::hash_key(OTHER_KEY),
+        sluicegate::auth::hash_key(THROTTLED_KEY),
     );
     let gateway = RunningBinary::start(&yaml).await;
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python/sdk_check.py");
     let output = tokio::process::Command::new(python())
-        .args([script, &gateway.base(), KEY, OTHER_KEY])
+        .args([script, &gateway.base(), KEY, OTHER_KEY, THROTTLED_KEY])
         .output()
         .await
         .expect("python runs");

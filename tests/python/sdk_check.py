@@ -1,16 +1,17 @@
 """The official OpenAI Python SDK against a running sluicegate.
 
-Usage: sdk_check.py BASE_URL FULL_KEY LIMITED_KEY
+Usage: sdk_check.py BASE_URL FULL_KEY LIMITED_KEY THROTTLED_KEY
 
 `test-model` streams "The quick brown fox jumps " (5 tokens); `other-model` drops mid-stream
-and is the only model LIMITED_KEY may use. Exits non-zero on the first failed check.
+and is the only model LIMITED_KEY may use; THROTTLED_KEY may send one request a minute.
+Exits non-zero on the first failed check.
 """
 
 import sys
 
 import openai
 
-base, full_key, limited_key = sys.argv[1:4]
+base, full_key, limited_key, throttled_key = sys.argv[1:5]
 messages = [{"role": "user", "content": "hello"}]
 client = openai.OpenAI(base_url=f"{base}/v1", api_key=full_key, max_retries=0)
 
@@ -66,5 +67,16 @@ except openai.APIError as error:
     assert "closed before the response was complete" in str(error), error
 else:
     raise AssertionError("a dropped stream must raise")
+
+# The second request of a key allowed one a minute is a RateLimitError, with OpenAI's headers.
+throttled = openai.OpenAI(base_url=f"{base}/v1", api_key=throttled_key, max_retries=0)
+throttled.chat.completions.create(model="test-model", messages=messages)
+try:
+    throttled.chat.completions.create(model="test-model", messages=messages)
+except openai.RateLimitError as error:
+    assert error.response.headers["x-ratelimit-limit-requests"] == "1", error.response.headers
+    assert error.code == "rate_limit_exceeded", error.code
+else:
+    raise AssertionError("the second request must be rate limited")
 
 print("sdk ok")

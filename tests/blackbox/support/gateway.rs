@@ -18,6 +18,8 @@ pub struct GatewayConfig {
     pub stream: String,
     /// The limits of the `basic` tier both keys are on.
     pub tier: String,
+    /// The `redis` section, when limits are shared.
+    pub redis: Option<String>,
 }
 
 impl GatewayConfig {
@@ -42,6 +44,7 @@ impl GatewayConfig {
             upstream: "{first_byte_timeout: 5s, idle_timeout: 5s, total_timeout: 30s}".into(),
             stream: "{heartbeat_interval: 10s}".into(),
             tier: "{}".into(),
+            redis: None,
         }
     }
 
@@ -65,6 +68,12 @@ impl GatewayConfig {
         self
     }
 
+    /// Shares limits through the Redis at `url` (50 ms timeout, in-process fallback).
+    pub fn redis(mut self, url: &str) -> Self {
+        self.redis = Some(format!("{{url: '{url}', timeout: 50ms, on_error: local}}"));
+        self
+    }
+
     pub fn yaml(&self) -> String {
         format!(
             "server: {server}\nlog: {{format: json, level: warn}}\nupstream: {upstream}\nstream: {stream}\n\
@@ -78,7 +87,11 @@ impl GatewayConfig {
             tier = self.tier,
             full = sluicegate::auth::hash_key(KEY),
             limited = sluicegate::auth::hash_key(OTHER_KEY),
-        )
+        ) + &self
+            .redis
+            .as_ref()
+            .map(|r| format!("redis: {r}\n"))
+            .unwrap_or_default()
     }
 }
 

@@ -4,6 +4,7 @@
 pub mod binary;
 pub mod client;
 pub mod gateway;
+pub mod redis;
 pub mod upstream;
 
 use std::future::Future;
@@ -11,6 +12,7 @@ use std::time::Duration;
 
 pub use client::*;
 pub use gateway::{GatewayConfig, TestGateway};
+pub use redis::RedisServer;
 pub use upstream::{MockUpstream, Reply};
 
 pub const KEY: &str = "sk-test-key";

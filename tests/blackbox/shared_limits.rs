@@ -1,0 +1,159 @@
+//! Limits shared through a real Redis: every `limits` scenario, exactness across two gateway
+//! instances, and Redis failing and coming back.
+
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use crate::limits::*;
+use crate::support::*;
+
+#[tokio::test]
+async fn shared_exactly_the_requests_per_minute_pass_under_a_parallel_burst() {
+    exactly_the_requests_per_minute_pass_under_a_parallel_burst(Some(&RedisServer::spawn().await))
+        .await;
+}
+
+#[tokio::test]
+async fn shared_successful_responses_carry_consistent_rate_limit_headers() {
+    successful_responses_carry_consistent_rate_limit_headers(Some(&RedisServer::spawn().await))
+        .await;
+}
+
+#[tokio::test]
+async fn shared_tokens_are_reserved_then_refunded_when_the_answer_was_short() {
+    tokens_are_reserved_then_refunded_when_the_answer_was_short(Some(&RedisServer::spawn().await))
+        .await;
+}
+
+#[tokio::test]
+async fn shared_a_request_that_can_never_fit_says_not_to_retry() {
+    a_request_that_can_never_fit_says_not_to_retry(Some(&RedisServer::spawn().await)).await;
+}
+
+#[tokio::test]
+async fn shared_concurrent_streams_are_leases_released_when_a_stream_ends_or_is_abandoned() {
+    concurrent_streams_are_leases_released_when_a_stream_ends_or_is_abandoned(Some(
+        &RedisServer::spawn().await,
+    ))
+    .await;
+}
+
+/// Fires `n` requests spread over `gateways` at once; returns how many were admitted.
+async fn admitted_across(gateways: &[&TestGateway], n: usize) -> usize {
+    let body = chat_body(false);
+    let bases: Vec<String> = gateways.iter().map(|g| g.url("")).collect();
+    let requests = (0..n).map(|i| post_chat(&bases[i % bases.len()], KEY, &body));
+    let responses = futures_util::future::join_all(requests).await;
+    for response in &responses {
+        assert!(
+            matches!(response.status().as_u16(), 200 | 429),
+            "only 200 or 429: {}",
+            response.status()
+        );
+    }
+    responses.iter().filter(|r| r.status() == 200).count()
+}
+
+#[tokio::test]
+async fn two_instances_sharing_redis_admit_exactly_the_limit() {
+    let redis = RedisServer::spawn().await;
+    let config = GatewayConfig::mock(1, "1ms")
+        .tier("{requests_per_minute: 10}")
+        .redis(&redis.url());
+    let (a, b) = (
+        TestGateway::start(&config).await,
+        TestGateway::start(&config).await,
+    );
+    assert_eq!(
+        admitted_across(&[&a, &b], 50).await,
+        10,
+        "exactly 10 of 50 across two replicas"
+    );
+}
+
+#[tokio::test]
+async fn redis_dying_falls_back_without_errors_and_shared_limits_resume_after_restart() {
+    let mut redis = RedisServer::spawn().await;
+    let config = GatewayConfig::mock(1, "1ms")
+        .tier("{requests_per_minute: 5}")
+        .redis(&redis.url());
+    let (a, b) = (
+        TestGateway::start(&config).await,
+        TestGateway::start(&config).await,
+    );
+    assert_eq!(
+        admitted_across(&[&a, &b], 20).await,
+        5,
+        "shared while Redis is up"
+    );
+
+    redis.kill().await;
+    // On the in-process fallback each replica enforces the limit on its own; nothing fails and
+    // no request waits much longer than the 50 ms Redis timeout.
+    for gateway in [&a, &b] {
+        for _ in 0..8 {
+            let started = Instant::now();
+            let response = post_chat(&gateway.url(""), OTHER_KEY, &other_model(false)).await;
+            assert!(
+                matches!(response.status().as_u16(), 200 | 429),
+                "no 5xx while Redis is down"
+            );
+            assert!(
+                started.elapsed() < ms(500),
+                "bounded by the Redis timeout: {:?}",
+                started.elapsed()
+            );
+        }
+    }
+    let ready: serde_json::Value = http()
+        .get(a.url("/readyz"))
+        .send()
+        .await
+        .expect("readyz")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(
+        (ready["status"].as_str(), ready["redis"].as_str()),
+        (Some("ready"), Some("down"))
+    );
+
+    // A fresh, empty Redis on the same port: the scripts are gone (NOSCRIPT) and get reloaded.
+    redis.start().await;
+    for gateway in [&a, &b] {
+        within(
+            Duration::from_secs(15),
+            "the gateway to use Redis again",
+            async {
+                loop {
+                    post_chat(&gateway.url(""), OTHER_KEY, &other_model(false)).await;
+                    let ready: serde_json::Value = http()
+                        .get(gateway.url("/readyz"))
+                        .send()
+                        .await
+                        .expect("readyz")
+                        .json()
+                        .await
+                        .expect("json");
+                    if ready["redis"] == "up" {
+                        return;
+                    }
+                    tokio::time::sleep(ms(200)).await;
+                }
+            },
+        )
+        .await;
+    }
+    assert_eq!(
+        admitted_across(&[&a, &b], 20).await,
+        5,
+        "shared again after the restart"
+    );
+}
+
+fn other_model(stream: bool) -> serde_json::Value {
+    let mut body = chat_body(stream);
+    body["model"] = "other-model".into();
+    body
+}
