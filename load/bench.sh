@@ -22,13 +22,14 @@ key_sha=$($bin hash-key "$key")
 start_mock() { # port tokens pace
   $bin mock-upstream --port "$1" --tokens "$2" --pace "$3" >/dev/null & pids+=($!)
 }
-start_gateway() { # port upstream_port
+start_gateway() { # port upstream_port [tier yaml] [extra yaml]
   cat > "$work/gw-$1.yaml" <<YAML
 server: {listen: "127.0.0.1:$1", max_concurrent_requests: 100000}
 log: {format: json, level: warn}
-tiers: {bench: {}}
+tiers: {bench: ${3:-"{}"}}
 api_keys: [{id: bench, sha256: $key_sha, tier: bench}]
 models: [{name: mock-gpt, backends: [{name: up, kind: openai, base_url: "http://127.0.0.1:$2/v1"}]}]
+${4:-}
 YAML
   $bin --config "$work/gw-$1.yaml" >/dev/null & pids+=($!)
 }
@@ -71,6 +72,26 @@ for target in "19001 direct" "19003 nginx" "19002 sluicegate"; do
   results+=("$(run "$1" 64 "$2-c64")")
 done
 printf '%s\n' "${results[@]}"
+
+# Admission cost: limits off, in-process, and shared through Redis (limits high enough that
+# nothing is refused), and the Redis round trips each request made.
+command -v redis-server >/dev/null || { echo "redis-server is needed: apt-get install redis-server" >&2; exit 1; }
+redis-server --port 19020 --bind 127.0.0.1 --save "" --appendonly no >/dev/null & pids+=($!)
+limits='{requests_per_minute: 100000000, tokens_per_minute: 100000000000, concurrent_streams: 100000}'
+start_gateway 19021 19001 "$limits"
+start_gateway 19022 19001 "$limits" "redis: {url: 'redis://127.0.0.1:19020'}"
+for p in 19020 19021 19022; do wait_port $p; done
+evalsha_calls() { redis-cli -p 19020 info commandstats | sed -n 's/^cmdstat_evalsha:calls=\([0-9]*\).*/\1/p' | tr -d '\r'; }
+run 19021 1 limits-local-c1
+run 19021 64 limits-local-c64
+streams_of() { echo "$1" | sed -n 's/.*"streams":\([0-9]*\).*/\1/p'; }
+before=$(evalsha_calls); before=${before:-0}
+c1=$(run 19022 1 limits-redis-c1); echo "$c1"
+c64=$(run 19022 64 limits-redis-c64); echo "$c64"
+sleep 1 # settlements run just after each response
+calls=$(( $(evalsha_calls) - before ))
+requests=$(( $(streams_of "$c1") + $(streams_of "$c64") ))
+echo "{\"label\":\"redis-round-trips\",\"requests\":$requests,\"evalsha_calls\":$calls,\"per_request\":$(awk "BEGIN{printf \"%.3f\", $calls/$requests}")}"
 
 # Memory per open stream: 256 slow streams held open through each proxy.
 start_mock 19011 400 50ms; start_gateway 19012 19011; start_nginx 19013 19011

@@ -54,9 +54,9 @@ impl AppState {
 }
 
 /// How long a stream lease lives if its request is never settled (a crashed replica): longer
-/// than any request may run.
+/// than any request may run (the relay enforces `total_timeout`) plus settlement's own bound.
 fn lease_ttl(upstream: &UpstreamConfig) -> std::time::Duration {
-    upstream.total_timeout + std::time::Duration::from_secs(60)
+    upstream.total_timeout + std::time::Duration::from_secs(5)
 }
 
 /// The shared limiter with `redis.url`, the in-process one without.

@@ -50,6 +50,7 @@ pub async fn chat_completions(
     let output_cap = principal.output.effective(chat.max_output_tokens);
     let ask = Ask {
         key_id: &principal.key_id,
+        tier: &principal.tier,
         limits: &principal.limits,
         tokens: prompt_estimate + output_cap * chat.choices,
     };

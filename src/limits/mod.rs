@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use crate::config::Limits;
 use crate::error::GatewayError;
+use crate::telemetry::metrics;
 
 pub use local::LocalLimiter;
 pub use redis::RedisLimiter;
@@ -25,6 +26,8 @@ use redis::SharedError;
 #[derive(Debug, Clone, Copy)]
 pub struct Ask<'a> {
     pub key_id: &'a Arc<str>,
+    /// The key's tier, for metric labels.
+    pub tier: &'a str,
     pub limits: &'a Limits,
     /// Tokens reserved: the prompt estimate plus the output cap.
     pub tokens: u64,
@@ -95,21 +98,29 @@ pub enum Limiter {
 
 impl Limiter {
     pub async fn admit(&self, ask: Ask<'_>) -> Result<Admission, GatewayError> {
-        let refused = |refusal| GatewayError::RateLimited(Box::new(refusal));
-        match self {
+        let refused = |refusal: Refusal| {
+            metrics::record_rejection(ask.tier, refusal.kind);
+            GatewayError::RateLimited(Box::new(refusal))
+        };
+        let admission = match self {
             Self::Local(local) => local.admit(ask).map_err(refused),
             Self::Shared(shared) => shared.admit(ask).await.map_err(|error| match error {
                 SharedError::Refused(refusal) => refused(refusal),
                 SharedError::Unavailable => GatewayError::LimiterUnavailable,
             }),
-        }
+        }?;
+        metrics::record_admission(ask.tier);
+        Ok(admission)
     }
 
     /// Reconciles `used_tokens` against the reservation and releases the lease. Shared
     /// settlements run in a task of their own, off the request path.
     pub fn settle(self: &Arc<Self>, admission: Admission, used_tokens: u64) {
+        let nothing_to_settle =
+            admission.lease.is_none() && admission.limits.tokens_per_minute.is_none();
         match (&**self, admission.decided_by) {
             (_, DecidedBy::Unmetered) => {}
+            _ if nothing_to_settle => {}
             (Self::Local(local), _) => local.settle(&admission, used_tokens),
             (Self::Shared(_), _) => {
                 let Ok(runtime) = tokio::runtime::Handle::try_current() else {

@@ -101,9 +101,14 @@ impl RedisLimiter {
         self.on_error == OnRedisError::Deny
     }
 
-    /// Whether Redis answered the last calls (the breaker is closed).
+    /// Whether Redis is connected and answered the last calls (the breaker is closed).
     pub fn is_up(&self) -> bool {
         self.health.is_up()
+            && self
+                .pool
+                .clients()
+                .iter()
+                .any(|client| client.is_connected())
     }
 
     pub async fn admit(&self, ask: Ask<'_>) -> Result<Admission, SharedError> {

@@ -1,6 +1,8 @@
 //! Logging: one subscriber, JSON or text, filtered by `log.level` (or `RUST_LOG` when set).
 //! Every request writes one access-log line (target `sluicegate::access`) when it settles.
 
+pub mod metrics;
+
 use tracing_subscriber::EnvFilter;
 
 use crate::config::{LogConfig, LogFormat};

@@ -176,6 +176,29 @@ pub async fn a_request_that_can_never_fit_says_not_to_retry(redis: Option<&Redis
     );
 }
 
+pub async fn a_refused_request_takes_nothing_from_any_limit(redis: Option<&RedisServer>) {
+    let config = GatewayConfig::mock(50, "100ms")
+        .tier("{requests_per_minute: 100, tokens_per_minute: 10000}");
+    let gateway = TestGateway::start(&limited(config, redis)).await;
+    let mut too_big = chat_body(true);
+    too_big["max_tokens"] = json!(9000);
+    // The first holds its 9000-token reservation while it streams.
+    let first = post_chat(&gateway.url(""), KEY, &too_big).await;
+    assert_eq!(first.status(), 200);
+    let refused = post_chat(&gateway.url(""), KEY, &too_big).await;
+    assert_eq!(refused.status(), 429, "the tokens limit refuses the second");
+    let mut small = chat_body(false);
+    small["max_tokens"] = json!(100);
+    let next = post_chat(&gateway.url(""), KEY, &small).await;
+    assert_eq!(next.status(), 200);
+    assert_eq!(
+        next.headers()["x-ratelimit-remaining-requests"],
+        "98",
+        "the refusal took no request"
+    );
+    drop(first);
+}
+
 pub async fn the_output_cap_is_written_upstream_and_bounded_by_the_tier(
     redis: Option<&RedisServer>,
 ) {
@@ -266,6 +289,11 @@ async fn in_process_tokens_are_reserved_then_refunded_when_the_answer_was_short(
 #[tokio::test]
 async fn in_process_a_request_that_can_never_fit_says_not_to_retry() {
     a_request_that_can_never_fit_says_not_to_retry(None).await;
+}
+
+#[tokio::test]
+async fn in_process_a_refused_request_takes_nothing_from_any_limit() {
+    a_refused_request_takes_nothing_from_any_limit(None).await;
 }
 
 #[tokio::test]

@@ -39,6 +39,11 @@ async fn shared_concurrent_streams_are_leases_released_when_a_stream_ends_or_is_
     .await;
 }
 
+#[tokio::test]
+async fn shared_a_refused_request_takes_nothing_from_any_limit() {
+    a_refused_request_takes_nothing_from_any_limit(Some(&RedisServer::spawn().await)).await;
+}
+
 /// Fires `n` requests spread over `gateways` at once; returns how many were admitted.
 async fn admitted_across(gateways: &[&TestGateway], n: usize) -> usize {
     let body = chat_body(false);
@@ -156,4 +161,96 @@ fn other_model(stream: bool) -> serde_json::Value {
     let mut body = chat_body(stream);
     body["model"] = "other-model".into();
     body
+}
+
+#[tokio::test]
+async fn a_lease_held_by_a_killed_replica_expires_on_its_own() {
+    let redis = RedisServer::spawn().await;
+    let upstream = MockUpstream::stream(1000).pace(ms(50)).start().await;
+    // total_timeout 1s: a lease outlives its request by at most 1 s + 5 s.
+    let config = GatewayConfig::openai(&upstream.base_url())
+        .upstream("{first_byte_timeout: 1s, idle_timeout: 1s, total_timeout: 1s}")
+        .tier("{concurrent_streams: 1}")
+        .redis(&redis.url());
+    let yaml = config
+        .clone()
+        .server("{listen: '127.0.0.1:0'}")
+        .yaml()
+        .replace("level: warn", "level: info");
+    let mut doomed = crate::support::binary::RunningBinary::start(&yaml).await;
+    let response = post_chat(&doomed.base(), KEY, &chat_body(true)).await;
+    assert_eq!(response.status(), 200);
+    doomed
+        .child
+        .kill()
+        .await
+        .expect("kill -9 the replica mid-stream");
+    let killed = Instant::now();
+
+    let survivor = TestGateway::start(&config).await;
+    let (status, _) = error_of(post_chat(&survivor.url(""), KEY, &chat_body(true)).await).await;
+    assert_eq!(status, 429, "the dead replica's lease still counts");
+    within(
+        Duration::from_secs(12),
+        "the orphaned lease to expire",
+        async {
+            while post_chat(&survivor.url(""), KEY, &chat_body(true))
+                .await
+                .status()
+                != 200
+            {
+                tokio::time::sleep(ms(250)).await;
+            }
+        },
+    )
+    .await;
+    assert!(
+        killed.elapsed() >= Duration::from_secs(4),
+        "not before the lease ttl: {:?}",
+        killed.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn on_error_allow_and_deny_decide_while_redis_is_unreachable() {
+    let closed_port = {
+        let probe = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        probe.local_addr().expect("addr").port()
+    };
+    let unreachable = format!("redis://127.0.0.1:{closed_port}");
+    let base = GatewayConfig::mock(1, "1ms").tier("{requests_per_minute: 1}");
+
+    let mut allow = base.clone().redis(&unreachable);
+    allow.redis = Some(format!(
+        "{{url: '{unreachable}', timeout: 50ms, on_error: allow}}"
+    ));
+    let gateway = TestGateway::start(&allow).await;
+    for _ in 0..3 {
+        let response = post_chat(&gateway.url(""), KEY, &chat_body(false)).await;
+        assert_eq!(response.status(), 200, "allow admits without limits");
+        assert!(
+            response
+                .headers()
+                .get("x-ratelimit-limit-requests")
+                .is_none(),
+            "nothing was metered"
+        );
+    }
+
+    let mut deny = base;
+    deny.redis = Some(format!(
+        "{{url: '{unreachable}', timeout: 50ms, on_error: deny}}"
+    ));
+    let gateway = TestGateway::start(&deny).await;
+    let (status, body) = error_of(post_chat(&gateway.url(""), KEY, &chat_body(false)).await).await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (503, Some("limiter_unavailable"))
+    );
+    let ready = http()
+        .get(gateway.url("/readyz"))
+        .send()
+        .await
+        .expect("readyz");
+    assert_eq!(ready.status(), 503, "deny mode is not ready without Redis");
 }
