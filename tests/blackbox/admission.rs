@@ -37,16 +37,13 @@ async fn over_the_cap_is_503_with_retry_after_at_once() {
     let mut finished = first.bytes_stream();
     while finished.next().await.is_some() {}
     drop(finished);
-    let admitted = within(ms(2000), "a freed slot", async {
-        loop {
-            let response = post_chat(&gateway.url(""), KEY, &chat_body(true)).await;
-            if response.status() != 503 {
-                return response;
-            }
-
-            tokio::time::sleep(ms(20)).await;
-        }
-    })
+    let admitted = until_admitted(
+        &gateway.url(""),
+        KEY,
+        &chat_body(true),
+        ms(2000),
+        "a freed slot",
+    )
     .await;
     assert_ne!(admitted.status(), 503);
     drop(second);

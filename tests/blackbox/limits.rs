@@ -130,15 +130,13 @@ pub async fn tokens_are_reserved_then_refunded_when_the_answer_was_short(
         );
     }
     // Refilling 310 tokens at 1000/min would take about 19 s; the refunds make room at once.
-    let response = within(ms(3000), "a refunded reservation", async {
-        loop {
-            let response = post_chat(&gateway.url(""), KEY, &body).await;
-            if response.status() == 200 {
-                return response;
-            }
-            tokio::time::sleep(ms(20)).await;
-        }
-    })
+    let response = until_admitted(
+        &gateway.url(""),
+        KEY,
+        &body,
+        ms(3000),
+        "a refunded reservation",
+    )
     .await;
     assert!(
         response.headers()["x-ratelimit-remaining-tokens"]
@@ -256,15 +254,13 @@ pub async fn concurrent_streams_are_leases_released_when_a_stream_ends_or_is_aba
     let mut abandoned = first.bytes_stream();
     abandoned.next().await;
     drop(abandoned);
-    let third = within(ms(2000), "the abandoned stream's lease", async {
-        loop {
-            let response = post_chat(&gateway.url(""), KEY, &chat_body(true)).await;
-            if response.status() == 200 {
-                return response;
-            }
-            tokio::time::sleep(ms(20)).await;
-        }
-    })
+    let third = until_admitted(
+        &gateway.url(""),
+        KEY,
+        &chat_body(true),
+        ms(2000),
+        "the abandoned stream's lease",
+    )
     .await;
     // Finishing one releases it too.
     assert!(second.text().await.expect("stream").ends_with("[DONE]\n\n"));

@@ -44,6 +44,13 @@ async fn shared_a_refused_request_takes_nothing_from_any_limit() {
     a_refused_request_takes_nothing_from_any_limit(Some(&RedisServer::spawn().await)).await;
 }
 
+async fn two_replicas(config: &GatewayConfig) -> (TestGateway, TestGateway) {
+    (
+        TestGateway::start(config).await,
+        TestGateway::start(config).await,
+    )
+}
+
 /// Fires `n` requests spread over `gateways` at once; returns how many were admitted.
 async fn admitted_across(gateways: &[&TestGateway], n: usize) -> usize {
     let body = chat_body(false);
@@ -66,10 +73,7 @@ async fn two_instances_sharing_redis_admit_exactly_the_limit() {
     let config = GatewayConfig::mock(1, "1ms")
         .tier("{requests_per_minute: 10}")
         .redis(&redis.url());
-    let (a, b) = (
-        TestGateway::start(&config).await,
-        TestGateway::start(&config).await,
-    );
+    let (a, b) = two_replicas(&config).await;
     assert_eq!(
         admitted_across(&[&a, &b], 50).await,
         10,
@@ -83,10 +87,7 @@ async fn redis_dying_falls_back_without_errors_and_shared_limits_resume_after_re
     let config = GatewayConfig::mock(1, "1ms")
         .tier("{requests_per_minute: 5}")
         .redis(&redis.url());
-    let (a, b) = (
-        TestGateway::start(&config).await,
-        TestGateway::start(&config).await,
-    );
+    let (a, b) = two_replicas(&config).await;
     assert_eq!(
         admitted_across(&[&a, &b], 20).await,
         5,
@@ -190,18 +191,13 @@ async fn a_lease_held_by_a_killed_replica_expires_on_its_own() {
     let survivor = TestGateway::start(&config).await;
     let (status, _) = error_of(post_chat(&survivor.url(""), KEY, &chat_body(true)).await).await;
     assert_eq!(status, 429, "the dead replica's lease still counts");
-    within(
+    let orphan = "the orphaned lease to expire";
+    until_admitted(
+        &survivor.url(""),
+        KEY,
+        &chat_body(true),
         Duration::from_secs(12),
-        "the orphaned lease to expire",
-        async {
-            while post_chat(&survivor.url(""), KEY, &chat_body(true))
-                .await
-                .status()
-                != 200
-            {
-                tokio::time::sleep(ms(250)).await;
-            }
-        },
+        orphan,
     )
     .await;
     assert!(

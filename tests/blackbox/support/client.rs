@@ -82,3 +82,23 @@ pub async fn raw_exchange(addr: SocketAddr, request: &[u8], limit: Duration) -> 
     let _ = tokio::time::timeout(limit, socket.read_to_end(&mut out)).await;
     String::from_utf8_lossy(&out).into_owned()
 }
+
+/// Sends `body` until the gateway answers 200 (a limit freed up), failing after `limit`.
+pub async fn until_admitted(
+    base: &str,
+    key: &str,
+    body: &Value,
+    limit: Duration,
+    what: &str,
+) -> reqwest::Response {
+    super::within(limit, what, async {
+        loop {
+            let response = post_chat(base, key, body).await;
+            if response.status() == 200 {
+                return response;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+}
