@@ -13,6 +13,7 @@ use crate::body::{Body, full};
 use crate::limits::{LimitKind, Refusal};
 use crate::openai::error_body::{ErrorBody, ErrorDetail};
 use crate::sse::relay::RelayError;
+use crate::upstream::breaker::Outcome;
 
 /// Which phase of an upstream call ran out of time; each is a distinct error and metric label.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -74,6 +75,8 @@ pub enum GatewayError {
     ShuttingDown,
     #[error("the upstream model backend could not be reached")]
     UpstreamUnavailable,
+    #[error("no backend of this model is available right now; retry shortly")]
+    NoUsableBackend,
     #[error("the upstream model backend timed out ({})", phase_text(*.phase))]
     UpstreamTimeout { phase: TimeoutPhase },
     #[error("the upstream model backend failed with status {status}")]
@@ -118,6 +121,7 @@ impl GatewayError {
                 StatusCode::SERVICE_UNAVAILABLE
             }
             Self::UpstreamUnavailable => StatusCode::BAD_GATEWAY,
+            Self::NoUsableBackend => StatusCode::SERVICE_UNAVAILABLE,
             Self::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             Self::UpstreamFailed { .. } => StatusCode::BAD_GATEWAY,
             Self::UpstreamRejected { status, .. } => *status,
@@ -149,6 +153,7 @@ impl GatewayError {
                 "server_error"
             }
             Self::UpstreamUnavailable
+            | Self::NoUsableBackend
             | Self::UpstreamTimeout { .. }
             | Self::UpstreamFailed { .. }
             | Self::UpstreamDisconnected
@@ -182,6 +187,7 @@ impl GatewayError {
             Self::LimiterUnavailable => Some("limiter_unavailable"),
             Self::ShuttingDown => Some("shutting_down"),
             Self::UpstreamUnavailable => Some("upstream_unavailable"),
+            Self::NoUsableBackend => Some("no_usable_backend"),
             Self::UpstreamTimeout { phase } => Some(match phase {
                 TimeoutPhase::Connect => "upstream_connect_timeout",
                 TimeoutPhase::FirstByte => "upstream_first_byte_timeout",
@@ -214,6 +220,7 @@ impl GatewayError {
             | Self::ShuttingDown
             | Self::LimiterUnavailable
             | Self::UpstreamUnavailable
+            | Self::NoUsableBackend
             | Self::UpstreamTimeout { .. }
             | Self::UpstreamFailed { .. }
             | Self::UpstreamRejected { .. }
@@ -242,6 +249,7 @@ impl GatewayError {
                 Blame::Gateway
             }
             Self::UpstreamUnavailable
+            | Self::NoUsableBackend
             | Self::UpstreamTimeout { .. }
             | Self::UpstreamFailed { .. }
             | Self::UpstreamDisconnected
@@ -273,6 +281,7 @@ impl GatewayError {
             Self::LimiterUnavailable => "limiter_unavailable",
             Self::ShuttingDown => "shutting_down",
             Self::UpstreamUnavailable => "upstream_unavailable",
+            Self::NoUsableBackend => "no_usable_backend",
             Self::UpstreamTimeout { phase } => match phase {
                 TimeoutPhase::Connect => "upstream_connect_timeout",
                 TimeoutPhase::FirstByte => "upstream_first_byte_timeout",
@@ -293,7 +302,9 @@ impl GatewayError {
             Self::Overloaded { retry_after } => Some(*retry_after),
             Self::RateLimited(refusal) => (!refusal.never_fits).then_some(refusal.retry_after),
             Self::UpstreamRejected { retry_after, .. } => *retry_after,
-            Self::ShuttingDown | Self::LimiterUnavailable => Some(Duration::from_secs(1)),
+            Self::ShuttingDown | Self::LimiterUnavailable | Self::NoUsableBackend => {
+                Some(Duration::from_secs(1))
+            }
             Self::InvalidRequest { .. }
             | Self::InvalidJson { .. }
             | Self::UnsupportedContentType
@@ -311,6 +322,80 @@ impl GatewayError {
             | Self::UpstreamDisconnected
             | Self::UpstreamProtocol { .. }
             | Self::UpstreamInBand { .. } => None,
+        }
+    }
+
+    /// Whether another backend may be tried. Only asked before the first byte reached the
+    /// client: after it, a retry would duplicate output.
+    pub fn is_retryable_before_first_byte(&self) -> bool {
+        match self {
+            Self::UpstreamUnavailable
+            | Self::UpstreamTimeout { .. }
+            | Self::UpstreamFailed { .. }
+            | Self::UpstreamDisconnected
+            | Self::UpstreamProtocol { .. } => true,
+            Self::UpstreamRejected { status, .. } => *status == StatusCode::TOO_MANY_REQUESTS,
+            Self::InvalidRequest { .. }
+            | Self::InvalidJson { .. }
+            | Self::UnsupportedContentType
+            | Self::BodyTimeout { .. }
+            | Self::BodyTooLarge { .. }
+            | Self::ModelNotFound { .. }
+            | Self::MissingApiKey
+            | Self::InvalidApiKey
+            | Self::ModelNotAllowed { .. }
+            | Self::UnknownRoute { .. }
+            | Self::MethodNotAllowed { .. }
+            | Self::RateLimited(_)
+            | Self::LimiterUnavailable
+            | Self::Overloaded { .. }
+            | Self::ShuttingDown
+            | Self::NoUsableBackend
+            | Self::UpstreamInBand { .. } => false,
+        }
+    }
+
+    /// What this error says about the backend that produced it, for its circuit breaker.
+    pub fn breaker_outcome(&self) -> Outcome {
+        match self {
+            Self::UpstreamUnavailable
+            | Self::UpstreamTimeout { .. }
+            | Self::UpstreamFailed { .. }
+            | Self::UpstreamDisconnected
+            | Self::UpstreamProtocol { .. }
+            | Self::UpstreamInBand { .. } => Outcome::Failure,
+            Self::UpstreamRejected { .. }
+            | Self::InvalidRequest { .. }
+            | Self::InvalidJson { .. }
+            | Self::UnsupportedContentType
+            | Self::BodyTimeout { .. }
+            | Self::BodyTooLarge { .. }
+            | Self::ModelNotFound { .. }
+            | Self::MissingApiKey
+            | Self::InvalidApiKey
+            | Self::ModelNotAllowed { .. }
+            | Self::UnknownRoute { .. }
+            | Self::MethodNotAllowed { .. }
+            | Self::RateLimited(_)
+            | Self::LimiterUnavailable
+            | Self::Overloaded { .. }
+            | Self::ShuttingDown
+            | Self::NoUsableBackend => Outcome::Neutral,
+        }
+    }
+
+    /// How long to keep routing away from a backend that answered this: an upstream 429 is
+    /// busy, not broken, so it cools down for its `retry-after` (1 s when it gave none).
+    pub fn upstream_cooldown(&self) -> Option<Duration> {
+        match self {
+            Self::UpstreamRejected {
+                status,
+                retry_after,
+                ..
+            } if *status == StatusCode::TOO_MANY_REQUESTS => {
+                Some(retry_after.unwrap_or(Duration::from_secs(1)))
+            }
+            _ => None,
         }
     }
 

@@ -19,6 +19,9 @@ use crate::limits::{Admission, Limiter};
 use crate::openai::chunk::{MeterSlot, Metering};
 use crate::request_id::RequestId;
 
+/// The name of the backend that answered, recorded once.
+pub type BackendSlot = Arc<OnceLock<Arc<str>>>;
+
 /// The kind and blame of a failure, recorded once.
 pub type FailureSlot = Arc<OnceLock<(&'static str, Blame)>>;
 
@@ -31,7 +34,7 @@ pub struct RequestGuard {
     status: StatusCode,
     key_id: Option<Arc<str>>,
     model: Option<String>,
-    backend: Option<String>,
+    backend: BackendSlot,
     stream: bool,
     bytes_out: u64,
     completed: bool,
@@ -51,7 +54,7 @@ impl RequestGuard {
             status: StatusCode::OK,
             key_id: None,
             model: None,
-            backend: None,
+            backend: BackendSlot::default(),
             stream: false,
             bytes_out: 0,
             completed: false,
@@ -74,10 +77,19 @@ impl RequestGuard {
         self.key_id = Some(key_id);
     }
 
-    pub fn set_route(&mut self, model: &str, backend: &str, stream: bool) {
+    pub fn set_route(&mut self, model: &str, stream: bool) {
         self.model = Some(model.to_owned());
-        self.backend = Some(backend.to_owned());
         self.stream = stream;
+    }
+
+    /// Set once by whichever attempt got a backend's answer.
+    pub fn backend_slot(&self) -> BackendSlot {
+        self.backend.clone()
+    }
+
+    /// The backend that answered, once known.
+    pub fn backend(&self) -> Option<Arc<str>> {
+        self.backend.get().cloned()
     }
 
     /// Shared with the response rewriter, which leaves what was generated in it.
@@ -135,7 +147,7 @@ impl Drop for RequestGuard {
             status = self.status.as_u16(),
             key_id = self.key_id.as_deref(),
             model = self.model.as_deref(),
-            backend = self.backend.as_deref(),
+            backend = self.backend.get().map(|b| &**b),
             stream = self.stream,
             duration_ms = self.started.elapsed().as_secs_f64() * 1000.0,
             bytes_out = self.bytes_out,

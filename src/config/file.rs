@@ -114,6 +114,9 @@ pub struct LimitsFile {
 pub struct ModelFile {
     pub name: String,
     pub backends: Vec<BackendFile>,
+    /// Models tried in order when every backend of this one failed before the first byte.
+    #[serde(default)]
+    pub fallbacks: Vec<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -126,6 +129,15 @@ pub struct BackendFile {
     pub upstream_model: Option<String>,
     /// Only for `kind: mock`.
     pub mock: Option<MockFile>,
+    /// Share of traffic relative to the model's other backends.
+    #[serde(default = "one")]
+    pub weight: u32,
+    /// Requests this backend may have in flight; absent = no cap.
+    pub max_inflight: Option<usize>,
+}
+
+fn one() -> u32 {
+    1
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -166,6 +178,12 @@ pub struct UpstreamFile {
     pub idle_timeout: Duration,
     #[serde(with = "humantime_serde")]
     pub total_timeout: Duration,
+    /// Tries per model before its fallbacks, each on a different backend when one is left.
+    pub max_attempts: u32,
+    /// First pause between tries; doubled each time, with jitter.
+    #[serde(with = "humantime_serde")]
+    pub retry_backoff: Duration,
+    pub breaker: BreakerFile,
 }
 
 impl Default for UpstreamFile {
@@ -175,6 +193,39 @@ impl Default for UpstreamFile {
             first_byte_timeout: Duration::from_secs(60),
             idle_timeout: Duration::from_secs(30),
             total_timeout: Duration::from_secs(600),
+            max_attempts: 3,
+            retry_backoff: Duration::from_millis(50),
+            breaker: BreakerFile::default(),
+        }
+    }
+}
+
+/// When a backend's circuit opens, and for how long.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BreakerFile {
+    pub consecutive_failures: u32,
+    /// First open period (at least 1s); doubles on each reopening up to `max_open_for`.
+    #[serde(with = "humantime_serde")]
+    pub open_for: Duration,
+    #[serde(with = "humantime_serde")]
+    pub max_open_for: Duration,
+    /// Also open when the failure rate over `failure_rate_window` exceeds this (0..1).
+    pub failure_rate: Option<f64>,
+    #[serde(with = "humantime_serde")]
+    pub failure_rate_window: Duration,
+    pub failure_rate_min_requests: u32,
+}
+
+impl Default for BreakerFile {
+    fn default() -> Self {
+        Self {
+            consecutive_failures: 5,
+            open_for: Duration::from_secs(1),
+            max_open_for: Duration::from_secs(30),
+            failure_rate: None,
+            failure_rate_window: Duration::from_secs(10),
+            failure_rate_min_requests: 20,
         }
     }
 }

@@ -140,6 +140,8 @@ impl OutputCaps {
 pub struct Model {
     pub name: String,
     pub backends: Vec<BackendConfig>,
+    /// Other models, by name, tried in order when this one cannot answer.
+    pub fallbacks: Vec<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -148,6 +150,8 @@ pub struct BackendConfig {
     /// The model name sent upstream; the client-facing name is restored on the way back.
     pub upstream_model: String,
     pub kind: BackendKind,
+    pub weight: NonZeroU32,
+    pub max_inflight: Option<NonZeroUsize>,
 }
 
 #[derive(Debug, Clone)]
@@ -190,6 +194,28 @@ pub struct UpstreamConfig {
     pub first_byte_timeout: Duration,
     pub idle_timeout: Duration,
     pub total_timeout: Duration,
+    pub max_attempts: NonZeroU32,
+    pub retry_backoff: Duration,
+    pub breaker: BreakerConfig,
+}
+
+/// The circuit-breaker policy of every backend.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct BreakerConfig {
+    pub consecutive_failures: NonZeroU32,
+    /// At least one second (the breaker library's minimum).
+    pub open_for: Duration,
+    pub max_open_for: Duration,
+    pub failure_rate: Option<FailureRate>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct FailureRate {
+    /// Open when more than this share of calls failed (0 < threshold < 1).
+    pub threshold: f64,
+    /// Whole seconds (the breaker library's resolution).
+    pub window: Duration,
+    pub min_requests: u32,
 }
 
 #[derive(Debug, Clone)]

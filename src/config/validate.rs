@@ -6,13 +6,13 @@ use std::num::{NonZeroU32, NonZeroU64, NonZeroUsize};
 use std::time::Duration;
 
 use super::file::{
-    ApiKeyFile, BackendFile, BackendKindFile, ConfigFile, LimitsFile, ModelFile, RedisFile,
-    ServerFile, StreamFile, TierFile, UpstreamFile,
+    ApiKeyFile, BackendFile, BackendKindFile, BreakerFile, ConfigFile, LimitsFile, ModelFile,
+    RedisFile, ServerFile, StreamFile, TierFile, UpstreamFile,
 };
 use super::{
-    ApiKey, BackendConfig, BackendKind, Config, ConfigError, ConfigSource, Limits, LogConfig,
-    LogFormat, MockConfig, Model, ModelAccess, OnRedisError, OutputCaps, RedisConfig, Secret,
-    ServerConfig, StreamConfig, Tier, UpstreamConfig,
+    ApiKey, BackendConfig, BackendKind, BreakerConfig, Config, ConfigError, ConfigSource,
+    FailureRate, Limits, LogConfig, LogFormat, MockConfig, Model, ModelAccess, OnRedisError,
+    OutputCaps, RedisConfig, Secret, ServerConfig, StreamConfig, Tier, UpstreamConfig,
 };
 
 /// The smallest header cap hyper accepts for its read buffer.
@@ -27,6 +27,7 @@ pub fn validate(file: ConfigFile) -> Result<Config, ConfigError> {
         .map(|(i, m)| model(m, &format!("models[{i}]")))
         .collect::<Result<Vec<_>, _>>()?;
     unique(models.iter().map(|m| m.name.as_str()), "models", "name")?;
+    fallbacks(&models)?;
     let api_keys = api_keys(file.api_keys, &tiers, &models)?;
     let log = LogConfig {
         format: match file.log.format.as_str() {
@@ -236,7 +237,23 @@ fn model(file: ModelFile, path: &str) -> Result<Model, ConfigError> {
     Ok(Model {
         name: file.name,
         backends,
+        fallbacks: file.fallbacks,
     })
+}
+
+/// Every fallback names another configured model.
+fn fallbacks(models: &[Model]) -> Result<(), ConfigError> {
+    for (i, model) in models.iter().enumerate() {
+        for (j, fallback) in model.fallbacks.iter().enumerate() {
+            if fallback == &model.name || !models.iter().any(|m| &m.name == fallback) {
+                return Err(ConfigError::invalid(
+                    format!("models[{i}].fallbacks[{j}]"),
+                    format!("`{fallback}` is not another configured model"),
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 fn backend(
@@ -289,6 +306,12 @@ fn backend(
             .upstream_model
             .unwrap_or_else(|| default_upstream_model.to_owned()),
         kind,
+        weight: NonZeroU32::new(file.weight)
+            .ok_or_else(|| ConfigError::invalid(format!("{path}.weight"), "must be at least 1"))?,
+        max_inflight: file
+            .max_inflight
+            .map(|n| non_zero(n, &format!("{path}.max_inflight")))
+            .transpose()?,
     })
 }
 
@@ -375,6 +398,58 @@ fn upstream(file: UpstreamFile) -> Result<UpstreamConfig, ConfigError> {
         first_byte_timeout: positive(file.first_byte_timeout, "upstream.first_byte_timeout")?,
         idle_timeout: positive(file.idle_timeout, "upstream.idle_timeout")?,
         total_timeout: positive(file.total_timeout, "upstream.total_timeout")?,
+        max_attempts: NonZeroU32::new(file.max_attempts)
+            .ok_or_else(|| ConfigError::invalid("upstream.max_attempts", "must be at least 1"))?,
+        retry_backoff: file.retry_backoff,
+        breaker: breaker(file.breaker)?,
+    })
+}
+
+fn breaker(file: BreakerFile) -> Result<BreakerConfig, ConfigError> {
+    if file.open_for < Duration::from_secs(1) {
+        return Err(ConfigError::invalid(
+            "upstream.breaker.open_for",
+            "must be at least 1s",
+        ));
+    }
+    if file.max_open_for < file.open_for {
+        return Err(ConfigError::invalid(
+            "upstream.breaker.max_open_for",
+            "must be at least open_for",
+        ));
+    }
+    let failure_rate = match file.failure_rate {
+        None => None,
+        Some(threshold) if threshold > 0.0 && threshold < 1.0 => {
+            if file.failure_rate_window < Duration::from_secs(1) {
+                return Err(ConfigError::invalid(
+                    "upstream.breaker.failure_rate_window",
+                    "must be at least 1s",
+                ));
+            }
+            Some(FailureRate {
+                threshold,
+                window: file.failure_rate_window,
+                min_requests: file.failure_rate_min_requests,
+            })
+        }
+        Some(_) => {
+            return Err(ConfigError::invalid(
+                "upstream.breaker.failure_rate",
+                "must be between 0 and 1",
+            ));
+        }
+    };
+    Ok(BreakerConfig {
+        consecutive_failures: NonZeroU32::new(file.consecutive_failures).ok_or_else(|| {
+            ConfigError::invalid(
+                "upstream.breaker.consecutive_failures",
+                "must be at least 1",
+            )
+        })?,
+        open_for: file.open_for,
+        max_open_for: file.max_open_for,
+        failure_rate,
     })
 }
 

@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 use futures_util::{StreamExt, stream};
-use http::{HeaderMap, Request, Response, header};
+use http::{HeaderMap, HeaderValue, Request, Response, header};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use tokio::time::{Instant, timeout, timeout_at};
@@ -20,6 +20,7 @@ use crate::openai::{ChatRequest, Usage};
 use crate::settle::RequestGuard;
 use crate::sse::relay::{RelayOptions, relay};
 use crate::state::AppState;
+use crate::upstream::retry::{self, Plan};
 use crate::upstream::{Backend, ByteStream, UpstreamRequest};
 
 /// The most a non-streamed upstream answer may hold.
@@ -34,46 +35,47 @@ pub async fn chat_completions(
     guard.set_key(principal.key_id.clone());
     require_json(request.headers())?;
     let body = read_body(request, state).await?;
-    let chat = ChatRequest::parse(&body)?;
+    let chat = Arc::new(ChatRequest::parse(&body)?);
     let pool = state.models.get(&chat.model)?;
     principal.authorize(&pool.name)?;
-    let backend = pool.pick();
-    if !backend.supports_choices(chat.choices) {
+    if !pool.supports_choices(chat.choices) {
         return Err(GatewayError::invalid(
             "n",
             "unsupported_value",
             "this model only supports n = 1",
         ));
     }
-    guard.set_route(&pool.name, &backend.name, chat.stream);
+    guard.set_route(&pool.name, chat.stream);
     let prompt_estimate = chat.prompt_tokens_estimate();
     let output_cap = principal.output.effective(chat.max_output_tokens);
+    let reserved = Usage {
+        prompt_tokens: prompt_estimate,
+        completion_tokens: output_cap * chat.choices,
+        total_tokens: prompt_estimate + output_cap * chat.choices,
+    };
     let ask = Ask {
         key_id: &principal.key_id,
         tier: &principal.tier,
         limits: &principal.limits,
-        tokens: prompt_estimate + output_cap * chat.choices,
+        tokens: reserved.total_tokens,
     };
     let admission = state.limiter.admit(ask).await?;
     let rate = admission.state;
     guard.settle_with(state.limiter.clone(), admission, prompt_estimate);
-    let deadline = Instant::now() + state.upstream.total_timeout;
-    let upstream = UpstreamRequest {
-        body: chat.upstream_body(&backend.upstream_model, output_cap),
-        stream: chat.stream,
-        request_id: guard.request_id().as_arc(),
+    let plan = Plan {
+        pools: state.models.route(pool),
+        max_attempts: state.upstream.max_attempts.get(),
+        retry_backoff: state.upstream.retry_backoff,
+        first_byte_timeout: state.upstream.first_byte_timeout,
+        deadline: Instant::now() + state.upstream.total_timeout,
     };
+    let request_for = upstream_request(chat.clone(), output_cap, guard.request_id().as_arc());
     let mut response = if chat.stream {
-        stream_reply(state, backend, upstream, &chat, deadline, guard).await?
+        stream_reply(state, plan, request_for, &chat, guard).await?
     } else {
         let (response, usage) =
-            complete_reply(state, &backend, upstream, &pool.name, deadline).await?;
+            complete_reply(state, plan, request_for, &chat.model, guard).await?;
         // Without a usage report the whole reservation stays charged.
-        let reserved = Usage {
-            prompt_tokens: prompt_estimate,
-            completion_tokens: output_cap * chat.choices,
-            total_tokens: prompt_estimate + output_cap * chat.choices,
-        };
         let metering = Metering {
             usage: Some(usage.unwrap_or(reserved)),
             chunks: 0,
@@ -82,17 +84,35 @@ pub async fn chat_completions(
         response
     };
     limits::headers::put(response.headers_mut(), &rate);
+    if let Some(name) = guard
+        .backend()
+        .and_then(|name| HeaderValue::from_str(&name).ok())
+    {
+        response.headers_mut().insert("x-sluicegate-backend", name);
+    }
     Ok(response)
+}
+
+/// Builds each attempt's request: the body names that backend's own model.
+fn upstream_request(
+    chat: Arc<ChatRequest>,
+    output_cap: u64,
+    request_id: Arc<str>,
+) -> impl Fn(&Backend) -> UpstreamRequest + Send + 'static {
+    move |backend| UpstreamRequest {
+        body: chat.upstream_body(&backend.upstream_model, output_cap),
+        stream: chat.stream,
+        request_id: request_id.clone(),
+    }
 }
 
 /// Streams the answer. The status line waits for the first upstream event or heartbeat, so a
 /// failure before either is still a proper error status; after it, a final error event.
 async fn stream_reply(
     state: &AppState,
-    backend: Arc<Backend>,
-    upstream: UpstreamRequest,
+    plan: Plan,
+    request_for: impl Fn(&Backend) -> UpstreamRequest + Send + 'static,
     chat: &ChatRequest,
-    deadline: Instant,
     guard: &RequestGuard,
 ) -> Result<Response<Body>, GatewayError> {
     let rewriter = ChunkRewriter::new(&chat.model, chat.include_usage, guard.meter_slot());
@@ -100,10 +120,15 @@ async fn stream_reply(
         heartbeat_interval: state.stream.heartbeat_interval,
         first_byte_timeout: state.upstream.first_byte_timeout,
         idle_timeout: state.upstream.idle_timeout,
-        deadline,
+        deadline: plan.deadline,
         max_event_bytes: state.stream.max_event_bytes,
     };
-    let connect = async move { backend.send(upstream).await };
+    let backend_slot = guard.backend_slot();
+    let connect = async move {
+        let routed = retry::send(plan, request_for).await?;
+        let _ = backend_slot.set(routed.backend.name.as_str().into());
+        Ok(routed.body)
+    };
     let mut events = Box::pin(relay(connect, rewriter, options, state.drain.expired()));
     let first = match events.next().await {
         Some(Ok(bytes)) => bytes,
@@ -126,16 +151,17 @@ async fn stream_reply(
 /// Waits for the whole answer, then sends it as one JSON body.
 async fn complete_reply(
     state: &AppState,
-    backend: &Backend,
-    upstream: UpstreamRequest,
+    plan: Plan,
+    request_for: impl Fn(&Backend) -> UpstreamRequest,
     model: &str,
-    deadline: Instant,
+    guard: &RequestGuard,
 ) -> Result<(Response<Body>, Option<Usage>), GatewayError> {
-    let first_byte_at = (Instant::now() + state.upstream.first_byte_timeout).min(deadline);
-    let chunks = timeout_at(first_byte_at, backend.send(upstream))
-        .await
-        .map_err(|_| timeout_error(first_byte_at, deadline, TimeoutPhase::FirstByte))??;
-    let body = collect_capped(chunks, state, deadline).await?;
+    let deadline = plan.deadline;
+    let routed = retry::send(plan, request_for).await?;
+    let _ = guard
+        .backend_slot()
+        .set(routed.backend.name.as_str().into());
+    let body = collect_capped(routed.body, state, deadline).await?;
     let (body, usage) = rewrite_completion(&body, model)?;
     Ok((json_response(body), usage))
 }

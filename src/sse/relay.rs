@@ -79,12 +79,14 @@ where
 {
     async_stream::stream! {
         let started = Instant::now();
-        let first_byte_at = started + options.first_byte_timeout;
+        // Before the upstream answered, the connect future bounds its own attempts; the
+        // first-byte deadline starts when the response head arrived.
+        let mut first_byte_at: Option<Instant> = None;
         let mut heartbeat = interval_at(started + options.heartbeat_interval, options.heartbeat_interval);
         heartbeat.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let mut stop = pin!(stop.fuse());
         let mut connect = pin!(connect.fuse());
-        let mut timer = pin!(sleep_until(first_byte_at.min(options.deadline)));
+        let mut timer = pin!(sleep_until(options.deadline));
         let mut decoder = Decoder::new(options.max_event_bytes);
         let mut upstream: Option<S> = None;
         let mut committed = false;
@@ -129,7 +131,10 @@ where
                 _ = heartbeat.tick(), if !committed => Wake::Heartbeat,
             };
             match wake {
-                Wake::Connected(stream) => upstream = Some(stream),
+                Wake::Connected(stream) => {
+                    first_byte_at = Some(Instant::now() + options.first_byte_timeout);
+                    upstream = Some(stream);
+                }
                 Wake::Bytes(bytes) => decoder.feed(&bytes),
                 Wake::Heartbeat => yield Ok(HEARTBEAT),
                 Wake::Fail(e) => {
@@ -151,16 +156,16 @@ enum Wake<S, E> {
 /// The next instant the relay gives up at, and the error it then reports.
 fn next_deadline(
     committed: bool,
-    first_byte_at: Instant,
+    first_byte_at: Option<Instant>,
     options: &RelayOptions,
 ) -> (Instant, RelayError) {
-    let (phase_end, phase_error) = if committed {
-        (
+    let (phase_end, phase_error) = match (committed, first_byte_at) {
+        (true, _) => (
             Instant::now() + options.idle_timeout,
             RelayError::IdleTimeout,
-        )
-    } else {
-        (first_byte_at, RelayError::FirstByteTimeout)
+        ),
+        (false, Some(at)) => (at, RelayError::FirstByteTimeout),
+        (false, None) => (options.deadline, RelayError::TotalTimeout),
     };
     if phase_end <= options.deadline {
         (phase_end, phase_error)
@@ -248,8 +253,8 @@ mod tests {
             .filter(|i| matches!(i, Ok(s) if s == ": keep-alive\n\n"))
             .count();
         assert_eq!(
-            beats, 9,
-            "one heartbeat a second until the 10 s first-byte deadline"
+            beats, 12,
+            "one a second until 10 s after the upstream answered at 2.5 s"
         );
         assert_eq!(out.last(), Some(&Err(RelayError::FirstByteTimeout)));
     }

@@ -1,12 +1,15 @@
 //! Upstream model backends: `send(UpstreamRequest)` -> a byte stream, or a typed error that
 //! already says how the client should see the failure.
 
+pub mod breaker;
+pub mod health;
 mod http1;
 mod https;
 pub mod mock;
 pub mod mock_server;
 pub mod pool;
 mod rejection;
+pub mod retry;
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -38,6 +41,8 @@ pub struct Backend {
     pub name: String,
     pub upstream_model: String,
     transport: Transport,
+    /// Routing state: weight, in-flight count, breaker, 429 cool-down.
+    pub health: health::BackendHealth,
 }
 
 /// How a backend is reached: plain HTTP through the inline client, TLS through reqwest, or
@@ -77,6 +82,7 @@ impl Backend {
             name: config.name.clone(),
             upstream_model: config.upstream_model.clone(),
             transport,
+            health: health::BackendHealth::new(config, &timeouts.breaker),
         }
     }
 

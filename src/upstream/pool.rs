@@ -1,28 +1,149 @@
-//! Model name -> the pool of backends that serve it.
+//! Model name -> the pool of backends that serve it, and the choice of backend: power of two
+//! choices on in-flight requests per unit of weight, among backends whose breaker may permit a
+//! call, that are not cooling down after a 429 and are under their in-flight cap.
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use super::Backend;
+use super::breaker::{Outcome, Permit};
 use crate::config::{Model, UpstreamConfig};
 use crate::error::GatewayError;
 
-/// A client-facing model and its backends, in configured order.
+/// A client-facing model, its backends in configured order, and its fallback models.
 #[derive(Debug)]
 pub struct Pool {
     pub name: String,
     backends: Vec<Arc<Backend>>,
+    pub fallbacks: Vec<String>,
+}
+
+/// A call in progress on one backend: counted in flight, holding its breaker permit, and
+/// recording its outcome exactly once (`finish`, or success when dropped unfinished).
+#[derive(Debug)]
+pub struct Attempt {
+    pub backend: Arc<Backend>,
+    pub index: usize,
+    permit: Permit,
+    finished: bool,
+}
+
+impl Attempt {
+    pub fn finish(mut self, outcome: Outcome) {
+        self.record(outcome);
+    }
+
+    fn record(&mut self, outcome: Outcome) {
+        if !self.finished {
+            self.finished = true;
+            self.backend.health.breaker.record(self.permit, outcome);
+            self.backend.health.leave();
+        }
+    }
+}
+
+impl Drop for Attempt {
+    /// An attempt dropped without a verdict answered (its stream ended, was cut short by the
+    /// relay at `[DONE]`, or its client left): the backend did its part.
+    fn drop(&mut self) {
+        self.record(Outcome::Success);
+    }
 }
 
 impl Pool {
-    /// The backend to call. Every backend is usable until breakers exist, so this is the first.
-    pub fn pick(&self) -> Arc<Backend> {
-        self.backends[0].clone()
+    /// Chooses a backend not yet `tried` and takes its permit.
+    pub fn acquire(&self, tried: &[usize]) -> Result<Attempt, GatewayError> {
+        let mut excluded = tried.to_vec();
+        loop {
+            let candidates: Vec<usize> = (0..self.backends.len())
+                .filter(|i| !excluded.contains(i) && self.backends[*i].health.is_usable())
+                .collect();
+            let Some(index) = self.choose(&candidates) else {
+                return Err(self.unavailable(tried));
+            };
+            let backend = &self.backends[index];
+            match backend.health.breaker.try_acquire() {
+                Some(permit) => {
+                    backend.health.enter();
+                    return Ok(Attempt {
+                        backend: backend.clone(),
+                        index,
+                        permit,
+                        finished: false,
+                    });
+                }
+                // Another request took the half-open probe meanwhile.
+                None => excluded.push(index),
+            }
+        }
+    }
+
+    /// Power of two choices: two distinct candidates drawn by weight, the less loaded wins.
+    fn choose(&self, candidates: &[usize]) -> Option<usize> {
+        match candidates {
+            [] => None,
+            [only] => Some(*only),
+            _ => {
+                let first = self.draw(candidates, None);
+                let second = self.draw(candidates, Some(first));
+                let load = |i: usize| {
+                    let health = &self.backends[i].health;
+                    (health.in_flight() as u64 + 1) * 1_000_000 / u64::from(health.weight.get())
+                };
+                Some(if load(second) < load(first) {
+                    second
+                } else {
+                    first
+                })
+            }
+        }
+    }
+
+    /// A candidate drawn with probability proportional to its weight, other than `not`.
+    fn draw(&self, candidates: &[usize], not: Option<usize>) -> usize {
+        let weight = |i: &usize| u64::from(self.backends[*i].health.weight.get());
+        let eligible = || candidates.iter().filter(|i| Some(**i) != not);
+        let mut ticket = fastrand::u64(0..eligible().map(weight).sum::<u64>());
+        for i in eligible() {
+            if ticket < weight(i) {
+                return *i;
+            }
+            ticket -= weight(i);
+        }
+        unreachable!("the ticket is below the total weight")
+    }
+
+    /// Why no backend could be chosen: all cooling down after 429s (the client may retry when
+    /// the first cools off), or none usable at all.
+    fn unavailable(&self, tried: &[usize]) -> GatewayError {
+        let untried = || {
+            self.backends
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| !tried.contains(i))
+        };
+        let cooling: Option<Duration> = untried().filter_map(|(_, b)| b.health.cooling()).min();
+        match cooling {
+            Some(wait) if untried().all(|(_, b)| b.health.cooling().is_some()) => {
+                GatewayError::UpstreamRejected {
+                    status: http::StatusCode::TOO_MANY_REQUESTS,
+                    message: "every backend of this model is rate limited; retry later".into(),
+                    retry_after: Some(wait),
+                }
+            }
+            _ => GatewayError::NoUsableBackend,
+        }
     }
 
     /// Whether any backend can currently take a request (readiness).
     pub fn is_usable(&self) -> bool {
-        !self.backends.is_empty()
+        self.backends.iter().any(|b| b.health.breaker.may_permit())
+    }
+
+    /// Whether every backend can produce `n` choices per request.
+    pub fn supports_choices(&self, n: u64) -> bool {
+        self.backends.iter().all(|b| b.supports_choices(n))
     }
 }
 
@@ -46,6 +167,7 @@ impl ModelTable {
                 let pool = Pool {
                     name: model.name.clone(),
                     backends,
+                    fallbacks: model.fallbacks.clone(),
                 };
                 (model.name.clone(), Arc::new(pool))
             })
@@ -62,6 +184,18 @@ impl ModelTable {
             .ok_or_else(|| GatewayError::ModelNotFound {
                 model: name.to_owned(),
             })
+    }
+
+    /// The pool of `name` followed by its fallbacks', in order.
+    pub fn route(&self, primary: &Arc<Pool>) -> Vec<Arc<Pool>> {
+        std::iter::once(primary.clone())
+            .chain(
+                primary
+                    .fallbacks
+                    .iter()
+                    .filter_map(|name| self.by_name.get(name).cloned()),
+            )
+            .collect()
     }
 
     /// Model names in configured order.

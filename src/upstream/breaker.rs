@@ -1,0 +1,189 @@
+//! One backend's circuit breaker. The `failsafe` crate decides when to open and for how long;
+//! this module owns what it lacks: a readable state (mirrored from its hooks into an atomic),
+//! exactly one probe while half-open, and recording an outcome once per call, when it is known
+//! (for a stream, when it ends). What counts as a failure is decided by the caller
+//! (`GatewayError::breaker_outcome`): connect errors, timeouts, 5xx and mid-stream drops; never a
+//! client's 4xx or a client leaving.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+
+use failsafe::backoff::{self, Exponential};
+use failsafe::failure_policy::{
+    self, ConsecutiveFailures, FailurePolicy, OrElse, SuccessRateOverTimeWindow,
+};
+use failsafe::{Instrument, StateMachine};
+
+use crate::config::BreakerConfig;
+
+/// The breaker states, as failsafe names them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BreakerState {
+    Closed,
+    Open,
+    HalfOpen,
+}
+
+/// What one call says about the backend's health.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Success,
+    Failure,
+    /// Says nothing about the backend (a client error, a client that left, a 429).
+    Neutral,
+}
+
+type Policy = OrElse<ConsecutiveFailures<Exponential>, SuccessRateOverTimeWindow<Exponential>>;
+
+#[derive(Debug)]
+pub struct Breaker {
+    machine: StateMachine<Policy, Mirror>,
+    state: Arc<AtomicU8>,
+    probing: AtomicBool,
+}
+
+/// Permission to call a backend; a probe permit is the single trial call of a half-open circuit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Permit {
+    Normal,
+    Probe,
+}
+
+impl Breaker {
+    pub fn new(config: &BreakerConfig) -> Self {
+        let backoff = || backoff::exponential(config.open_for, config.max_open_for);
+        let consecutive =
+            failure_policy::consecutive_failures(config.consecutive_failures.get(), backoff());
+        // Without a failure-rate rule the second policy can never trip: it would need more
+        // requests in its window than can exist.
+        let (rate, min_requests, window) = match config.failure_rate {
+            Some(rate) => (1.0 - rate.threshold, rate.min_requests, rate.window),
+            None => (0.0, u32::MAX, std::time::Duration::from_secs(1)),
+        };
+        let by_rate =
+            failure_policy::success_rate_over_time_window(rate, min_requests, window, backoff());
+        let state = Arc::new(AtomicU8::new(BreakerState::Closed as u8));
+        Self {
+            machine: StateMachine::new(consecutive.or_else(by_rate), Mirror(state.clone())),
+            state,
+            probing: AtomicBool::new(false),
+        }
+    }
+
+    pub fn state(&self) -> BreakerState {
+        match self.state.load(Ordering::Acquire) {
+            0 => BreakerState::Closed,
+            1 => BreakerState::Open,
+            _ => BreakerState::HalfOpen,
+        }
+    }
+
+    /// Asks to call the backend. Closed: yes. Open: only once its delay passed, and then as the
+    /// one probe; every other caller is refused until the probe's outcome is recorded.
+    pub fn try_acquire(&self) -> Option<Permit> {
+        if self.state() == BreakerState::Closed {
+            return Some(Permit::Normal);
+        }
+        if !self.machine.is_call_permitted() {
+            return None;
+        }
+        match self.state() {
+            BreakerState::Closed => Some(Permit::Normal),
+            BreakerState::Open | BreakerState::HalfOpen => self
+                .probing
+                .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+                .then_some(Permit::Probe),
+        }
+    }
+
+    /// Whether a call could be permitted now, without changing any state (for routing and
+    /// readiness).
+    pub fn may_permit(&self) -> bool {
+        match self.state() {
+            BreakerState::Closed => true,
+            BreakerState::Open | BreakerState::HalfOpen => !self.probing.load(Ordering::Acquire),
+        }
+    }
+
+    /// Records a call's outcome, once.
+    pub fn record(&self, permit: Permit, outcome: Outcome) {
+        match outcome {
+            Outcome::Success => self.machine.on_success(),
+            Outcome::Failure => self.machine.on_error(),
+            Outcome::Neutral if permit == Permit::Probe => {
+                // A probe that proved nothing: let the next caller probe again.
+            }
+            Outcome::Neutral => {}
+        }
+        if permit == Permit::Probe {
+            self.probing.store(false, Ordering::Release);
+        }
+    }
+}
+
+/// Mirrors failsafe's state changes, which it does not expose otherwise.
+#[derive(Debug)]
+struct Mirror(Arc<AtomicU8>);
+
+impl Instrument for Mirror {
+    fn on_call_rejected(&self) {}
+
+    fn on_open(&self) {
+        self.0.store(BreakerState::Open as u8, Ordering::Release);
+    }
+
+    fn on_half_open(&self) {
+        self.0
+            .store(BreakerState::HalfOpen as u8, Ordering::Release);
+    }
+
+    fn on_closed(&self) {
+        self.0.store(BreakerState::Closed as u8, Ordering::Release);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::num::NonZeroU32;
+    use std::time::Duration;
+
+    use super::*;
+
+    fn config() -> BreakerConfig {
+        BreakerConfig {
+            consecutive_failures: NonZeroU32::new(3).expect("non-zero"),
+            open_for: Duration::from_secs(1),
+            max_open_for: Duration::from_secs(4),
+            failure_rate: None,
+        }
+    }
+
+    #[test]
+    fn opens_after_consecutive_failures_and_lets_exactly_one_probe_through() {
+        let breaker = Breaker::new(&config());
+        for _ in 0..3 {
+            let permit = breaker.try_acquire().expect("closed");
+            breaker.record(permit, Outcome::Failure);
+        }
+        assert_eq!(breaker.state(), BreakerState::Open);
+        assert_eq!(breaker.try_acquire(), None, "open: refused");
+        std::thread::sleep(Duration::from_millis(1100));
+        let probe = breaker.try_acquire().expect("the delay passed: one probe");
+        assert_eq!(probe, Permit::Probe);
+        assert_eq!(breaker.try_acquire(), None, "only one probe at a time");
+        breaker.record(probe, Outcome::Success);
+        assert_eq!(breaker.state(), BreakerState::Closed);
+        assert_eq!(breaker.try_acquire(), Some(Permit::Normal));
+    }
+
+    #[test]
+    fn neutral_outcomes_never_open_it() {
+        let breaker = Breaker::new(&config());
+        for _ in 0..10 {
+            let permit = breaker.try_acquire().expect("closed");
+            breaker.record(permit, Outcome::Neutral);
+        }
+        assert_eq!(breaker.state(), BreakerState::Closed);
+    }
+}
