@@ -59,14 +59,7 @@ async fn upstream_500_is_502_without_upstream_details() {
 
 #[tokio::test]
 async fn refused_connection_is_502() {
-    let port = {
-        let probe = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-        probe.local_addr().expect("addr").port()
-    };
-    let gateway = TestGateway::start(&GatewayConfig::openai(&format!(
-        "http://127.0.0.1:{port}/v1"
-    )))
-    .await;
+    let gateway = TestGateway::start(&GatewayConfig::openai(&refusing_url())).await;
     let (code, body) = error_of(post_chat(&gateway.url(""), KEY, &chat_body(true)).await).await;
     assert_eq!(
         (code, body["error"]["code"].as_str()),

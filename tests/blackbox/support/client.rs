@@ -102,3 +102,10 @@ pub async fn until_admitted(
     })
     .await
 }
+
+/// A base URL where nothing listens: connections are refused.
+pub fn refusing_url() -> String {
+    let probe = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = probe.local_addr().expect("addr").port();
+    format!("http://127.0.0.1:{port}/v1")
+}

@@ -20,6 +20,9 @@ pub struct GatewayConfig {
     pub tier: String,
     /// The `redis` section, when limits are shared.
     pub redis: Option<String>,
+    /// Backends of `other-model` when they differ from `test-model`'s; it is then also
+    /// `test-model`'s fallback.
+    pub fallback_backend: Option<String>,
 }
 
 impl GatewayConfig {
@@ -28,6 +31,24 @@ impl GatewayConfig {
         Self::with_backend(format!(
             "{{name: up, kind: openai, base_url: '{base_url}', upstream_model: upstream-model}}"
         ))
+    }
+
+    /// `test-model` served by several OpenAI-compatible upstreams, named `b0`, `b1`, ...
+    pub fn openai_pool(base_urls: &[String]) -> Self {
+        let backends: Vec<String> = base_urls
+            .iter()
+            .enumerate()
+            .map(|(i, url)| format!("{{name: b{i}, kind: openai, base_url: '{url}', upstream_model: upstream-model}}"))
+            .collect();
+        Self::with_backend(backends.join(", "))
+    }
+
+    /// Makes `other-model`, served by `base_url`, the fallback of `test-model`.
+    pub fn fallback_to(mut self, base_url: &str) -> Self {
+        self.fallback_backend = Some(format!(
+            "{{name: fallback, kind: openai, base_url: '{base_url}', upstream_model: upstream-model}}"
+        ));
+        self
     }
 
     /// `test-model` served by the in-process mock backend.
@@ -45,6 +66,7 @@ impl GatewayConfig {
             stream: "{heartbeat_interval: 10s}".into(),
             tier: "{}".into(),
             redis: None,
+            fallback_backend: None,
         }
     }
 
@@ -78,12 +100,18 @@ impl GatewayConfig {
         format!(
             "server: {server}\nlog: {{format: json, level: warn}}\nupstream: {upstream}\nstream: {stream}\n\
              tiers: {{basic: {tier}}}\n\
-             models:\n  - {{name: test-model, backends: [{backend}]}}\n  - {{name: other-model, backends: [{backend}]}}\n\
+             models:\n  - {{name: test-model, backends: [{backend}], fallbacks: [{fallbacks}]}}\n  - {{name: other-model, backends: [{other}]}}\n\
              api_keys:\n  - {{id: full, sha256: {full}, tier: basic}}\n  - {{id: limited, sha256: {limited}, tier: basic, models: [other-model]}}\n",
             server = self.server,
             upstream = self.upstream,
             stream = self.stream,
             backend = self.backend,
+            fallbacks = if self.fallback_backend.is_some() {
+                "other-model"
+            } else {
+                ""
+            },
+            other = self.fallback_backend.as_deref().unwrap_or(&self.backend),
             tier = self.tier,
             full = sluicegate::auth::hash_key(KEY),
             limited = sluicegate::auth::hash_key(OTHER_KEY),

@@ -13,6 +13,7 @@ use std::time::Duration;
 pub use client::*;
 pub use gateway::{GatewayConfig, TestGateway};
 pub use redis::RedisServer;
+pub use upstream::StreamScript;
 pub use upstream::{MockUpstream, Reply};
 
 pub const KEY: &str = "sk-test-key";

@@ -71,8 +71,9 @@ impl ConnectionLog {
     }
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Shared {
+    reply: Mutex<Arc<Reply>>,
     requests: Mutex<Vec<Seen>>,
     connections: Mutex<Vec<Arc<ConnectionLog>>>,
     changed: Notify,
@@ -124,6 +125,11 @@ impl MockUpstream {
 
     pub fn base_url(&self) -> String {
         format!("http://{}/v1", self.addr)
+    }
+
+    /// Answers new connections with `reply` from now on.
+    pub fn set_reply(&self, reply: Reply) {
+        *self.shared.reply.lock().expect("lock") = Arc::new(reply);
     }
 
     pub fn requests(&self) -> Vec<Seen> {
@@ -206,8 +212,12 @@ impl MockBuilder {
             .await
             .expect("bind loopback");
         let addr = listener.local_addr().expect("bound address");
-        let shared = Arc::new(Shared::default());
-        let reply = Arc::new(self.reply);
+        let shared = Arc::new(Shared {
+            reply: Mutex::new(Arc::new(self.reply)),
+            requests: Mutex::default(),
+            connections: Mutex::default(),
+            changed: Notify::new(),
+        });
         let keep_alive = self.keep_alive;
         let accept_shared = shared.clone();
         #[expect(
@@ -226,7 +236,8 @@ impl MockBuilder {
                     .expect("lock")
                     .push(log.clone());
                 accept_shared.changed.notify_waiters();
-                let (shared, reply) = (accept_shared.clone(), reply.clone());
+                let shared = accept_shared.clone();
+                let reply = shared.reply.lock().expect("lock").clone();
                 #[expect(clippy::disallowed_methods, reason = "one task per mock connection")]
                 tokio::spawn(async move {
                     serve_connection(socket, &shared, &log, &reply, keep_alive).await
