@@ -117,6 +117,9 @@ pub struct ModelFile {
     /// Models tried in order when every backend of this one failed before the first byte.
     #[serde(default)]
     pub fallbacks: Vec<String>,
+    /// Send the request to a second backend too when the first has not answered by then.
+    #[serde(default, with = "humantime_serde")]
+    pub hedge_after: Option<Duration>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -142,6 +142,9 @@ pub struct Model {
     pub backends: Vec<BackendConfig>,
     /// Other models, by name, tried in order when this one cannot answer.
     pub fallbacks: Vec<String>,
+    /// When set, a request not answered by then also goes to a second backend; the first
+    /// answer wins and the other call is cancelled (its connection closed).
+    pub hedge_after: Option<Duration>,
 }
 
 #[derive(Debug, Clone)]

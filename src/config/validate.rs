@@ -238,6 +238,10 @@ fn model(file: ModelFile, path: &str) -> Result<Model, ConfigError> {
         name: file.name,
         backends,
         fallbacks: file.fallbacks,
+        hedge_after: file
+            .hedge_after
+            .map(|after| positive(after, &format!("{path}.hedge_after")))
+            .transpose()?,
     })
 }
 

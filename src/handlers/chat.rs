@@ -98,7 +98,7 @@ fn upstream_request(
     chat: Arc<ChatRequest>,
     output_cap: u64,
     request_id: Arc<str>,
-) -> impl Fn(&Backend) -> UpstreamRequest + Send + 'static {
+) -> impl Fn(&Backend) -> UpstreamRequest + Send + Sync + 'static {
     move |backend| UpstreamRequest {
         body: chat.upstream_body(&backend.upstream_model, output_cap),
         stream: chat.stream,
@@ -111,7 +111,7 @@ fn upstream_request(
 async fn stream_reply(
     state: &AppState,
     plan: Plan,
-    request_for: impl Fn(&Backend) -> UpstreamRequest + Send + 'static,
+    request_for: impl Fn(&Backend) -> UpstreamRequest + Send + Sync + 'static,
     chat: &ChatRequest,
     guard: &RequestGuard,
 ) -> Result<Response<Body>, GatewayError> {
@@ -152,7 +152,7 @@ async fn stream_reply(
 async fn complete_reply(
     state: &AppState,
     plan: Plan,
-    request_for: impl Fn(&Backend) -> UpstreamRequest,
+    request_for: impl Fn(&Backend) -> UpstreamRequest + Sync,
     model: &str,
     guard: &RequestGuard,
 ) -> Result<(Response<Body>, Option<Usage>), GatewayError> {

@@ -17,6 +17,7 @@ pub struct Pool {
     pub name: String,
     backends: Vec<Arc<Backend>>,
     pub fallbacks: Vec<String>,
+    pub hedge_after: Option<Duration>,
 }
 
 /// A call in progress on one backend: counted in flight, holding its breaker permit, and
@@ -168,6 +169,7 @@ impl ModelTable {
                     name: model.name.clone(),
                     backends,
                     fallbacks: model.fallbacks.clone(),
+                    hedge_after: model.hedge_after,
                 };
                 (model.name.clone(), Arc::new(pool))
             })

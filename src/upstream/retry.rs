@@ -8,7 +8,7 @@
 //! deadline. A backend that answered 429 cools down for its `retry-after` and the next attempt
 //! goes elsewhere.
 
-use std::pin::Pin;
+use std::pin::{Pin, pin};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -17,6 +17,7 @@ use bytes::Bytes;
 use futures_util::Stream;
 use tokio::time::{Instant, sleep_until, timeout_at};
 
+use super::breaker::Outcome;
 use super::pool::{Attempt, Pool};
 use super::{Backend, ByteStream, UpstreamRequest};
 use crate::error::{GatewayError, TimeoutPhase};
@@ -50,7 +51,7 @@ impl std::fmt::Debug for Routed {
 /// backend answers with a success status.
 pub async fn send(
     plan: Plan,
-    request_for: impl Fn(&Backend) -> UpstreamRequest,
+    request_for: impl Fn(&Backend) -> UpstreamRequest + Sync,
 ) -> Result<Routed, GatewayError> {
     let mut last_error = None;
     let mut attempts = 0u32;
@@ -69,8 +70,8 @@ pub async fn send(
                 pause(&plan, attempts).await?;
             }
             attempts += 1;
-            match call(&plan, &attempt, request_for(&attempt.backend)).await {
-                Ok(body) => {
+            match call_hedged(&plan, pool, &mut tried, attempt, &request_for).await {
+                Ok((body, attempt)) => {
                     let backend = attempt.backend.clone();
                     return Ok(Routed {
                         body: Box::pin(Watched {
@@ -80,30 +81,88 @@ pub async fn send(
                         backend,
                     });
                 }
-                Err(error) => {
-                    if let Some(wait) = error.upstream_cooldown() {
-                        attempt.backend.health.cool_down(wait);
-                    }
-                    attempt.finish(error.breaker_outcome());
-                    if !error.is_retryable_before_first_byte() {
-                        return Err(error);
-                    }
-                    last_error = Some(error);
-                }
+                Err(error) if !error.is_retryable_before_first_byte() => return Err(error),
+                Err(error) => last_error = Some(error),
             }
         }
     }
     Err(last_error.unwrap_or(GatewayError::NoUsableBackend))
 }
 
-/// One attempt, bounded by the first-byte timeout and the total deadline.
+/// One attempt, hedged when the pool says so: if `hedge_after` passes without an answer, a
+/// second backend gets the same request; the first success wins and the other call is dropped,
+/// which closes its connection. Every attempt that ends here has its outcome recorded.
+async fn call_hedged(
+    plan: &Plan,
+    pool: &Pool,
+    tried: &mut Vec<usize>,
+    first: Attempt,
+    request_for: &(impl Fn(&Backend) -> UpstreamRequest + Sync),
+) -> Result<(ByteStream, Attempt), GatewayError> {
+    let mut first_call = pin!(call(
+        plan,
+        first.backend.clone(),
+        request_for(&first.backend)
+    ));
+    let Some(hedge_after) = pool.hedge_after else {
+        return settle(first, first_call.await);
+    };
+    tokio::select! {
+        result = &mut first_call => return settle(first, result),
+        () = tokio::time::sleep(hedge_after) => {}
+    }
+    let Ok(second) = pool.acquire(tried) else {
+        return settle(first, first_call.await);
+    };
+    tried.push(second.index);
+    let mut second_call = pin!(call(
+        plan,
+        second.backend.clone(),
+        request_for(&second.backend)
+    ));
+    tokio::select! {
+        result = &mut first_call => match settle(first, result) {
+            Ok(won) => {
+                second.finish(Outcome::Neutral);
+                Ok(won)
+            }
+            Err(_) => settle(second, second_call.await),
+        },
+        result = &mut second_call => match settle(second, result) {
+            Ok(won) => {
+                first.finish(Outcome::Neutral);
+                Ok(won)
+            }
+            Err(_) => settle(first, first_call.await),
+        },
+    }
+}
+
+/// Pairs a successful answer with its attempt, or records the failure (and any cool-down).
+fn settle(
+    attempt: Attempt,
+    result: Result<ByteStream, GatewayError>,
+) -> Result<(ByteStream, Attempt), GatewayError> {
+    match result {
+        Ok(body) => Ok((body, attempt)),
+        Err(error) => {
+            if let Some(wait) = error.upstream_cooldown() {
+                attempt.backend.health.cool_down(wait);
+            }
+            attempt.finish(error.breaker_outcome());
+            Err(error)
+        }
+    }
+}
+
+/// One call, bounded by the first-byte timeout and the total deadline.
 async fn call(
     plan: &Plan,
-    attempt: &Attempt,
+    backend: Arc<Backend>,
     request: UpstreamRequest,
 ) -> Result<ByteStream, GatewayError> {
     let until = (Instant::now() + plan.first_byte_timeout).min(plan.deadline);
-    match timeout_at(until, attempt.backend.send(request)).await {
+    match timeout_at(until, backend.send(request)).await {
         Ok(result) => result,
         Err(_) if until >= plan.deadline => Err(GatewayError::UpstreamTimeout {
             phase: TimeoutPhase::Total,

@@ -245,3 +245,34 @@ async fn the_total_deadline_bounds_every_attempt_together() {
         "the second attempt went to the other backend"
     );
 }
+
+#[tokio::test]
+async fn a_stalled_backend_loses_to_the_hedge_and_its_connection_is_closed() {
+    let stalled = MockUpstream::reply(Reply::Hang).start().await;
+    let healthy = MockUpstream::stream(2).start().await;
+    let mut config = GatewayConfig::openai_pool(&urls(&[&stalled, &healthy])).hedge_after("200ms");
+    // The stalled backend is the near-certain first choice.
+    config.backend = config.backend.replacen(
+        "upstream_model: upstream-model}",
+        "upstream_model: upstream-model, weight: 1000}",
+        1,
+    );
+    let gateway = TestGateway::start(&config).await;
+
+    let started = Instant::now();
+    let (backend, body) = stream_ok(&gateway).await;
+    let took = started.elapsed();
+    assert_eq!(backend, "b1", "the hedge answered");
+    assert_eq!(content_of(&body), "tok0 tok1 ");
+    assert!(
+        took >= ms(200) && took < ms(1500),
+        "answered soon after the hedge: {took:?}"
+    );
+    within(
+        ms(1000),
+        "the losing call's connection to close",
+        stalled.closed(0),
+    )
+    .await;
+    assert_eq!(healthy.requests().len(), 1);
+}

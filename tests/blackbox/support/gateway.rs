@@ -23,6 +23,8 @@ pub struct GatewayConfig {
     /// Backends of `other-model` when they differ from `test-model`'s; it is then also
     /// `test-model`'s fallback.
     pub fallback_backend: Option<String>,
+    /// `test-model`'s `hedge_after`.
+    pub hedge_after: Option<String>,
 }
 
 impl GatewayConfig {
@@ -51,6 +53,11 @@ impl GatewayConfig {
         self
     }
 
+    pub fn hedge_after(mut self, after: &str) -> Self {
+        self.hedge_after = Some(after.into());
+        self
+    }
+
     /// `test-model` served by the in-process mock backend.
     pub fn mock(tokens: u32, pace: &str) -> Self {
         Self::with_backend(format!(
@@ -67,6 +74,7 @@ impl GatewayConfig {
             tier: "{}".into(),
             redis: None,
             fallback_backend: None,
+            hedge_after: None,
         }
     }
 
@@ -100,7 +108,7 @@ impl GatewayConfig {
         format!(
             "server: {server}\nlog: {{format: json, level: warn}}\nupstream: {upstream}\nstream: {stream}\n\
              tiers: {{basic: {tier}}}\n\
-             models:\n  - {{name: test-model, backends: [{backend}], fallbacks: [{fallbacks}]}}\n  - {{name: other-model, backends: [{other}]}}\n\
+             models:\n  - {{name: test-model, backends: [{backend}], fallbacks: [{fallbacks}]{hedge}}}\n  - {{name: other-model, backends: [{other}]}}\n\
              api_keys:\n  - {{id: full, sha256: {full}, tier: basic}}\n  - {{id: limited, sha256: {limited}, tier: basic, models: [other-model]}}\n",
             server = self.server,
             upstream = self.upstream,
@@ -112,6 +120,11 @@ impl GatewayConfig {
                 ""
             },
             other = self.fallback_backend.as_deref().unwrap_or(&self.backend),
+            hedge = self
+                .hedge_after
+                .as_ref()
+                .map(|h| format!(", hedge_after: {h}"))
+                .unwrap_or_default(),
             tier = self.tier,
             full = sluicegate::auth::hash_key(KEY),
             limited = sluicegate::auth::hash_key(OTHER_KEY),
