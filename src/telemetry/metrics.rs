@@ -19,3 +19,16 @@ pub fn record_rejection(tier: &str, kind: LimitKind) {
     };
     metrics::counter!(LIMIT_REJECTIONS, "tier" => tier.to_owned(), "limit" => limit).increment(1);
 }
+
+pub const BACKEND_BREAKER_STATE: &str = "sluicegate_backend_breaker_state";
+pub const UPSTREAM_ERRORS: &str = "sluicegate_upstream_errors_total";
+
+/// The breaker state of a backend: 0 closed, 1 open, 2 half-open.
+pub fn record_breaker_state(backend: &str, state: u8) {
+    metrics::gauge!(BACKEND_BREAKER_STATE, "backend" => backend.to_owned()).set(f64::from(state));
+}
+
+/// An upstream attempt failed; `kind` separates connect, first-byte, idle and total timeouts.
+pub fn record_upstream_error(backend: &str, kind: &'static str) {
+    metrics::counter!(UPSTREAM_ERRORS, "backend" => backend.to_owned(), "kind" => kind).increment(1);
+}

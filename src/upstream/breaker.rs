@@ -15,6 +15,7 @@ use failsafe::failure_policy::{
 use failsafe::{Instrument, StateMachine};
 
 use crate::config::BreakerConfig;
+use crate::telemetry::metrics;
 
 /// The breaker states, as failsafe names them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -50,7 +51,8 @@ pub enum Permit {
 }
 
 impl Breaker {
-    pub fn new(config: &BreakerConfig) -> Self {
+    /// `backend` names the breaker in metrics.
+    pub fn new(config: &BreakerConfig, backend: &str) -> Self {
         let backoff = || backoff::exponential(config.open_for, config.max_open_for);
         let consecutive =
             failure_policy::consecutive_failures(config.consecutive_failures.get(), backoff());
@@ -64,7 +66,13 @@ impl Breaker {
             failure_policy::success_rate_over_time_window(rate, min_requests, window, backoff());
         let state = Arc::new(AtomicU8::new(BreakerState::Closed as u8));
         Self {
-            machine: StateMachine::new(consecutive.or_else(by_rate), Mirror(state.clone())),
+            machine: StateMachine::new(
+                consecutive.or_else(by_rate),
+                Mirror {
+                    state: state.clone(),
+                    backend: backend.to_owned(),
+                },
+            ),
             state,
             probing: AtomicBool::new(false),
         }
@@ -122,24 +130,34 @@ impl Breaker {
     }
 }
 
-/// Mirrors failsafe's state changes, which it does not expose otherwise.
+/// Mirrors failsafe's state changes, which it does not expose otherwise, into an atomic and
+/// the breaker-state gauge.
 #[derive(Debug)]
-struct Mirror(Arc<AtomicU8>);
+struct Mirror {
+    state: Arc<AtomicU8>,
+    backend: String,
+}
+
+impl Mirror {
+    fn set(&self, state: BreakerState) {
+        self.state.store(state as u8, Ordering::Release);
+        metrics::record_breaker_state(&self.backend, state as u8);
+    }
+}
 
 impl Instrument for Mirror {
     fn on_call_rejected(&self) {}
 
     fn on_open(&self) {
-        self.0.store(BreakerState::Open as u8, Ordering::Release);
+        self.set(BreakerState::Open);
     }
 
     fn on_half_open(&self) {
-        self.0
-            .store(BreakerState::HalfOpen as u8, Ordering::Release);
+        self.set(BreakerState::HalfOpen);
     }
 
     fn on_closed(&self) {
-        self.0.store(BreakerState::Closed as u8, Ordering::Release);
+        self.set(BreakerState::Closed);
     }
 }
 
@@ -161,7 +179,7 @@ mod tests {
 
     #[test]
     fn opens_after_consecutive_failures_and_lets_exactly_one_probe_through() {
-        let breaker = Breaker::new(&config());
+        let breaker = Breaker::new(&config(), "test");
         for _ in 0..3 {
             let permit = breaker.try_acquire().expect("closed");
             breaker.record(permit, Outcome::Failure);
@@ -179,7 +197,7 @@ mod tests {
 
     #[test]
     fn neutral_outcomes_never_open_it() {
-        let breaker = Breaker::new(&config());
+        let breaker = Breaker::new(&config(), "test");
         for _ in 0..10 {
             let permit = breaker.try_acquire().expect("closed");
             breaker.record(permit, Outcome::Neutral);

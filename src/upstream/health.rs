@@ -27,7 +27,7 @@ impl BackendHealth {
             weight: config.weight,
             max_inflight: config.max_inflight,
             in_flight: AtomicUsize::new(0),
-            breaker: Breaker::new(breaker),
+            breaker: Breaker::new(breaker, &config.name),
             cool_until_ms: AtomicU64::new(0),
         }
     }

@@ -21,6 +21,7 @@ use super::breaker::Outcome;
 use super::pool::{Attempt, Pool};
 use super::{Backend, ByteStream, UpstreamRequest};
 use crate::error::{GatewayError, TimeoutPhase};
+use crate::telemetry::metrics;
 
 /// Where and how a request may be sent.
 #[derive(Debug)]
@@ -146,6 +147,7 @@ fn settle(
     match result {
         Ok(body) => Ok((body, attempt)),
         Err(error) => {
+            metrics::record_upstream_error(&attempt.backend.name, error.kind());
             if let Some(wait) = error.upstream_cooldown() {
                 attempt.backend.health.cool_down(wait);
             }
