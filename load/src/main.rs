@@ -32,6 +32,10 @@ struct Args {
     /// A label printed with the results.
     #[arg(long, default_value = "run")]
     label: String,
+    /// Also print one line per second: completed streams, errors, TTFT p99 and which backend
+    /// (`x-sluicegate-backend`) answered.
+    #[arg(long)]
+    timeline: bool,
 }
 
 fn parse_duration(text: &str) -> Result<Duration, String> {
@@ -52,6 +56,16 @@ struct Totals {
     ttft: Vec<Duration>,
     streams: u64,
     errors: u64,
+    seconds: Vec<Second>,
+}
+
+/// What completed during one second of the run.
+#[derive(Default)]
+struct Second {
+    ok: u64,
+    errors: u64,
+    ttft: Vec<Duration>,
+    backends: std::collections::BTreeMap<String, u64>,
 }
 
 #[tokio::main]
@@ -61,6 +75,7 @@ async fn main() -> anyhow::Result<()> {
         .no_proxy()
         .pool_max_idle_per_host(args.concurrency)
         .tcp_nodelay(true)
+        .read_timeout(Duration::from_secs(30))
         .build()?;
     let body = serde_json::json!({
         "model": args.model,
@@ -79,7 +94,9 @@ async fn main() -> anyhow::Result<()> {
                 clippy::disallowed_methods,
                 reason = "one worker per simulated client, bounded by the deadline"
             )]
-            tokio::spawn(async move { worker(client, &args, body, deadline, totals).await })
+            tokio::spawn(
+                async move { worker(client, &args, body, started, deadline, totals).await },
+            )
         })
         .collect();
     for worker in workers {
@@ -98,28 +115,40 @@ async fn worker(
     client: reqwest::Client,
     args: &Args,
     body: String,
+    started: Instant,
     deadline: Instant,
     totals: Arc<Mutex<Totals>>,
 ) {
     while Instant::now() < deadline {
         let result = one_stream(&client, args, body.clone()).await;
         let mut totals = totals.lock().await;
+        let index = started.elapsed().as_secs() as usize;
+        if totals.seconds.len() <= index {
+            totals.seconds.resize_with(index + 1, Second::default);
+        }
         match result {
-            Ok(ttft) => {
+            Ok((ttft, backend)) => {
                 totals.streams += 1;
                 totals.ttft.push(ttft);
+                let second = &mut totals.seconds[index];
+                second.ok += 1;
+                second.ttft.push(ttft);
+                *second.backends.entry(backend).or_default() += 1;
             }
-            Err(_) => totals.errors += 1,
+            Err(_) => {
+                totals.errors += 1;
+                totals.seconds[index].errors += 1;
+            }
         }
     }
 }
 
-/// Runs one stream to its end and returns its time to first token.
+/// Runs one stream to its end; returns its time to first token and the backend that answered.
 async fn one_stream(
     client: &reqwest::Client,
     args: &Args,
     body: String,
-) -> anyhow::Result<Duration> {
+) -> anyhow::Result<(Duration, String)> {
     let sent = Instant::now();
     let response = client
         .post(format!("{}/chat/completions", args.url))
@@ -129,6 +158,12 @@ async fn one_stream(
         .send()
         .await?
         .error_for_status()?;
+    let backend = response
+        .headers()
+        .get("x-sluicegate-backend")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("-")
+        .to_owned();
     let mut chunks = response.bytes_stream();
     let mut ttft = None;
     let mut tail = Vec::new();
@@ -144,10 +179,24 @@ async fn one_stream(
     if !tail.ends_with(b"data: [DONE]\n\n") {
         bail!("stream did not finish with [DONE]");
     }
-    ttft.context("no data event")
+    Ok((ttft.context("no data event")?, backend))
 }
 
 fn report(args: &Args, elapsed: Duration, totals: &mut Totals) {
+    if args.timeline {
+        for (t, second) in totals.seconds.iter_mut().enumerate() {
+            second.ttft.sort_unstable();
+            let p99 = second
+                .ttft
+                .get(((second.ttft.len() as f64 - 1.0) * 0.99).round().max(0.0) as usize)
+                .map_or(0.0, |d| d.as_secs_f64() * 1000.0);
+            let backends = serde_json::to_string(&second.backends).expect("map serialises");
+            println!(
+                "{{\"label\":\"{}\",\"second\":{t},\"ok\":{},\"errors\":{},\"ttft_ms_p99\":{p99:.3},\"backends\":{backends}}}",
+                args.label, second.ok, second.errors
+            );
+        }
+    }
     totals.ttft.sort_unstable();
     let pct = |p: f64| {
         let i = ((totals.ttft.len() as f64 - 1.0) * p).round() as usize;

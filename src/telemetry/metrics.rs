@@ -30,5 +30,6 @@ pub fn record_breaker_state(backend: &str, state: u8) {
 
 /// An upstream attempt failed; `kind` separates connect, first-byte, idle and total timeouts.
 pub fn record_upstream_error(backend: &str, kind: &'static str) {
-    metrics::counter!(UPSTREAM_ERRORS, "backend" => backend.to_owned(), "kind" => kind).increment(1);
+    metrics::counter!(UPSTREAM_ERRORS, "backend" => backend.to_owned(), "kind" => kind)
+        .increment(1);
 }
