@@ -4,10 +4,11 @@
 # hangs (SIGSTOP: its connections stay open and silent); at 7/12 both come back. Prints the
 # per-second timeline and a summary: client-visible errors, recovery time, TTFT p99 in the fault.
 #
-#   load/chaos.sh [SECONDS]      (default 60)
+#   load/chaos.sh [SECONDS] [HEDGE_AFTER]      (default 60, no hedging; e.g. 60 200ms)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 secs=${1:-60}
+hedge=${2:-}
 work=$(mktemp -d)
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill -CONT "$p" 2>/dev/null || true; kill "$p" 2>/dev/null || true; done; rm -rf "$work"; }
@@ -32,6 +33,7 @@ models:
       - {name: b0, kind: openai, base_url: "http://127.0.0.1:19031/v1"}
       - {name: b1, kind: openai, base_url: "http://127.0.0.1:19032/v1"}
       - {name: b2, kind: openai, base_url: "http://127.0.0.1:19033/v1"}
+    ${hedge:+hedge_after: ${2}}
 upstream:
   connect_timeout: 500ms
   first_byte_timeout: 1s

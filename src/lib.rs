@@ -6,7 +6,8 @@
 //! server/      accept (hyper-util auto: h1 + h2c), header timeout, client-stall timeout
 //! routes       request id, concurrency permit (server/admission), RequestGuard, dispatch
 //! handlers/    chat: auth -> read body (capped) -> openai::request parse + validate
-//!              -> limits admit -> upstream::pool pick -> upstream send -> sse::relay or JSON
+//!              -> limits admit -> upstream::retry (pool pick, breakers, retries, fallbacks,
+//!              hedging; all before the first byte) -> sse::relay or JSON
 //! settle       the guard drops with the response body: limits settled, permit released,
 //!              access log written
 //! ```
@@ -20,7 +21,8 @@
 //! - [`limits`]: requests/min, tokens/min and concurrent streams per key (token buckets).
 //! - [`openai`]: the wire format: request validation, chunk and response rewriting, errors.
 //! - [`sse`]: decoder, encoder and the pull-based relay.
-//! - [`upstream`]: backends (OpenAI-compatible over reqwest, in-process mock) and pools.
+//! - [`upstream`]: backends (inline HTTP/1.1, reqwest for TLS, the mock), pools with circuit
+//!   breakers, and the attempt loop.
 //! - [`error`]: `GatewayError`, the one error every stage returns.
 //!
 //! # Invariants

@@ -92,7 +92,8 @@ pub async fn send(
 
 /// One attempt, hedged when the pool says so: if `hedge_after` passes without an answer, a
 /// second backend gets the same request; the first success wins and the other call is dropped,
-/// which closes its connection. Every attempt that ends here has its outcome recorded.
+/// which closes its connection. Every attempt that ends here has its outcome recorded: a first
+/// attempt beaten by its hedge counts as a failure, a beaten hedge as nothing.
 async fn call_hedged(
     plan: &Plan,
     pool: &Pool,
@@ -131,7 +132,9 @@ async fn call_hedged(
         },
         result = &mut second_call => match settle(second, result) {
             Ok(won) => {
-                first.finish(Outcome::Neutral);
+                // Stalled past `hedge_after` and beaten: a health signal, so a backend that
+                // keeps stalling opens its breaker instead of slowing every request it gets.
+                first.finish(Outcome::Failure);
                 Ok(won)
             }
             Err(_) => settle(first, first_call.await),
