@@ -68,6 +68,7 @@ pub async fn chat_completions(
         retry_backoff: state.upstream.retry_backoff,
         first_byte_timeout: state.upstream.first_byte_timeout,
         deadline: Instant::now() + state.upstream.total_timeout,
+        may_hedge: chat.is_safe_to_duplicate(),
     };
     let request_for = upstream_request(chat.clone(), output_cap, guard.request_id().as_arc());
     let mut response = if chat.stream {

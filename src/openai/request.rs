@@ -86,6 +86,12 @@ impl ChatRequest {
 }
 
 impl ChatRequest {
+    /// Whether sending this request twice has no effect beyond the cost: not when the client
+    /// asked the upstream to store the completion (`store: true`).
+    pub fn is_safe_to_duplicate(&self) -> bool {
+        self.fields.get("store") != Some(&Value::Bool(true))
+    }
+
     /// A documented estimate of the prompt's tokens, erring high: one token per three bytes of
     /// message content (English averages about four), plus four per message and three for the
     /// reply's priming, as OpenAI's own accounting adds.

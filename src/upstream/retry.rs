@@ -32,6 +32,8 @@ pub struct Plan {
     pub retry_backoff: Duration,
     pub first_byte_timeout: Duration,
     pub deadline: Instant,
+    /// Whether a stalled attempt may be duplicated on a second backend (`hedge_after`).
+    pub may_hedge: bool,
 }
 
 /// A successful upstream answer and the backend that gave it.
@@ -106,7 +108,7 @@ async fn call_hedged(
         first.backend.clone(),
         request_for(&first.backend)
     ));
-    let Some(hedge_after) = pool.hedge_after else {
+    let Some(hedge_after) = pool.hedge_after.filter(|_| plan.may_hedge) else {
         return settle(first, first_call.await);
     };
     tokio::select! {

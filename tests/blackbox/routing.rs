@@ -87,10 +87,12 @@ async fn a_failing_backend_trips_its_breaker_and_the_half_open_probe_restores_it
             "every request is answered by the healthy backend"
         );
     }
-    assert_eq!(
-        failing.requests().len(),
-        3,
-        "tripped after 3 failures, then left alone"
+    // Tripped after 3 failures; after that only a probe per open period (1 s, then 2 s, ...)
+    // may reach it, however slowly this machine runs the 40 requests.
+    let probes = failing.requests().len() - 3;
+    assert!(
+        probes <= 2,
+        "left alone after tripping, but for probes: {probes}"
     );
 
     // The backend recovers; after the open period one probe goes to it and closes the circuit.
@@ -250,7 +252,9 @@ async fn the_total_deadline_bounds_every_attempt_together() {
 async fn a_stalled_backend_loses_to_the_hedge_and_its_connection_is_closed() {
     let stalled = MockUpstream::reply(Reply::Hang).start().await;
     let healthy = MockUpstream::stream(2).start().await;
-    let mut config = GatewayConfig::openai_pool(&urls(&[&stalled, &healthy])).hedge_after("200ms");
+    let mut config = GatewayConfig::openai_pool(&urls(&[&stalled, &healthy]))
+        .hedge_after("200ms")
+        .upstream("{first_byte_timeout: 1s, idle_timeout: 5s, total_timeout: 10s}");
     // The stalled backend is the near-certain first choice.
     config.backend = config.backend.replacen(
         "upstream_model: upstream-model}",
