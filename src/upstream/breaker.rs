@@ -105,13 +105,11 @@ impl Breaker {
         }
     }
 
-    /// Whether a call could be permitted now, without changing any state (for routing and
-    /// readiness).
+    /// Whether a call would be permitted now, without taking a permit: closed, or open past its
+    /// delay (failsafe then moves it to half-open) with no probe in flight.
     pub fn may_permit(&self) -> bool {
-        match self.state() {
-            BreakerState::Closed => true,
-            BreakerState::Open | BreakerState::HalfOpen => !self.probing.load(Ordering::Acquire),
-        }
+        self.state() == BreakerState::Closed
+            || (self.machine.is_call_permitted() && !self.probing.load(Ordering::Acquire))
     }
 
     /// Records a call's outcome, once.

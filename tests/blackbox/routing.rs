@@ -280,3 +280,55 @@ async fn a_stalled_backend_loses_to_the_hedge_and_its_connection_is_closed() {
     .await;
     assert_eq!(healthy.requests().len(), 1);
 }
+
+#[tokio::test]
+async fn with_every_circuit_open_requests_get_503_and_readiness_fails_when_no_model_is_left() {
+    let failing = MockUpstream::reply(Reply::Status {
+        status: 500,
+        body: "{}".into(),
+        headers: vec![],
+    })
+    .start()
+    .await;
+    let config = GatewayConfig::openai_pool(&urls(&[&failing]))
+        .upstream("{first_byte_timeout: 2s, idle_timeout: 2s, total_timeout: 10s, breaker: {consecutive_failures: 3, open_for: 5s}}");
+    let gateway = TestGateway::start(&config).await;
+    for _ in 0..3 {
+        let (status, _) = error_of(post_chat(&gateway.url(""), KEY, &chat_body(false)).await).await;
+        assert_eq!(status, 502, "the backend's own failure");
+    }
+    let response = post_chat(&gateway.url(""), KEY, &chat_body(false)).await;
+    assert_eq!(response.headers()["retry-after"], "1");
+    let (status, body) = error_of(response).await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (503, Some("no_usable_backend"))
+    );
+    assert_eq!(failing.requests().len(), 3, "an open circuit is not called");
+    let ready = http()
+        .get(gateway.url("/readyz"))
+        .send()
+        .await
+        .expect("readyz");
+    assert_eq!(
+        ready.status(),
+        200,
+        "other-model still has a usable backend"
+    );
+
+    let mut other = chat_body(false);
+    other["model"] = "other-model".into();
+    for _ in 0..3 {
+        post_chat(&gateway.url(""), KEY, &other).await;
+    }
+    let ready = http()
+        .get(gateway.url("/readyz"))
+        .send()
+        .await
+        .expect("readyz");
+    assert_eq!(ready.status(), 503, "no model has a usable backend");
+    assert_eq!(
+        ready.text().await.expect("body"),
+        r#"{"status":"no_usable_backend"}"#
+    );
+}
