@@ -3,8 +3,10 @@
 //! Invariant: `config/` does not import `http`; it produces plain typed values whose
 //! invariants (non-zero limits, parsed addresses, resolved secrets) hold by construction.
 
+mod access;
 mod dev;
 mod file;
+mod models;
 mod validate;
 
 use std::collections::{BTreeMap, BTreeSet};

@@ -1,18 +1,17 @@
 //! `ConfigFile` -> `Config`: every check names the field it is about, as a path such as
-//! `models[2].backends[0].base_url`.
+//! `models[2].backends[0].base_url`. Models live in `models.rs`, tiers and keys in
+//! `access.rs`; the server, upstream, stream and Redis sections here.
 
-use std::collections::{BTreeMap, BTreeSet};
-use std::num::{NonZeroU32, NonZeroU64, NonZeroUsize};
+use std::collections::BTreeSet;
+use std::num::{NonZeroU32, NonZeroUsize};
 use std::time::Duration;
 
-use super::file::{
-    ApiKeyFile, BackendFile, BackendKindFile, BreakerFile, ConfigFile, LimitsFile, ModelFile,
-    RedisFile, ServerFile, StreamFile, TierFile, UpstreamFile,
-};
+use super::access::{api_keys, tiers};
+use super::file::{BreakerFile, ConfigFile, RedisFile, ServerFile, StreamFile, UpstreamFile};
+use super::models::{fallbacks, model};
 use super::{
-    ApiKey, BackendConfig, BackendKind, BreakerConfig, Config, ConfigError, ConfigSource,
-    FailureRate, Limits, LogConfig, LogFormat, MockConfig, Model, ModelAccess, OnRedisError,
-    OutputCaps, RedisConfig, Secret, ServerConfig, StreamConfig, Tier, UpstreamConfig,
+    BreakerConfig, Config, ConfigError, ConfigSource, FailureRate, LogConfig, LogFormat,
+    OnRedisError, RedisConfig, ServerConfig, StreamConfig, UpstreamConfig,
 };
 
 /// The smallest header cap hyper accepts for its read buffer.
@@ -79,284 +78,6 @@ fn server(file: ServerFile) -> Result<ServerConfig, ConfigError> {
         keep_alive: file.keep_alive,
         shutdown_grace: file.shutdown_grace,
     })
-}
-
-fn tiers(file: BTreeMap<String, TierFile>) -> Result<BTreeMap<String, Tier>, ConfigError> {
-    file.into_iter()
-        .map(|(name, t)| {
-            let path = format!("tiers.{name}");
-            let limits = LimitsFile {
-                requests_per_minute: t.requests_per_minute,
-                tokens_per_minute: t.tokens_per_minute,
-                concurrent_streams: t.concurrent_streams,
-            };
-            let default = match t.default_max_tokens {
-                Some(n) => non_zero_u64(n, &path, "default_max_tokens")?,
-                None => OutputCaps::default().default,
-            };
-            let max = t
-                .max_tokens
-                .map(|n| non_zero_u64(n, &path, "max_tokens"))
-                .transpose()?;
-            let tier = Tier {
-                limits: limits_over(Limits::default(), limits, &path)?,
-                output: OutputCaps {
-                    default: max.map_or(default, |max| default.min(max)),
-                    max,
-                },
-            };
-            Ok((name, tier))
-        })
-        .collect()
-}
-
-/// `base` with every limit `file` sets replaced.
-fn limits_over(base: Limits, file: LimitsFile, path: &str) -> Result<Limits, ConfigError> {
-    let rpm = |n| NonZeroU32::new(n).ok_or_else(|| zero_limit(path, "requests_per_minute"));
-    let streams = |n| NonZeroU32::new(n).ok_or_else(|| zero_limit(path, "concurrent_streams"));
-    Ok(Limits {
-        requests_per_minute: file
-            .requests_per_minute
-            .map(rpm)
-            .transpose()?
-            .or(base.requests_per_minute),
-        tokens_per_minute: file
-            .tokens_per_minute
-            .map(|n| non_zero_u64(n, path, "tokens_per_minute"))
-            .transpose()?
-            .or(base.tokens_per_minute),
-        concurrent_streams: file
-            .concurrent_streams
-            .map(streams)
-            .transpose()?
-            .or(base.concurrent_streams),
-    })
-}
-
-fn non_zero_u64(value: u64, path: &str, field: &str) -> Result<NonZeroU64, ConfigError> {
-    NonZeroU64::new(value).ok_or_else(|| zero_limit(path, field))
-}
-
-fn zero_limit(path: &str, field: &str) -> ConfigError {
-    ConfigError::invalid(
-        format!("{path}.{field}"),
-        "must be at least 1; omit it for no limit",
-    )
-}
-
-fn api_keys(
-    file: Vec<ApiKeyFile>,
-    tiers: &BTreeMap<String, Tier>,
-    models: &[Model],
-) -> Result<Vec<ApiKey>, ConfigError> {
-    let keys = file
-        .into_iter()
-        .enumerate()
-        .map(|(i, key)| api_key(key, &format!("api_keys[{i}]"), tiers, models))
-        .collect::<Result<Vec<_>, _>>()?;
-    unique(keys.iter().map(|k| k.id.as_str()), "api_keys", "id")?;
-    let digests: Vec<String> = keys.iter().map(|k| hex::encode(k.sha256)).collect();
-    unique(digests.iter().map(String::as_str), "api_keys", "sha256")?;
-    Ok(keys)
-}
-
-fn api_key(
-    file: ApiKeyFile,
-    path: &str,
-    tiers: &BTreeMap<String, Tier>,
-    models: &[Model],
-) -> Result<ApiKey, ConfigError> {
-    let mut sha256 = [0u8; 32];
-    hex::decode_to_slice(file.sha256.trim(), &mut sha256).map_err(|_| {
-        ConfigError::invalid(
-            format!("{path}.sha256"),
-            "must be 64 hex digits (the output of `sluicegate hash-key KEY`)",
-        )
-    })?;
-    let Some(tier) = tiers.get(&file.tier) else {
-        return Err(ConfigError::invalid(
-            format!("{path}.tier"),
-            format!("unknown tier `{}`; define it under `tiers`", file.tier),
-        ));
-    };
-    let limits = limits_over(tier.limits, file.limits, &format!("{path}.limits"))?;
-    let access = if file.models.iter().any(|m| m == "*") {
-        ModelAccess::All
-    } else {
-        for (j, name) in file.models.iter().enumerate() {
-            if !models.iter().any(|m| &m.name == name) {
-                return Err(ConfigError::invalid(
-                    format!("{path}.models[{j}]"),
-                    format!("unknown model `{name}`"),
-                ));
-            }
-        }
-        ModelAccess::Only(file.models.into_iter().collect::<BTreeSet<_>>())
-    };
-    if file.id.is_empty() {
-        return Err(ConfigError::invalid(
-            format!("{path}.id"),
-            "must not be empty",
-        ));
-    }
-    Ok(ApiKey {
-        id: file.id,
-        sha256,
-        tier: file.tier,
-        models: access,
-        limits,
-        output: tier.output,
-    })
-}
-
-fn model(file: ModelFile, path: &str) -> Result<Model, ConfigError> {
-    if file.name.is_empty() {
-        return Err(ConfigError::invalid(
-            format!("{path}.name"),
-            "must not be empty",
-        ));
-    }
-    if file.backends.is_empty() {
-        return Err(ConfigError::invalid(
-            format!("{path}.backends"),
-            "needs at least one backend",
-        ));
-    }
-    let default_upstream_model = file.name.clone();
-    let backends = file
-        .backends
-        .into_iter()
-        .enumerate()
-        .map(|(i, b)| backend(b, &format!("{path}.backends[{i}]"), &default_upstream_model))
-        .collect::<Result<Vec<_>, _>>()?;
-    unique(
-        backends.iter().map(|b| b.name.as_str()),
-        &format!("{path}.backends"),
-        "name",
-    )?;
-    Ok(Model {
-        name: file.name,
-        backends,
-        fallbacks: file.fallbacks,
-        hedge_after: file
-            .hedge_after
-            .map(|after| positive(after, &format!("{path}.hedge_after")))
-            .transpose()?,
-    })
-}
-
-/// Every fallback names another configured model.
-fn fallbacks(models: &[Model]) -> Result<(), ConfigError> {
-    for (i, model) in models.iter().enumerate() {
-        for (j, fallback) in model.fallbacks.iter().enumerate() {
-            if fallback == &model.name || !models.iter().any(|m| &m.name == fallback) {
-                return Err(ConfigError::invalid(
-                    format!("models[{i}].fallbacks[{j}]"),
-                    format!("`{fallback}` is not another configured model"),
-                ));
-            }
-        }
-    }
-    Ok(())
-}
-
-fn backend(
-    file: BackendFile,
-    path: &str,
-    default_upstream_model: &str,
-) -> Result<BackendConfig, ConfigError> {
-    let kind = match file.kind {
-        BackendKindFile::Openai => {
-            if file.mock.is_some() {
-                return Err(ConfigError::invalid(
-                    format!("{path}.mock"),
-                    "only allowed with `kind: mock`",
-                ));
-            }
-            let base_url = file.base_url.ok_or_else(|| {
-                ConfigError::invalid(format!("{path}.base_url"), "required for `kind: openai`")
-            })?;
-            BackendKind::OpenAi {
-                base_url: base_url_with_slash(&base_url, &format!("{path}.base_url"))?,
-                api_key: file
-                    .api_key_env
-                    .map(|var| secret_from_env(&var, path))
-                    .transpose()?,
-            }
-        }
-        BackendKindFile::Mock => {
-            for (field, set) in [
-                ("base_url", file.base_url.is_some()),
-                ("api_key_env", file.api_key_env.is_some()),
-            ] {
-                if set {
-                    return Err(ConfigError::invalid(
-                        format!("{path}.{field}"),
-                        "not used by `kind: mock`",
-                    ));
-                }
-            }
-            let mock = file.mock.unwrap_or_default();
-            BackendKind::Mock(MockConfig {
-                tokens: mock.tokens,
-                pace: mock.pace,
-                first_token_delay: mock.first_token_delay,
-            })
-        }
-    };
-    Ok(BackendConfig {
-        name: file.name,
-        upstream_model: file
-            .upstream_model
-            .unwrap_or_else(|| default_upstream_model.to_owned()),
-        kind,
-        weight: NonZeroU32::new(file.weight)
-            .ok_or_else(|| ConfigError::invalid(format!("{path}.weight"), "must be at least 1"))?,
-        max_inflight: file
-            .max_inflight
-            .map(|n| non_zero(n, &format!("{path}.max_inflight")))
-            .transpose()?,
-    })
-}
-
-fn base_url_with_slash(raw: &str, path: &str) -> Result<String, ConfigError> {
-    let url = reqwest::Url::parse(raw)
-        .map_err(|e| ConfigError::invalid(path, format!("not an absolute URL: {e}")))?;
-    if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
-        return Err(ConfigError::invalid(
-            path,
-            "must be an http:// or https:// URL with a host",
-        ));
-    }
-    if url.query().is_some()
-        || url.fragment().is_some()
-        || !url.username().is_empty()
-        || url.password().is_some()
-    {
-        return Err(ConfigError::invalid(
-            path,
-            "must not carry a query, fragment or credentials",
-        ));
-    }
-    let mut text = url.to_string();
-    if !text.ends_with('/') {
-        text.push('/');
-    }
-    Ok(text)
-}
-
-fn secret_from_env(var: &str, path: &str) -> Result<Secret, ConfigError> {
-    match std::env::var(var) {
-        Ok(value) if value.bytes().any(|b| b.is_ascii_control()) => Err(ConfigError::invalid(
-            format!("{path}.api_key_env"),
-            format!("environment variable `{var}` contains control characters"),
-        )),
-        Ok(value) if !value.is_empty() => Ok(Secret(value)),
-        _ => Err(ConfigError::invalid(
-            format!("{path}.api_key_env"),
-            format!("environment variable `{var}` is not set"),
-        )),
-    }
 }
 
 fn redis(file: RedisFile) -> Result<RedisConfig, ConfigError> {
@@ -465,18 +186,18 @@ fn stream(file: StreamFile) -> Result<StreamConfig, ConfigError> {
     })
 }
 
-fn positive(value: Duration, path: &str) -> Result<Duration, ConfigError> {
+pub(super) fn positive(value: Duration, path: &str) -> Result<Duration, ConfigError> {
     if value.is_zero() {
         return Err(ConfigError::invalid(path, "must be greater than zero"));
     }
     Ok(value)
 }
 
-fn non_zero(value: usize, path: &str) -> Result<NonZeroUsize, ConfigError> {
+pub(super) fn non_zero(value: usize, path: &str) -> Result<NonZeroUsize, ConfigError> {
     NonZeroUsize::new(value).ok_or_else(|| ConfigError::invalid(path, "must be at least 1"))
 }
 
-fn unique<'a>(
+pub(super) fn unique<'a>(
     names: impl Iterator<Item = &'a str>,
     list: &str,
     field: &str,

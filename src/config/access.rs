@@ -1,0 +1,138 @@
+//! Tiers, their limits and the API keys on them: who may use which models, and how much.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::num::{NonZeroU32, NonZeroU64};
+
+use super::file::{ApiKeyFile, LimitsFile, TierFile};
+use super::validate::unique;
+use super::{ApiKey, ConfigError, Limits, Model, ModelAccess, OutputCaps, Tier};
+
+pub(super) fn tiers(
+    file: BTreeMap<String, TierFile>,
+) -> Result<BTreeMap<String, Tier>, ConfigError> {
+    file.into_iter()
+        .map(|(name, t)| {
+            let path = format!("tiers.{name}");
+            let limits = LimitsFile {
+                requests_per_minute: t.requests_per_minute,
+                tokens_per_minute: t.tokens_per_minute,
+                concurrent_streams: t.concurrent_streams,
+            };
+            let default = match t.default_max_tokens {
+                Some(n) => non_zero_u64(n, &path, "default_max_tokens")?,
+                None => OutputCaps::default().default,
+            };
+            let max = t
+                .max_tokens
+                .map(|n| non_zero_u64(n, &path, "max_tokens"))
+                .transpose()?;
+            let tier = Tier {
+                limits: limits_over(Limits::default(), limits, &path)?,
+                output: OutputCaps {
+                    default: max.map_or(default, |max| default.min(max)),
+                    max,
+                },
+            };
+            Ok((name, tier))
+        })
+        .collect()
+}
+
+/// `base` with every limit `file` sets replaced.
+fn limits_over(base: Limits, file: LimitsFile, path: &str) -> Result<Limits, ConfigError> {
+    let rpm = |n| NonZeroU32::new(n).ok_or_else(|| zero_limit(path, "requests_per_minute"));
+    let streams = |n| NonZeroU32::new(n).ok_or_else(|| zero_limit(path, "concurrent_streams"));
+    Ok(Limits {
+        requests_per_minute: file
+            .requests_per_minute
+            .map(rpm)
+            .transpose()?
+            .or(base.requests_per_minute),
+        tokens_per_minute: file
+            .tokens_per_minute
+            .map(|n| non_zero_u64(n, path, "tokens_per_minute"))
+            .transpose()?
+            .or(base.tokens_per_minute),
+        concurrent_streams: file
+            .concurrent_streams
+            .map(streams)
+            .transpose()?
+            .or(base.concurrent_streams),
+    })
+}
+
+fn non_zero_u64(value: u64, path: &str, field: &str) -> Result<NonZeroU64, ConfigError> {
+    NonZeroU64::new(value).ok_or_else(|| zero_limit(path, field))
+}
+
+fn zero_limit(path: &str, field: &str) -> ConfigError {
+    ConfigError::invalid(
+        format!("{path}.{field}"),
+        "must be at least 1; omit it for no limit",
+    )
+}
+
+pub(super) fn api_keys(
+    file: Vec<ApiKeyFile>,
+    tiers: &BTreeMap<String, Tier>,
+    models: &[Model],
+) -> Result<Vec<ApiKey>, ConfigError> {
+    let keys = file
+        .into_iter()
+        .enumerate()
+        .map(|(i, key)| api_key(key, &format!("api_keys[{i}]"), tiers, models))
+        .collect::<Result<Vec<_>, _>>()?;
+    unique(keys.iter().map(|k| k.id.as_str()), "api_keys", "id")?;
+    let digests: Vec<String> = keys.iter().map(|k| hex::encode(k.sha256)).collect();
+    unique(digests.iter().map(String::as_str), "api_keys", "sha256")?;
+    Ok(keys)
+}
+
+fn api_key(
+    file: ApiKeyFile,
+    path: &str,
+    tiers: &BTreeMap<String, Tier>,
+    models: &[Model],
+) -> Result<ApiKey, ConfigError> {
+    let mut sha256 = [0u8; 32];
+    hex::decode_to_slice(file.sha256.trim(), &mut sha256).map_err(|_| {
+        ConfigError::invalid(
+            format!("{path}.sha256"),
+            "must be 64 hex digits (the output of `sluicegate hash-key KEY`)",
+        )
+    })?;
+    let Some(tier) = tiers.get(&file.tier) else {
+        return Err(ConfigError::invalid(
+            format!("{path}.tier"),
+            format!("unknown tier `{}`; define it under `tiers`", file.tier),
+        ));
+    };
+    let limits = limits_over(tier.limits, file.limits, &format!("{path}.limits"))?;
+    let access = if file.models.iter().any(|m| m == "*") {
+        ModelAccess::All
+    } else {
+        for (j, name) in file.models.iter().enumerate() {
+            if !models.iter().any(|m| &m.name == name) {
+                return Err(ConfigError::invalid(
+                    format!("{path}.models[{j}]"),
+                    format!("unknown model `{name}`"),
+                ));
+            }
+        }
+        ModelAccess::Only(file.models.into_iter().collect::<BTreeSet<_>>())
+    };
+    if file.id.is_empty() {
+        return Err(ConfigError::invalid(
+            format!("{path}.id"),
+            "must not be empty",
+        ));
+    }
+    Ok(ApiKey {
+        id: file.id,
+        sha256,
+        tier: file.tier,
+        models: access,
+        limits,
+        output: tier.output,
+    })
+}

@@ -1,0 +1,157 @@
+//! Models, their backends and fallbacks: where requests go.
+
+use std::num::NonZeroU32;
+
+use super::file::{BackendFile, BackendKindFile, ModelFile};
+use super::validate::{non_zero, positive, unique};
+use super::{BackendConfig, BackendKind, ConfigError, MockConfig, Model, Secret};
+
+pub(super) fn model(file: ModelFile, path: &str) -> Result<Model, ConfigError> {
+    if file.name.is_empty() {
+        return Err(ConfigError::invalid(
+            format!("{path}.name"),
+            "must not be empty",
+        ));
+    }
+    if file.backends.is_empty() {
+        return Err(ConfigError::invalid(
+            format!("{path}.backends"),
+            "needs at least one backend",
+        ));
+    }
+    let default_upstream_model = file.name.clone();
+    let backends = file
+        .backends
+        .into_iter()
+        .enumerate()
+        .map(|(i, b)| backend(b, &format!("{path}.backends[{i}]"), &default_upstream_model))
+        .collect::<Result<Vec<_>, _>>()?;
+    unique(
+        backends.iter().map(|b| b.name.as_str()),
+        &format!("{path}.backends"),
+        "name",
+    )?;
+    Ok(Model {
+        name: file.name,
+        backends,
+        fallbacks: file.fallbacks,
+        hedge_after: file
+            .hedge_after
+            .map(|after| positive(after, &format!("{path}.hedge_after")))
+            .transpose()?,
+    })
+}
+
+/// Every fallback names another configured model.
+pub(super) fn fallbacks(models: &[Model]) -> Result<(), ConfigError> {
+    for (i, model) in models.iter().enumerate() {
+        for (j, fallback) in model.fallbacks.iter().enumerate() {
+            if fallback == &model.name || !models.iter().any(|m| &m.name == fallback) {
+                return Err(ConfigError::invalid(
+                    format!("models[{i}].fallbacks[{j}]"),
+                    format!("`{fallback}` is not another configured model"),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn backend(
+    file: BackendFile,
+    path: &str,
+    default_upstream_model: &str,
+) -> Result<BackendConfig, ConfigError> {
+    let kind = match file.kind {
+        BackendKindFile::Openai => {
+            if file.mock.is_some() {
+                return Err(ConfigError::invalid(
+                    format!("{path}.mock"),
+                    "only allowed with `kind: mock`",
+                ));
+            }
+            let base_url = file.base_url.ok_or_else(|| {
+                ConfigError::invalid(format!("{path}.base_url"), "required for `kind: openai`")
+            })?;
+            BackendKind::OpenAi {
+                base_url: base_url_with_slash(&base_url, &format!("{path}.base_url"))?,
+                api_key: file
+                    .api_key_env
+                    .map(|var| secret_from_env(&var, path))
+                    .transpose()?,
+            }
+        }
+        BackendKindFile::Mock => {
+            for (field, set) in [
+                ("base_url", file.base_url.is_some()),
+                ("api_key_env", file.api_key_env.is_some()),
+            ] {
+                if set {
+                    return Err(ConfigError::invalid(
+                        format!("{path}.{field}"),
+                        "not used by `kind: mock`",
+                    ));
+                }
+            }
+            let mock = file.mock.unwrap_or_default();
+            BackendKind::Mock(MockConfig {
+                tokens: mock.tokens,
+                pace: mock.pace,
+                first_token_delay: mock.first_token_delay,
+            })
+        }
+    };
+    Ok(BackendConfig {
+        name: file.name,
+        upstream_model: file
+            .upstream_model
+            .unwrap_or_else(|| default_upstream_model.to_owned()),
+        kind,
+        weight: NonZeroU32::new(file.weight)
+            .ok_or_else(|| ConfigError::invalid(format!("{path}.weight"), "must be at least 1"))?,
+        max_inflight: file
+            .max_inflight
+            .map(|n| non_zero(n, &format!("{path}.max_inflight")))
+            .transpose()?,
+    })
+}
+
+fn base_url_with_slash(raw: &str, path: &str) -> Result<String, ConfigError> {
+    let url = reqwest::Url::parse(raw)
+        .map_err(|e| ConfigError::invalid(path, format!("not an absolute URL: {e}")))?;
+    if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
+        return Err(ConfigError::invalid(
+            path,
+            "must be an http:// or https:// URL with a host",
+        ));
+    }
+    if url.query().is_some()
+        || url.fragment().is_some()
+        || !url.username().is_empty()
+        || url.password().is_some()
+    {
+        return Err(ConfigError::invalid(
+            path,
+            "must not carry a query, fragment or credentials",
+        ));
+    }
+    let mut text = url.to_string();
+    if !text.ends_with('/') {
+        text.push('/');
+    }
+    Ok(text)
+}
+
+fn secret_from_env(var: &str, path: &str) -> Result<Secret, ConfigError> {
+    match std::env::var(var) {
+        Ok(value) if value.bytes().any(|b| b.is_ascii_control()) => Err(ConfigError::invalid(
+            format!("{path}.api_key_env"),
+            format!("environment variable `{var}` contains control characters"),
+        )),
+        Ok(value) if !value.is_empty() => Ok(Secret(value)),
+        _ => Err(ConfigError::invalid(
+            format!("{path}.api_key_env"),
+            format!("environment variable `{var}` is not set"),
+        )),
+    }
+}
