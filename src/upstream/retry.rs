@@ -1,7 +1,7 @@
 //! The attempt loop: a request may go to another backend of its model, then to the model's
-//! fallbacks, only until an upstream answered with a success status. After that, bytes may
-//! reach the client, and a retry would duplicate output, so a later failure is the stream's
-//! final error event instead (the relay's job).
+//! fallbacks, only until an upstream answered with a success status and its first bytes. After
+//! that, bytes may reach the client, and a retry would duplicate output, so a later failure is
+//! the stream's final error event instead (the relay's job).
 //!
 //! Each attempt waits at most `first_byte_timeout` for the response head; pauses between
 //! attempts back off exponentially with jitter; everything stays within the request's total
@@ -14,7 +14,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures_util::Stream;
+use futures_util::{Stream, StreamExt, stream};
 use tokio::time::{Instant, sleep_until, timeout_at};
 
 use super::breaker::Outcome;
@@ -162,14 +162,26 @@ fn settle(
     }
 }
 
-/// One call, bounded by the first-byte timeout and the total deadline.
+/// One call, bounded by the first-byte timeout and the total deadline. It succeeds only once the
+/// first bytes of the body arrived, so a backend that answers 200 and then fails before sending
+/// anything is still retried: nothing of it can have reached the client.
 async fn call(
     plan: &Plan,
     backend: Arc<Backend>,
     request: UpstreamRequest,
 ) -> Result<ByteStream, GatewayError> {
     let until = (Instant::now() + plan.first_byte_timeout).min(plan.deadline);
-    match timeout_at(until, backend.send(request)).await {
+    let first_bytes = async {
+        let mut body = backend.send(request).await?;
+        match body.next().await {
+            Some(Ok(first)) => {
+                Ok(Box::pin(stream::once(async { Ok(first) }).chain(body)) as ByteStream)
+            }
+            Some(Err(error)) => Err(error),
+            None => Err(GatewayError::UpstreamDisconnected),
+        }
+    };
+    match timeout_at(until, first_bytes).await {
         Ok(result) => result,
         Err(_) if until >= plan.deadline => Err(GatewayError::UpstreamTimeout {
             phase: TimeoutPhase::Total,

@@ -332,3 +332,24 @@ async fn with_every_circuit_open_requests_get_503_and_readiness_fails_when_no_mo
         r#"{"status":"no_usable_backend"}"#
     );
 }
+
+#[tokio::test]
+async fn a_backend_that_fails_after_its_head_but_before_any_byte_is_retried() {
+    let empty = MockUpstream::stream(5).drop_after(0).start().await;
+    let healthy = MockUpstream::stream(3).start().await;
+    let mut config = GatewayConfig::openai_pool(&urls(&[&empty, &healthy]));
+    config.backend = config.backend.replacen(
+        "upstream_model: upstream-model}",
+        "upstream_model: upstream-model, weight: 1000}",
+        1,
+    );
+    let gateway = TestGateway::start(&config).await;
+    let (backend, body) = stream_ok(&gateway).await;
+    assert_eq!(backend, "b1");
+    assert_eq!(content_of(&body), "tok0 tok1 tok2 ");
+    assert_eq!(
+        empty.requests().len(),
+        1,
+        "the empty answer was tried first"
+    );
+}
