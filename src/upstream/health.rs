@@ -16,6 +16,8 @@ pub struct BackendHealth {
     pub weight: NonZeroU32,
     max_inflight: Option<NonZeroUsize>,
     in_flight: AtomicUsize,
+    /// Requests ever sent; breaks ties between equally loaded backends.
+    served: AtomicU64,
     pub breaker: Breaker,
     /// Milliseconds since `epoch()` until which the backend asked not to be called.
     cool_until_ms: AtomicU64,
@@ -27,6 +29,7 @@ impl BackendHealth {
             weight: config.weight,
             max_inflight: config.max_inflight,
             in_flight: AtomicUsize::new(0),
+            served: AtomicU64::new(0),
             breaker: Breaker::new(breaker, &config.name),
             cool_until_ms: AtomicU64::new(0),
         }
@@ -39,6 +42,11 @@ impl BackendHealth {
     /// A request starts; pair with `leave` (the `Attempt` in `pool.rs` does).
     pub fn enter(&self) {
         self.in_flight.fetch_add(1, Ordering::AcqRel);
+        self.served.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn served(&self) -> u64 {
+        self.served.load(Ordering::Relaxed)
     }
 
     pub fn leave(&self) {

@@ -11,6 +11,10 @@ use super::breaker::{Outcome, Permit};
 use crate::config::{Model, UpstreamConfig};
 use crate::error::GatewayError;
 
+/// How far apart (requests per unit of weight) two backends' totals may be for the lower one to
+/// win a tie.
+const TIE_BREAK_GAP: u64 = 64;
+
 /// A client-facing model, its backends in configured order, and its fallback models.
 #[derive(Debug)]
 pub struct Pool {
@@ -88,16 +92,31 @@ impl Pool {
             _ => {
                 let first = self.draw(candidates, None);
                 let second = self.draw(candidates, Some(first));
-                let load = |i: usize| {
-                    let health = &self.backends[i].health;
-                    (health.in_flight() as u64 + 1) * 1_000_000 / u64::from(health.weight.get())
-                };
-                Some(if load(second) < load(first) {
-                    second
-                } else {
-                    first
-                })
+                Some(self.less_loaded(first, second))
             }
+        }
+    }
+
+    /// The backend with fewer requests in flight per unit of weight. On a tie, the one that served
+    /// fewer per weight while the two are within `TIE_BREAK_GAP` of each other, so steady traffic
+    /// splits evenly but a backend back from an outage does not take every request until it
+    /// catches up; beyond that gap the first drawn (a random one) wins.
+    fn less_loaded(&self, first: usize, second: usize) -> usize {
+        let (a, b) = (&self.backends[first].health, &self.backends[second].health);
+        let per_weight = |n: u64, weight: u64| n * 1_000 / weight;
+        let (wa, wb) = (u64::from(a.weight.get()), u64::from(b.weight.get()));
+        let (load_a, load_b) = (
+            per_weight(a.in_flight() as u64 + 1, wa),
+            per_weight(b.in_flight() as u64 + 1, wb),
+        );
+        if load_a != load_b {
+            return if load_b < load_a { second } else { first };
+        }
+        let (served_a, served_b) = (per_weight(a.served(), wa), per_weight(b.served(), wb));
+        if served_b < served_a && served_a - served_b <= TIE_BREAK_GAP * 1_000 {
+            second
+        } else {
+            first
         }
     }
 
