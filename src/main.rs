@@ -112,8 +112,8 @@ fn serve(config: Config) -> anyhow::Result<()> {
         let addr = listener.local_addr()?;
         if config.source == ConfigSource::Development {
             tracing::warn!(
-                key = config::DEV_API_KEY,
-                "using the built-in development configuration (mock model `mock-gpt`); pass --config for production"
+                "using the built-in development configuration (mock model `mock-gpt`, the \
+                 development key from the README); pass --config for production"
             );
         }
         tracing::info!(%addr, "listening");
