@@ -145,12 +145,7 @@ async fn a_drop_after_the_first_byte_is_never_retried() {
     let dropping = MockUpstream::stream(10).drop_after(3).start().await;
     let healthy = MockUpstream::stream(10).start().await;
     // Weight the dropping backend so the first choice is all but certain to be it.
-    let mut config = GatewayConfig::openai_pool(&urls(&[&dropping, &healthy]));
-    config.backend = config.backend.replacen(
-        "upstream_model: upstream-model}",
-        "upstream_model: upstream-model, weight: 1000}",
-        1,
-    );
+    let config = GatewayConfig::openai_pool(&urls(&[&dropping, &healthy])).favour_first_backend();
     let gateway = TestGateway::start(&config).await;
     let response = post_chat(&gateway.url(""), KEY, &chat_body(true)).await;
     assert_eq!(response.headers()["x-sluicegate-backend"], "b0");
@@ -252,15 +247,11 @@ async fn the_total_deadline_bounds_every_attempt_together() {
 async fn a_stalled_backend_loses_to_the_hedge_and_its_connection_is_closed() {
     let stalled = MockUpstream::reply(Reply::Hang).start().await;
     let healthy = MockUpstream::stream(2).start().await;
-    let mut config = GatewayConfig::openai_pool(&urls(&[&stalled, &healthy]))
-        .hedge_after("200ms")
-        .upstream("{first_byte_timeout: 1s, idle_timeout: 5s, total_timeout: 10s}");
     // The stalled backend is the near-certain first choice.
-    config.backend = config.backend.replacen(
-        "upstream_model: upstream-model}",
-        "upstream_model: upstream-model, weight: 1000}",
-        1,
-    );
+    let config = GatewayConfig::openai_pool(&urls(&[&stalled, &healthy]))
+        .hedge_after("200ms")
+        .upstream("{first_byte_timeout: 1s, idle_timeout: 5s, total_timeout: 10s}")
+        .favour_first_backend();
     let gateway = TestGateway::start(&config).await;
 
     let started = Instant::now();
@@ -337,12 +328,7 @@ async fn with_every_circuit_open_requests_get_503_and_readiness_fails_when_no_mo
 async fn a_backend_that_fails_after_its_head_but_before_any_byte_is_retried() {
     let empty = MockUpstream::stream(5).drop_after(0).start().await;
     let healthy = MockUpstream::stream(3).start().await;
-    let mut config = GatewayConfig::openai_pool(&urls(&[&empty, &healthy]));
-    config.backend = config.backend.replacen(
-        "upstream_model: upstream-model}",
-        "upstream_model: upstream-model, weight: 1000}",
-        1,
-    );
+    let config = GatewayConfig::openai_pool(&urls(&[&empty, &healthy])).favour_first_backend();
     let gateway = TestGateway::start(&config).await;
     let (backend, body) = stream_ok(&gateway).await;
     assert_eq!(backend, "b1");

@@ -45,6 +45,14 @@ impl GatewayConfig {
         Self::with_backend(backends.join(", "))
     }
 
+    /// Weights `b0` so heavily that it is all but certainly the first choice.
+    pub fn favour_first_backend(mut self) -> Self {
+        self.backend = self
+            .backend
+            .replacen("upstream-model}", "upstream-model, weight: 1000}", 1);
+        self
+    }
+
     /// Makes `other-model`, served by `base_url`, the fallback of `test-model`.
     pub fn fallback_to(mut self, base_url: &str) -> Self {
         self.fallback_backend = Some(format!(
