@@ -16,7 +16,8 @@ use tokio::time::Instant;
 use crate::body::Body;
 use crate::error::{Blame, GatewayError};
 use crate::limits::{Admission, Limiter};
-use crate::openai::chunk::{MeterSlot, Metering};
+use crate::openai::chunk::MeterSlot;
+use crate::openai::{Metering, Usage};
 use crate::request_id::RequestId;
 
 /// The name of the backend that answered, recorded once.
@@ -97,18 +98,22 @@ impl RequestGuard {
         self.metering.clone()
     }
 
-    /// Settles `admission` with `limiter` when the request ends.
-    pub fn settle_with(
-        &mut self,
-        limiter: Arc<Limiter>,
-        admission: Admission,
-        prompt_estimate: u64,
-    ) {
+    /// Settles `admission`, which reserved `reserved`, with `limiter` when the request ends.
+    pub fn settle_with(&mut self, limiter: Arc<Limiter>, admission: Admission, reserved: Usage) {
         self.settlement = Some(Settlement {
             limiter,
             admission,
-            prompt_estimate,
+            reserved,
+            dispatched: false,
         });
+    }
+
+    /// The request is about to go upstream: from here a backend may spend work on its prompt,
+    /// so a client that leaves before any answer is still charged the prompt estimate.
+    pub fn mark_dispatched(&mut self) {
+        if let Some(settlement) = &mut self.settlement {
+            settlement.dispatched = true;
+        }
     }
 
     /// Shared with a stream, which records a failure that happened after the first byte.
@@ -134,7 +139,7 @@ impl Drop for RequestGuard {
     fn drop(&mut self) {
         let metering: Metering = *self.metering.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(settlement) = self.settlement.take() {
-            let used = metering.used_tokens(settlement.prompt_estimate);
+            let used = settlement.used_tokens(&metering, self.failure.get().is_some());
             settlement.limiter.settle(settlement.admission, used);
         }
         let usage = metering.usage;
@@ -166,7 +171,21 @@ impl Drop for RequestGuard {
 struct Settlement {
     limiter: Arc<Limiter>,
     admission: Admission,
-    prompt_estimate: u64,
+    reserved: Usage,
+    /// The request was handed to the upstream.
+    dispatched: bool,
+}
+
+impl Settlement {
+    /// What to charge: what was metered; when nothing was, the prompt estimate if the request
+    /// reached a backend and ended without a failure (the client left while it was being
+    /// answered), so abandoning requests does not escape the tokens-per-minute limit.
+    fn used_tokens(&self, metering: &Metering, failed: bool) -> u64 {
+        match metering.used_tokens(&self.reserved) {
+            0 if self.dispatched && !failed => self.reserved.prompt_tokens,
+            used => used,
+        }
+    }
 }
 
 /// A body that carries its request's guard and counts the bytes it gives hyper.

@@ -5,7 +5,10 @@ use std::num::{NonZeroU32, NonZeroU64};
 
 use super::file::{ApiKeyFile, LimitsFile, TierFile};
 use super::validate::unique;
-use super::{ApiKey, ConfigError, Limits, Model, ModelAccess, OutputCaps, Tier};
+use super::{
+    ApiKey, ConfigError, Limits, MAX_CONCURRENT_STREAMS, MAX_TOKENS_BOUND, MAX_TOKENS_PER_MINUTE,
+    Model, ModelAccess, OutputCaps, Tier,
+};
 
 pub(super) fn tiers(
     file: BTreeMap<String, TierFile>,
@@ -19,17 +22,17 @@ pub(super) fn tiers(
                 concurrent_streams: t.concurrent_streams,
             };
             let default = match t.default_max_tokens {
-                Some(n) => non_zero_u64(n, &path, "default_max_tokens")?,
+                Some(n) => bounded_u64(n, MAX_TOKENS_BOUND, &path, "default_max_tokens")?,
                 None => OutputCaps::default().default,
             };
-            let max = t
-                .max_tokens
-                .map(|n| non_zero_u64(n, &path, "max_tokens"))
-                .transpose()?;
+            let max = match t.max_tokens {
+                Some(n) => bounded_u64(n, MAX_TOKENS_BOUND, &path, "max_tokens")?,
+                None => OutputCaps::default().max.max(default),
+            };
             let tier = Tier {
                 limits: limits_over(Limits::default(), limits, &path)?,
                 output: OutputCaps {
-                    default: max.map_or(default, |max| default.min(max)),
+                    default: default.min(max),
                     max,
                 },
             };
@@ -41,7 +44,15 @@ pub(super) fn tiers(
 /// `base` with every limit `file` sets replaced.
 fn limits_over(base: Limits, file: LimitsFile, path: &str) -> Result<Limits, ConfigError> {
     let rpm = |n| NonZeroU32::new(n).ok_or_else(|| zero_limit(path, "requests_per_minute"));
-    let streams = |n| NonZeroU32::new(n).ok_or_else(|| zero_limit(path, "concurrent_streams"));
+    let streams = |n: u32| {
+        bounded_u64(
+            n.into(),
+            MAX_CONCURRENT_STREAMS.into(),
+            path,
+            "concurrent_streams",
+        )
+        .map(|n| NonZeroU32::new(n.get() as u32).expect("invariant: bounded by a u32"))
+    };
     Ok(Limits {
         requests_per_minute: file
             .requests_per_minute
@@ -50,7 +61,7 @@ fn limits_over(base: Limits, file: LimitsFile, path: &str) -> Result<Limits, Con
             .or(base.requests_per_minute),
         tokens_per_minute: file
             .tokens_per_minute
-            .map(|n| non_zero_u64(n, path, "tokens_per_minute"))
+            .map(|n| bounded_u64(n, MAX_TOKENS_PER_MINUTE, path, "tokens_per_minute"))
             .transpose()?
             .or(base.tokens_per_minute),
         concurrent_streams: file
@@ -61,7 +72,14 @@ fn limits_over(base: Limits, file: LimitsFile, path: &str) -> Result<Limits, Con
     })
 }
 
-fn non_zero_u64(value: u64, path: &str, field: &str) -> Result<NonZeroU64, ConfigError> {
+/// `value` in `1..=max`, or an error naming `path.field`.
+fn bounded_u64(value: u64, max: u64, path: &str, field: &str) -> Result<NonZeroU64, ConfigError> {
+    if value > max {
+        return Err(ConfigError::invalid(
+            format!("{path}.{field}"),
+            format!("must be at most {max}"),
+        ));
+    }
     NonZeroU64::new(value).ok_or_else(|| zero_limit(path, field))
 }
 
@@ -125,6 +143,14 @@ fn api_key(
         return Err(ConfigError::invalid(
             format!("{path}.id"),
             "must not be empty",
+        ));
+    }
+    if file.id.contains(['{', '}']) {
+        // Redis keys are hash-tagged `{key_id}`; a brace would move a key's limits to
+        // another cluster slot or merge them with another key's.
+        return Err(ConfigError::invalid(
+            format!("{path}.id"),
+            "must not contain `{` or `}`",
         ));
     }
     Ok(ApiKey {

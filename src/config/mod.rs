@@ -113,27 +113,38 @@ pub struct Limits {
 pub struct OutputCaps {
     /// Used when a request sets neither `max_tokens` nor `max_completion_tokens`.
     pub default: NonZeroU64,
-    /// The most a request may ask for; larger asks are lowered to it.
-    pub max: Option<NonZeroU64>,
+    /// The most a request may ask for; larger asks are lowered to it. Always set, so every
+    /// reservation is bounded.
+    pub max: NonZeroU64,
 }
 
 impl Default for OutputCaps {
     fn default() -> Self {
         Self {
             default: NonZeroU64::new(DEFAULT_MAX_TOKENS).expect("invariant: non-zero constant"),
-            max: None,
+            max: NonZeroU64::new(DEFAULT_OUTPUT_CEILING).expect("invariant: non-zero constant"),
         }
     }
 }
 
 /// The output cap of a tier that sets no `default_max_tokens`.
 pub const DEFAULT_MAX_TOKENS: u64 = 4096;
+/// The largest output cap of a tier that sets no `max_tokens`: above what current models
+/// generate in one answer, and a bound on what one request can reserve.
+pub const DEFAULT_OUTPUT_CEILING: u64 = 131_072;
+/// The largest token count any setting or request may name (OpenAI's own bound on
+/// `max_tokens`); it keeps every reservation far inside `i64`.
+pub const MAX_TOKENS_BOUND: u64 = (1 << 31) - 1;
+/// The largest tokens-per-minute limit: token buckets are exact up to 2^53 (they are f64s in
+/// Rust and in Redis' Lua), and this leaves room for a request's cost on top.
+pub const MAX_TOKENS_PER_MINUTE: u64 = 1 << 50;
+/// The largest concurrent-streams limit.
+pub const MAX_CONCURRENT_STREAMS: u32 = 1_000_000;
 
 impl OutputCaps {
     /// The cap for a request that asked for `requested` (the larger of its two fields).
     pub fn effective(&self, requested: Option<u64>) -> u64 {
-        let asked = requested.unwrap_or(self.default.get());
-        self.max.map_or(asked, |max| asked.min(max.get()))
+        requested.unwrap_or(self.default.get()).min(self.max.get())
     }
 }
 

@@ -3,7 +3,7 @@
 use std::num::NonZeroU32;
 
 use super::file::{BackendFile, BackendKindFile, ModelFile};
-use super::validate::{non_zero, positive, unique};
+use super::validate::{MAX_DURATION, at_most, non_zero, positive, unique};
 use super::{BackendConfig, BackendKind, ConfigError, MockConfig, Model, Secret};
 
 pub(super) fn model(file: ModelFile, path: &str) -> Result<Model, ConfigError> {
@@ -96,8 +96,12 @@ fn backend(
             let mock = file.mock.unwrap_or_default();
             BackendKind::Mock(MockConfig {
                 tokens: mock.tokens,
-                pace: mock.pace,
-                first_token_delay: mock.first_token_delay,
+                pace: at_most(mock.pace, MAX_DURATION, &format!("{path}.mock.pace"))?,
+                first_token_delay: at_most(
+                    mock.first_token_delay,
+                    MAX_DURATION,
+                    &format!("{path}.mock.first_token_delay"),
+                )?,
             })
         }
     };

@@ -14,6 +14,12 @@ use super::{
     OnRedisError, RedisConfig, ServerConfig, StreamConfig, UpstreamConfig,
 };
 
+/// The longest any duration setting may be: far beyond any sensible timeout, and small enough
+/// that adding it to an instant or multiplying it by a retry count cannot overflow.
+pub(super) const MAX_DURATION: Duration = Duration::from_secs(24 * 60 * 60);
+/// The longest pause between two attempts.
+const MAX_RETRY_BACKOFF: Duration = Duration::from_secs(60);
+
 /// The smallest header cap hyper accepts for its read buffer.
 const MIN_HEADER_BYTES: usize = 8 * 1024;
 
@@ -76,7 +82,7 @@ fn server(file: ServerFile) -> Result<ServerConfig, ConfigError> {
         header_read_timeout: positive(file.header_read_timeout, "server.header_read_timeout")?,
         body_read_timeout: positive(file.body_read_timeout, "server.body_read_timeout")?,
         keep_alive: file.keep_alive,
-        shutdown_grace: file.shutdown_grace,
+        shutdown_grace: at_most(file.shutdown_grace, MAX_DURATION, "server.shutdown_grace")?,
     })
 }
 
@@ -125,7 +131,11 @@ fn upstream(file: UpstreamFile) -> Result<UpstreamConfig, ConfigError> {
         total_timeout: positive(file.total_timeout, "upstream.total_timeout")?,
         max_attempts: NonZeroU32::new(file.max_attempts)
             .ok_or_else(|| ConfigError::invalid("upstream.max_attempts", "must be at least 1"))?,
-        retry_backoff: file.retry_backoff,
+        retry_backoff: at_most(
+            file.retry_backoff,
+            MAX_RETRY_BACKOFF,
+            "upstream.retry_backoff",
+        )?,
         breaker: breaker(file.breaker)?,
     })
 }
@@ -154,7 +164,11 @@ fn breaker(file: BreakerFile) -> Result<BreakerConfig, ConfigError> {
             }
             Some(FailureRate {
                 threshold,
-                window: file.failure_rate_window,
+                window: at_most(
+                    file.failure_rate_window,
+                    MAX_DURATION,
+                    "upstream.breaker.failure_rate_window",
+                )?,
                 min_requests: file.failure_rate_min_requests,
             })
         }
@@ -173,7 +187,11 @@ fn breaker(file: BreakerFile) -> Result<BreakerConfig, ConfigError> {
             )
         })?,
         open_for: file.open_for,
-        max_open_for: file.max_open_for,
+        max_open_for: at_most(
+            file.max_open_for,
+            MAX_DURATION,
+            "upstream.breaker.max_open_for",
+        )?,
         failure_rate,
     })
 }
@@ -186,9 +204,21 @@ fn stream(file: StreamFile) -> Result<StreamConfig, ConfigError> {
     })
 }
 
+/// A duration in `(0, MAX_DURATION]`.
 pub(super) fn positive(value: Duration, path: &str) -> Result<Duration, ConfigError> {
     if value.is_zero() {
         return Err(ConfigError::invalid(path, "must be greater than zero"));
+    }
+    at_most(value, MAX_DURATION, path)
+}
+
+/// A duration no longer than `max`, so the time arithmetic built on it cannot overflow.
+pub(super) fn at_most(value: Duration, max: Duration, path: &str) -> Result<Duration, ConfigError> {
+    if value > max {
+        return Err(ConfigError::invalid(
+            path,
+            format!("must be at most {}", humantime::format_duration(max)),
+        ));
     }
     Ok(value)
 }
@@ -230,7 +260,7 @@ mod tests {
     #[test]
     fn errors_name_the_offending_field() {
         let model = "models: [{name: m, backends: [{name: b, kind: mock}]}]";
-        let rows: [(String, &str); 9] = [
+        let rows: Vec<(String, &str)> = vec![
             ("server: {listen: nowhere}".into(), "server.listen: "),
             (
                 "server: {max_concurrent_requests: 0}".into(),
@@ -268,6 +298,36 @@ mod tests {
                     "{model}\ntiers: {{t: {{}}}}\napi_keys: [{{id: k, sha256: {KEY}, tier: t, models: [x]}}]"
                 ),
                 "api_keys[0].models[0]: unknown model",
+            ),
+            (
+                format!(
+                    "{model}\ntiers: {{t: {{}}}}\napi_keys: [{{id: 'a{{b}}', sha256: {KEY}, tier: t}}]"
+                ),
+                "api_keys[0].id: must not contain",
+            ),
+            (
+                "tiers: {t: {tokens_per_minute: 18446744073709551615}}".into(),
+                "tiers.t.tokens_per_minute: must be at most",
+            ),
+            (
+                "tiers: {t: {max_tokens: 4294967296}}".into(),
+                "tiers.t.max_tokens: must be at most 2147483647",
+            ),
+            (
+                "tiers: {t: {concurrent_streams: 4000000000}}".into(),
+                "tiers.t.concurrent_streams: must be at most",
+            ),
+            (
+                "upstream: {retry_backoff: 1000years}".into(),
+                "upstream.retry_backoff: must be at most 1m",
+            ),
+            (
+                "upstream: {total_timeout: 100years}".into(),
+                "upstream.total_timeout: must be at most 1day",
+            ),
+            (
+                "server: {shutdown_grace: 2days}".into(),
+                "server.shutdown_grace: must be at most",
             ),
         ];
         for (yaml, expected) in rows {

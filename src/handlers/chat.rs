@@ -14,9 +14,9 @@ use crate::auth;
 use crate::body::{self, Body};
 use crate::error::{GatewayError, TimeoutPhase};
 use crate::limits::{self, Ask};
-use crate::openai::chunk::{ChunkRewriter, Metering};
+use crate::openai::chunk::ChunkRewriter;
 use crate::openai::response::rewrite_completion;
-use crate::openai::{ChatRequest, Usage};
+use crate::openai::{ChatRequest, Metering, Usage};
 use crate::settle::RequestGuard;
 use crate::sse::relay::{RelayOptions, relay};
 use crate::state::AppState;
@@ -46,13 +46,8 @@ pub async fn chat_completions(
         ));
     }
     guard.set_route(&pool.name, chat.stream);
-    let prompt_estimate = chat.prompt_tokens_estimate();
     let output_cap = principal.output.effective(chat.max_output_tokens);
-    let reserved = Usage {
-        prompt_tokens: prompt_estimate,
-        completion_tokens: output_cap * chat.choices,
-        total_tokens: prompt_estimate + output_cap * chat.choices,
-    };
+    let reserved = Usage::reservation(chat.prompt_tokens_estimate(), output_cap, chat.choices);
     let ask = Ask {
         key_id: &principal.key_id,
         tier: &principal.tier,
@@ -61,7 +56,7 @@ pub async fn chat_completions(
     };
     let admission = state.limiter.admit(ask).await?;
     let rate = admission.state;
-    guard.settle_with(state.limiter.clone(), admission, prompt_estimate);
+    guard.settle_with(state.limiter.clone(), admission, reserved);
     let plan = Plan {
         pools: state.models.route(pool),
         max_attempts: state.upstream.max_attempts.get(),
@@ -71,6 +66,7 @@ pub async fn chat_completions(
         may_hedge: chat.is_safe_to_duplicate(),
     };
     let request_for = upstream_request(chat.clone(), output_cap, guard.request_id().as_arc());
+    guard.mark_dispatched();
     let mut response = if chat.stream {
         stream_reply(state, plan, request_for, &chat, guard).await?
     } else {

@@ -1,5 +1,5 @@
 //! Token-bucket arithmetic shared by the in-process limiter and (mirrored line for line) the
-//! Redis script `admit.lua`.
+//! Redis script `redis/admit.lua`.
 //!
 //! A bucket holds at most `capacity` units (the per-minute limit) and refills continuously at
 //! `capacity` per minute. A request takes its cost if the bucket holds that much. There are no

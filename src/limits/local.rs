@@ -127,7 +127,7 @@ impl LocalLimiter {
             state.leases.remove(&lease);
         }
         if let (Some(bucket), Some(capacity)) = (state.tokens, admission.limits.tokens_per_minute) {
-            let refund = admission.reserved_tokens as i64 - used_tokens as i64;
+            let refund = super::refund(admission.reserved_tokens, used_tokens);
             state.tokens = Some(bucket.adjust(capacity.get(), refund, now));
         }
     }

@@ -22,6 +22,13 @@ pub use redis::RedisLimiter;
 
 use redis::SharedError;
 
+/// The signed difference `reserved - used` (a refund when positive, a charge when negative),
+/// saturating instead of wrapping whatever the two are.
+pub fn refund(reserved: u64, used: u64) -> i64 {
+    let difference = i128::from(reserved) - i128::from(used);
+    i64::try_from(difference).unwrap_or(if difference < 0 { i64::MIN } else { i64::MAX })
+}
+
 /// What a request asks of its key's limits.
 #[derive(Debug, Clone, Copy)]
 pub struct Ask<'a> {
@@ -122,21 +129,25 @@ impl Limiter {
             (_, DecidedBy::Unmetered) => {}
             _ if nothing_to_settle => {}
             (Self::Local(local), _) => local.settle(&admission, used_tokens),
-            (Self::Shared(_), _) => {
-                let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            (Self::Shared(shared), _) => {
+                if tokio::runtime::Handle::try_current().is_err() {
                     return;
-                };
+                }
                 let limiter = self.clone();
-                #[expect(
-                    clippy::disallowed_methods,
-                    reason = "settlement outlives the response by design; bounded by its timeout"
-                )]
-                runtime.spawn(async move {
+                shared.spawn(async move {
                     if let Self::Shared(shared) = &*limiter {
                         shared.settle(&admission, used_tokens).await;
                     }
                 });
             }
+        }
+    }
+
+    /// At shutdown, after the last request ended: waits (bounded) for settlements still
+    /// running, so a deploy does not leave leases and reservations to expire on their own.
+    pub async fn finish_settling(&self) {
+        if let Self::Shared(shared) = self {
+            shared.finish(redis::SETTLE_TIMEOUT).await;
         }
     }
 
@@ -157,6 +168,25 @@ impl Limiter {
         match self {
             Self::Local(_) => None,
             Self::Shared(shared) => Some(shared.is_up()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::refund;
+
+    #[test]
+    fn refunds_saturate_instead_of_wrapping() {
+        let rows = [
+            (10, 3, 7),
+            (3, 10, -7),
+            (u64::MAX, 0, i64::MAX),
+            (0, u64::MAX, i64::MIN),
+            (u64::MAX, u64::MAX, 0),
+        ];
+        for (reserved, used, expected) in rows {
+            assert_eq!(refund(reserved, used), expected, "{reserved} - {used}");
         }
     }
 }

@@ -6,7 +6,8 @@ use std::sync::{Arc, Mutex};
 use bytes::{Bytes, BytesMut};
 
 use super::sanitize::upstream_message;
-use super::view::{ObjectView, Usage};
+use super::usage::Metering;
+use super::view::ObjectView;
 use crate::error::GatewayError;
 use crate::sse::Event;
 use crate::sse::encoder::put_data_event;
@@ -14,28 +15,6 @@ use crate::sse::relay::{Rewrite, Step};
 
 /// The terminating event, forwarded only when the upstream sent its own.
 const DONE: Bytes = Bytes::from_static(b"data: [DONE]\n\n");
-
-/// What a response generated, as far as the gateway can tell: the upstream's usage report and
-/// the number of chunks that carried choices (the fallback when no usage arrived).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Metering {
-    pub usage: Option<Usage>,
-    pub chunks: u64,
-}
-
-impl Metering {
-    /// Tokens to settle: the reported total, else about one token a chunk plus the prompt
-    /// estimate, else (nothing was generated) none.
-    pub fn used_tokens(&self, prompt_estimate: u64) -> u64 {
-        match self.usage {
-            Some(usage) => usage
-                .total_tokens
-                .max(usage.prompt_tokens + usage.completion_tokens),
-            None if self.chunks == 0 => 0,
-            None => prompt_estimate + self.chunks,
-        }
-    }
-}
 
 /// Where a response's metering is left for settlement.
 pub type MeterSlot = Arc<Mutex<Metering>>;
@@ -84,7 +63,7 @@ impl Rewrite for ChunkRewriter {
             self.metering.usage = usage;
         }
         if !view.has_no_choices() {
-            self.metering.chunks += 1;
+            self.metering.chunks = self.metering.chunks.saturating_add(1);
         } else if usage.is_some() && !self.include_usage {
             return Ok(Step::Skip);
         }
@@ -119,6 +98,7 @@ fn in_band(raw: &[u8]) -> GatewayError {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::openai::Usage;
     use crate::sse::Decoder;
 
     fn run(golden: &str, include_usage: bool) -> (Vec<Result<String, String>>, Option<Usage>) {

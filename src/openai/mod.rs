@@ -6,7 +6,8 @@ pub mod error_body;
 pub mod request;
 pub mod response;
 pub mod sanitize;
+pub mod usage;
 pub mod view;
 
 pub use request::ChatRequest;
-pub use view::Usage;
+pub use usage::{Metering, Usage};

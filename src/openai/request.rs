@@ -22,6 +22,12 @@ const ROLES: [&str; 6] = [
 /// does, and never forwards them either.
 const DESTINATION_FIELDS: [&str; 3] = ["api_base", "base_url", "api_key"];
 
+/// The largest `max_tokens` / `max_completion_tokens` accepted, as OpenAI bounds them: every
+/// reservation built from it fits an `i64` with room to spare.
+pub const MAX_OUTPUT_TOKENS: u64 = (1 << 31) - 1;
+/// The largest `n` accepted, as OpenAI bounds it.
+pub const MAX_CHOICES: u64 = 128;
+
 /// A validated chat completion request.
 #[derive(Debug)]
 pub struct ChatRequest {
@@ -56,14 +62,15 @@ impl ChatRequest {
         messages(&fields)?;
         let stream = optional_bool(&fields, "stream")?.unwrap_or(false);
         let include_usage = stream_options(&fields, stream)?;
-        let max_tokens = positive_integer(&fields, "max_tokens")?;
-        let max_completion_tokens = positive_integer(&fields, "max_completion_tokens")?;
+        let max_tokens = bounded_integer(&fields, "max_tokens", MAX_OUTPUT_TOKENS)?;
+        let max_completion_tokens =
+            bounded_integer(&fields, "max_completion_tokens", MAX_OUTPUT_TOKENS)?;
         Ok(Self {
             model,
             stream,
             include_usage,
             max_output_tokens: max_tokens.max(max_completion_tokens),
-            choices: positive_integer(&fields, "n")?.unwrap_or(1),
+            choices: bounded_integer(&fields, "n", MAX_CHOICES)?.unwrap_or(1),
             fields,
         })
     }
@@ -99,8 +106,12 @@ impl ChatRequest {
         let Some(Value::Array(messages)) = self.fields.get("messages") else {
             return 0;
         };
-        let content_bytes: usize = messages.iter().map(|m| content_bytes(&m["content"])).sum();
-        (content_bytes as u64).div_ceil(3) + 4 * messages.len() as u64 + 3
+        let content_bytes = messages
+            .iter()
+            .map(|m| content_bytes(&m["content"]) as u64)
+            .fold(0u64, u64::saturating_add);
+        let overhead = (messages.len() as u64).saturating_mul(4).saturating_add(3);
+        content_bytes.div_ceil(3).saturating_add(overhead)
     }
 }
 
@@ -257,22 +268,56 @@ fn stream_options(fields: &Map<String, Value>, stream: bool) -> Result<bool, Gat
         })
 }
 
-fn positive_integer(fields: &Map<String, Value>, param: &str) -> Result<Option<u64>, GatewayError> {
-    match fields.get(param) {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::Number(n)) => match n.as_u64() {
-            Some(v) if v >= 1 => Ok(Some(v)),
-            _ if n.is_f64() && n.as_f64().is_some_and(|f| f.fract() != 0.0) => {
-                Err(wrong_type(param, "an integer", &Value::Number(n.clone())))
-            }
-            _ => Err(GatewayError::invalid(
+/// An optional integer field in `1..=max`. Out-of-range values are refused here, before any
+/// arithmetic sees them, with the codes OpenAI uses.
+fn bounded_integer(
+    fields: &Map<String, Value>,
+    param: &str,
+    max: u64,
+) -> Result<Option<u64>, GatewayError> {
+    let n = match fields.get(param) {
+        None | Some(Value::Null) => return Ok(None),
+        Some(Value::Number(n)) => n,
+        Some(other) => return Err(wrong_type(param, "an integer", other)),
+    };
+    if let Some(value) = n.as_u64() {
+        return match value {
+            0 => Err(below_minimum(param, n)),
+            v if v > max => Err(GatewayError::invalid(
                 param,
-                "invalid_value",
-                format!("invalid value for '{param}': {n}; it must be an integer of at least 1"),
+                "integer_above_max_value",
+                format!(
+                    "invalid '{param}': integer above maximum value; expected a value <= {max}, \
+                     but got {n} instead"
+                ),
             )),
-        },
-        Some(other) => Err(wrong_type(param, "an integer", other)),
+            v => Ok(Some(v)),
+        };
     }
+    match n.as_f64() {
+        Some(f) if f.is_finite() && f.fract() != 0.0 => {
+            Err(wrong_type(param, "an integer", &Value::Number(n.clone())))
+        }
+        // A whole number written as a float (`5.0`) is that integer.
+        Some(f) if f >= 1.0 && f <= max as f64 => Ok(Some(f as u64)),
+        Some(f) if f > 0.0 => Err(GatewayError::invalid(
+            param,
+            "integer_above_max_value",
+            format!("invalid '{param}': expected a value <= {max}, but got {n} instead"),
+        )),
+        _ => Err(below_minimum(param, n)),
+    }
+}
+
+fn below_minimum(param: &str, n: &serde_json::Number) -> GatewayError {
+    GatewayError::invalid(
+        param,
+        "integer_below_min_value",
+        format!(
+            "invalid '{param}': integer below minimum value; expected a value >= 1, but got {n} \
+             instead"
+        ),
+    )
 }
 
 fn missing(param: &str) -> GatewayError {
@@ -354,8 +399,33 @@ mod tests {
             ),
             (
                 format!(r#"{{"model":"m",{m},"max_tokens":-1}}"#),
-                "invalid_value",
+                "integer_below_min_value",
                 Some("max_tokens"),
+            ),
+            (
+                format!(r#"{{"model":"m",{m},"max_tokens":18446744073709551615}}"#),
+                "integer_above_max_value",
+                Some("max_tokens"),
+            ),
+            (
+                format!(r#"{{"model":"m",{m},"max_completion_tokens":2147483648}}"#),
+                "integer_above_max_value",
+                Some("max_completion_tokens"),
+            ),
+            (
+                format!(r#"{{"model":"m",{m},"max_tokens":1e300}}"#),
+                "integer_above_max_value",
+                Some("max_tokens"),
+            ),
+            (
+                format!(r#"{{"model":"m",{m},"max_tokens":-9223372036854775809}}"#),
+                "integer_below_min_value",
+                Some("max_tokens"),
+            ),
+            (
+                format!(r#"{{"model":"m",{m},"n":129}}"#),
+                "integer_above_max_value",
+                Some("n"),
             ),
             (
                 format!(r#"{{"model":"m",{m},"max_tokens":1.5}}"#),
@@ -369,7 +439,7 @@ mod tests {
             ),
             (
                 format!(r#"{{"model":"m",{m},"n":0}}"#),
-                "invalid_value",
+                "integer_below_min_value",
                 Some("n"),
             ),
             (

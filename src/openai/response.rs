@@ -3,7 +3,8 @@
 use bytes::{Bytes, BytesMut};
 
 use super::sanitize::upstream_message;
-use super::view::{ObjectView, Usage};
+use super::usage::Usage;
+use super::view::ObjectView;
 use crate::error::GatewayError;
 
 /// Rewrites an upstream `chat.completion` object for the client.

@@ -5,16 +5,7 @@ use bytes::{BufMut, BytesMut};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
-/// Token counts as the upstream reported them.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
-pub struct Usage {
-    #[serde(default)]
-    pub prompt_tokens: u64,
-    #[serde(default)]
-    pub completion_tokens: u64,
-    #[serde(default)]
-    pub total_tokens: u64,
-}
+use super::usage::Usage;
 
 /// The fields of one response object or chunk; everything else is skipped unparsed.
 #[derive(Debug, Deserialize)]

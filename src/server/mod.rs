@@ -74,6 +74,7 @@ pub async fn serve(
     state.drain.begin();
     tracing::info!(grace = ?state.server.shutdown_grace, "draining");
     drain(graceful, &state).await;
+    state.limiter.finish_settling().await;
     Ok(())
 }
 

@@ -108,8 +108,22 @@ fn rows() -> Vec<Row> {
             "negative max_tokens",
             format!(r#"{{"model":"test-model",{m},"max_tokens":-5}}"#),
             400,
-            "invalid_value",
+            "integer_below_min_value",
             Some("max_tokens"),
+        ),
+        row(
+            "max_tokens of u64::MAX",
+            format!(r#"{{"model":"test-model",{m},"max_tokens":18446744073709551615}}"#),
+            400,
+            "integer_above_max_value",
+            Some("max_tokens"),
+        ),
+        row(
+            "n above 128",
+            format!(r#"{{"model":"test-model",{m},"n":129}}"#),
+            400,
+            "integer_above_max_value",
+            Some("n"),
         ),
         row(
             "fractional max_tokens",

@@ -10,6 +10,7 @@ mod bad_requests;
 mod chat;
 mod cli;
 mod limits;
+mod limits_integrity;
 mod routing;
 mod sdk;
 mod shared_limits;

@@ -158,12 +158,6 @@ async fn redis_dying_falls_back_without_errors_and_shared_limits_resume_after_re
     );
 }
 
-fn other_model(stream: bool) -> serde_json::Value {
-    let mut body = chat_body(stream);
-    body["model"] = "other-model".into();
-    body
-}
-
 #[tokio::test]
 async fn a_lease_held_by_a_killed_replica_expires_on_its_own() {
     let redis = RedisServer::spawn().await;

@@ -10,6 +10,13 @@ pub fn chat_body(stream: bool) -> Value {
     json!({"model": "test-model", "messages": [{"role": "user", "content": "hello"}], "stream": stream})
 }
 
+/// A chat body for `other-model`, the one model `OTHER_KEY` may use.
+pub fn other_model(stream: bool) -> Value {
+    let mut body = chat_body(stream);
+    body["model"] = "other-model".into();
+    body
+}
+
 pub fn http() -> reqwest::Client {
     reqwest::Client::builder()
         .no_proxy()

@@ -61,6 +61,40 @@ impl RedisServer {
         panic!("redis-server did not answer PING on port {}", self.port);
     }
 
+    /// Runs one command (`["ZCARD", "key"]`) on a fresh connection and returns its reply.
+    pub async fn command(&self, args: &[&str]) -> fred::types::Value {
+        use fred::prelude::*;
+        let client = Builder::from_config(Config::from_url(&self.url()).expect("redis URL"))
+            .build()
+            .expect("redis client builds");
+        client.init().await.expect("redis connects");
+        let (name, rest) = args.split_first().expect("a command name");
+        let reply = client
+            .custom::<Value, _>(
+                fred::types::CustomCommand::new(
+                    name.to_string(),
+                    fred::types::ClusterHash::FirstKey,
+                    false,
+                ),
+                rest.to_vec(),
+            )
+            .await
+            .unwrap_or_else(|e| Value::String(format!("error: {e}").into()));
+        let _ = client.quit().await;
+        reply
+    }
+
+    /// How many times `EVALSHA` has run since the server started.
+    pub async fn evalsha_calls(&self) -> u64 {
+        let info = self.command(&["INFO", "commandstats"]).await;
+        let text = info.as_string().unwrap_or_default();
+        text.lines()
+            .find_map(|line| line.strip_prefix("cmdstat_evalsha:calls="))
+            .and_then(|rest| rest.split(',').next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0)
+    }
+
     async fn ping(&self) -> bool {
         let Ok(mut socket) = tokio::net::TcpStream::connect(("127.0.0.1", self.port)).await else {
             return false;

@@ -2,12 +2,28 @@
 -- concurrent streams, atomically and on Redis server time, so replica clocks do not matter.
 -- All or nothing: a refusal changes no state. The bucket arithmetic mirrors bucket.rs.
 --
--- KEYS[1] requests bucket (hash: l = level, t = ms), KEYS[2] tokens bucket, KEYS[3] leases (zset)
+-- KEYS[1] requests bucket (hash: l = level, t = ms), KEYS[2] tokens bucket, KEYS[3] admissions
+--   in flight (zset: admission id -> expiry ms; the streams cap counts them, settle.lua removes
+--   them, and only a settlement that removed one adjusts tokens, so settling is idempotent)
 -- ARGV[1] requests cap, ARGV[2] tokens cap, ARGV[3] tokens asked, ARGV[4] streams cap
---   (a cap of 0 means unlimited), ARGV[5] lease id, ARGV[6] lease ttl ms
+--   (a cap of 0 means unlimited), ARGV[5] admission id, ARGV[6] admission ttl ms
+--   Every argument must be a non-negative integer below 2^53; anything else is an error reply
+--   that changes nothing.
 -- Returns {status, kind, limit, retry_ms, req_remaining, req_reset_ms, tok_remaining, tok_reset_ms}
 --   status: 1 admitted, 0 refused for now, -1 can never fit; kind: 1 requests, 2 tokens, 3 streams
 local WINDOW = 60000
+local MAX_EXACT = 9007199254740992
+
+local args = {}
+for i = 1, 6 do
+  local v = tonumber(ARGV[i])
+  if v == nil or v < 0 or v >= MAX_EXACT or v ~= math.floor(v) then
+    return redis.error_reply('ERR sluicegate admit: argument ' .. i .. ' must be a non-negative integer')
+  end
+  args[i] = v
+end
+local rpm_cap, tpm_cap, tokens, streams_cap, ttl = args[1], args[2], args[3], args[4], args[6]
+
 local time = redis.call('TIME')
 local now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
 
@@ -32,8 +48,6 @@ local function reset_ms(cap, level)
   return math.ceil(math.max(0, cap - level) * WINDOW / cap)
 end
 
-local rpm_cap, tpm_cap = tonumber(ARGV[1]), tonumber(ARGV[2])
-local tokens, streams_cap = tonumber(ARGV[3]), tonumber(ARGV[4])
 local req_level = rpm_cap > 0 and level_of(KEYS[1], rpm_cap) or 0
 local tok_level = tpm_cap > 0 and level_of(KEYS[2], tpm_cap) or 0
 
@@ -43,11 +57,12 @@ local function reply(status, kind, limit, retry_ms)
     math.floor(math.max(0, tok_level)), reset_ms(tpm_cap, tok_level)}
 end
 
-if streams_cap > 0 then
+local tracked = tpm_cap > 0 or streams_cap > 0
+if tracked then
   redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now)
-  if redis.call('ZCARD', KEYS[3]) >= streams_cap then
-    return reply(0, 3, streams_cap, 1000)
-  end
+end
+if streams_cap > 0 and redis.call('ZCARD', KEYS[3]) >= streams_cap then
+  return reply(0, 3, streams_cap, 1000)
 end
 if rpm_cap > 0 and req_level < 1 then
   return reply(0, 1, rpm_cap, math.ceil((1 - req_level) * WINDOW / rpm_cap))
@@ -69,8 +84,7 @@ if tpm_cap > 0 then
   tok_level = tok_level - tokens
   save(KEYS[2], tpm_cap, tok_level)
 end
-if streams_cap > 0 then
-  local ttl = tonumber(ARGV[6])
+if tracked then
   redis.call('ZADD', KEYS[3], now + ttl, ARGV[5])
   redis.call('PEXPIRE', KEYS[3], ttl)
 end

@@ -1,0 +1,180 @@
+//! Token counts: what a request reserves, what an upstream reported, and what is charged.
+//!
+//! Every count that arrives from an upstream is untrusted. Reported usage is read leniently (a
+//! negative, fractional, huge or mistyped number never fails the parse and never wraps) and the
+//! charge is clamped to what the request could really have used, so a lying or broken backend
+//! can neither refund a key's budget nor bury it under a charge of billions.
+
+use serde::{Deserialize, Deserializer};
+use serde_json::Value;
+
+use super::request::MAX_OUTPUT_TOKENS;
+
+/// The largest count read from an upstream report; anything above is taken as this.
+const MAX_REPORTED_TOKENS: u64 = MAX_OUTPUT_TOKENS;
+
+/// No tokenizer yields more than one token per byte of text, and the prompt estimate counts
+/// about one token per three bytes: a reported prompt beyond this multiple of the estimate is
+/// not believed.
+const PROMPT_CEILING_FACTOR: u64 = 3;
+
+/// Token counts as the upstream reported them, each clamped to `0..=MAX_REPORTED_TOKENS`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+pub struct Usage {
+    #[serde(default, deserialize_with = "count")]
+    pub prompt_tokens: u64,
+    #[serde(default, deserialize_with = "count")]
+    pub completion_tokens: u64,
+    #[serde(default, deserialize_with = "count")]
+    pub total_tokens: u64,
+}
+
+impl Usage {
+    /// What a request reserves: its prompt estimate plus `output_cap` for each of `choices`.
+    /// Saturating, though validated inputs (`output_cap` and `choices` bounded at parse time)
+    /// stay far below `u64::MAX`.
+    pub fn reservation(prompt_estimate: u64, output_cap: u64, choices: u64) -> Self {
+        let completion = output_cap.saturating_mul(choices);
+        Self {
+            prompt_tokens: prompt_estimate,
+            completion_tokens: completion,
+            total_tokens: prompt_estimate.saturating_add(completion),
+        }
+    }
+}
+
+/// What a response generated, as far as the gateway can tell: the upstream's usage report and
+/// the number of chunks that carried choices (the fallback when no usage arrived).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Metering {
+    pub usage: Option<Usage>,
+    pub chunks: u64,
+}
+
+impl Metering {
+    /// Tokens to charge for a request that reserved `reserved`: the reported usage, else about
+    /// one token a chunk plus the prompt estimate, else (nothing was generated) none. Whatever
+    /// the upstream claimed, the prompt part is at most `PROMPT_CEILING_FACTOR` times the
+    /// estimate and the completion part at most the output reserved (the upstream was told that
+    /// cap).
+    pub fn used_tokens(&self, reserved: &Usage) -> u64 {
+        let prompt_ceiling = reserved.prompt_tokens.saturating_mul(PROMPT_CEILING_FACTOR);
+        let completion_ceiling = reserved.completion_tokens;
+        let ceiling = prompt_ceiling.saturating_add(completion_ceiling);
+        match self.usage {
+            Some(usage) => {
+                let parts = usage
+                    .prompt_tokens
+                    .min(prompt_ceiling)
+                    .saturating_add(usage.completion_tokens.min(completion_ceiling));
+                usage.total_tokens.max(parts).min(ceiling)
+            }
+            None if self.chunks == 0 => 0,
+            None => reserved
+                .prompt_tokens
+                .saturating_add(self.chunks.min(completion_ceiling)),
+        }
+    }
+}
+
+/// Reads one reported count without ever failing: integers are clamped to
+/// `0..=MAX_REPORTED_TOKENS`, fractions rounded up, anything else (strings, `null`, NaN) is 0.
+fn count<'de, D: Deserializer<'de>>(deserializer: D) -> Result<u64, D::Error> {
+    let value = Value::deserialize(deserializer)?;
+    let Value::Number(n) = value else {
+        return Ok(0);
+    };
+    let clamped = if let Some(v) = n.as_u64() {
+        v.min(MAX_REPORTED_TOKENS)
+    } else if n.is_i64() {
+        0
+    } else {
+        match n.as_f64() {
+            Some(f) if f > 0.0 => f.ceil().min(MAX_REPORTED_TOKENS as f64) as u64,
+            _ => 0,
+        }
+    };
+    Ok(clamped)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn usage_of(json: &str) -> Usage {
+        serde_json::from_str(json).expect("usage always parses from an object")
+    }
+
+    #[test]
+    fn reported_counts_are_read_leniently_and_clamped() {
+        let rows = [
+            (
+                r#"{"prompt_tokens":3,"completion_tokens":4,"total_tokens":7}"#,
+                (3, 4, 7),
+            ),
+            (r#"{"prompt_tokens":-5,"completion_tokens":4}"#, (0, 4, 0)),
+            (
+                r#"{"prompt_tokens":2.2,"completion_tokens":"9"}"#,
+                (3, 0, 0),
+            ),
+            (
+                r#"{"prompt_tokens":18446744073709551615,"total_tokens":1e300}"#,
+                (MAX_REPORTED_TOKENS, 0, MAX_REPORTED_TOKENS),
+            ),
+            (
+                r#"{"prompt_tokens":-1e300,"completion_tokens":null}"#,
+                (0, 0, 0),
+            ),
+            (r#"{}"#, (0, 0, 0)),
+        ];
+        for (json, (prompt, completion, total)) in rows {
+            assert_eq!(
+                usage_of(json),
+                Usage {
+                    prompt_tokens: prompt,
+                    completion_tokens: completion,
+                    total_tokens: total
+                },
+                "{json}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_charge_is_bounded_by_what_the_request_could_use() {
+        let reserved = Usage::reservation(10, 100, 2);
+        assert_eq!(reserved.total_tokens, 210);
+        let metered =
+            |usage: Option<Usage>, chunks| Metering { usage, chunks }.used_tokens(&reserved);
+        let report = |prompt_tokens, completion_tokens, total_tokens| {
+            Some(Usage {
+                prompt_tokens,
+                completion_tokens,
+                total_tokens,
+            })
+        };
+        assert_eq!(metered(report(8, 50, 58), 0), 58, "an honest report");
+        assert_eq!(metered(report(8, 50, 0), 0), 58, "total missing");
+        assert_eq!(
+            metered(report(u64::MAX, u64::MAX, u64::MAX), 0),
+            30 + 200,
+            "a huge report is held to 3x the prompt estimate plus the output reserved"
+        );
+        assert_eq!(metered(None, 0), 0, "nothing generated");
+        assert_eq!(
+            metered(None, 5),
+            15,
+            "no report: prompt plus a token a chunk"
+        );
+        assert_eq!(
+            metered(None, u64::MAX),
+            210,
+            "chunks beyond the output reserved"
+        );
+        assert_eq!(
+            Usage::reservation(u64::MAX, u64::MAX, 128).total_tokens,
+            u64::MAX,
+            "saturates, never wraps"
+        );
+    }
+}

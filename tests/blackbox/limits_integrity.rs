@@ -1,0 +1,309 @@
+//! Limits hold against what the outside does: hostile token counts from clients, lying usage
+//! reports from upstreams, Redis replies that never came or came back as errors, clients that
+//! leave before their answer, and a shutdown while settlements are still on their way.
+
+use serde_json::{Value, json};
+
+use crate::support::*;
+
+fn remaining_tokens(response: &reqwest::Response) -> u64 {
+    response.headers()["x-ratelimit-remaining-tokens"]
+        .to_str()
+        .expect("ascii")
+        .parse()
+        .expect("a number")
+}
+
+/// A 200 `chat.completion` reporting `usage` (raw JSON).
+fn completion(usage: &str) -> Reply {
+    Reply::Status {
+        status: 200,
+        body: format!(
+            r#"{{"id":"c","object":"chat.completion","created":1,"model":"upstream-model","choices":[{{"index":0,"message":{{"role":"assistant","content":"hi"}},"finish_reason":"stop"}}],"usage":{usage}}}"#
+        ),
+        headers: vec![],
+    }
+}
+
+fn integer(value: fred::types::Value) -> i64 {
+    value
+        .as_i64()
+        .unwrap_or_else(|| panic!("an integer reply: {value:?}"))
+}
+
+#[tokio::test]
+async fn a_u64_max_output_cap_is_refused_and_the_shared_budget_survives() {
+    let redis = RedisServer::spawn().await;
+    let config = GatewayConfig::mock(1, "1ms")
+        .tier("{tokens_per_minute: 20000}")
+        .redis(&redis.url());
+    let gateway = TestGateway::start(&config).await;
+    let base = gateway.url("");
+    let mut body = chat_body(false);
+
+    let ok = post_chat(&base, KEY, &body).await;
+    assert_eq!(ok.status(), 200, "an ordinary request creates the bucket");
+    let ttl_before = integer(redis.command(&["PTTL", "sluicegate:{full}:tpm"]).await);
+    assert!(
+        ttl_before > 0,
+        "the bucket expires on its own: {ttl_before}"
+    );
+
+    body["max_tokens"] = json!(u64::MAX);
+    let (status, error) = error_of(post_chat(&base, KEY, &body).await).await;
+    assert_eq!(
+        (
+            status,
+            error["error"]["param"].as_str(),
+            error["error"]["code"].as_str()
+        ),
+        (400, Some("max_tokens"), Some("integer_above_max_value")),
+        "refused at parse time: {error}"
+    );
+
+    // The largest accepted cap can never fit 20,000 tokens a minute: refused without asking
+    // Redis, and without touching the bucket.
+    let calls = redis.evalsha_calls().await;
+    body["max_tokens"] = json!((1u64 << 31) - 1);
+    let refused = post_chat(&base, KEY, &body).await;
+    assert_eq!(refused.status(), 429);
+    assert_eq!(refused.headers()["x-should-retry"], "false");
+    assert_eq!(
+        redis.evalsha_calls().await,
+        calls,
+        "a cost above the limit never reaches Redis"
+    );
+    let ttl_after = integer(redis.command(&["PTTL", "sluicegate:{full}:tpm"]).await);
+    assert!(ttl_after > 0, "the tokens bucket still exists: {ttl_after}");
+
+    let next = post_chat(&base, KEY, &chat_body(false)).await;
+    assert_eq!(next.status(), 200);
+    assert!(
+        remaining_tokens(&next) < 20_000 - 4_000,
+        "the next request is still charged its reservation"
+    );
+}
+
+#[tokio::test]
+async fn the_scripts_refuse_negative_and_fractional_numbers_without_changing_anything() {
+    let redis = RedisServer::spawn().await;
+    let admit = include_str!("../../src/limits/redis/admit.lua");
+    let settle = include_str!("../../src/limits/redis/settle.lua");
+    let keys = ["t:{k}:rpm", "t:{k}:tpm", "t:{k}:inflight"];
+    for args in [
+        ["10", "1000", "-5", "0", "1", "60000"],
+        ["10", "1000", "2.5", "0", "1", "60000"],
+        ["10", "1000", "18446744073709551615", "0", "1", "60000"],
+        ["10", "1000", "nan", "0", "1", "60000"],
+        ["10", "-1000", "5", "0", "1", "60000"],
+    ] {
+        let mut command = vec!["EVAL", admit, "3"];
+        command.extend(keys);
+        command.extend(args);
+        let reply = redis.command(&command).await;
+        let text = reply.as_string().unwrap_or_default();
+        assert!(
+            text.contains("must be a non-negative integer"),
+            "{args:?} gave {reply:?}"
+        );
+    }
+    for (cap, adjustment) in [("1000", "1.5"), ("-1", "5"), ("1000", "9007199254740993")] {
+        let command = ["EVAL", settle, "2", keys[1], keys[2], cap, adjustment, "1"];
+        let text = redis
+            .command(&command)
+            .await
+            .as_string()
+            .unwrap_or_default();
+        assert!(text.starts_with("error: "), "{cap} {adjustment}: {text}");
+    }
+    let exists = integer(redis.command(&["EXISTS", keys[0], keys[1], keys[2]]).await);
+    assert_eq!(exists, 0, "no refused call wrote anything");
+}
+
+#[tokio::test]
+async fn an_error_reply_from_redis_does_not_switch_the_gateway_to_on_error() {
+    let redis = RedisServer::spawn().await;
+    let config = GatewayConfig::mock(1, "1ms")
+        .tier("{requests_per_minute: 3}")
+        .redis(&redis.url());
+    let (a, b) = (
+        TestGateway::start(&config).await,
+        TestGateway::start(&config).await,
+    );
+    // A key of the wrong type makes the admission script fail with an error reply every time.
+    redis
+        .command(&["SET", "sluicegate:{full}:rpm", "not a hash"])
+        .await;
+    for _ in 0..6 {
+        let response = post_chat(&a.url(""), KEY, &chat_body(false)).await;
+        assert!(
+            matches!(response.status().as_u16(), 200 | 429),
+            "the poisoned key falls back, never a 5xx: {}",
+            response.status()
+        );
+    }
+    let ready: Value = http()
+        .get(a.url("/readyz"))
+        .send()
+        .await
+        .expect("readyz")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(
+        ready["redis"], "up",
+        "error replies are not an outage: {ready}"
+    );
+    // Every other key is still limited through Redis: exactly 3 of 10 across two replicas.
+    let mut admitted = 0;
+    for i in 0..10 {
+        let gateway = if i % 2 == 0 { &a } else { &b };
+        let response = post_chat(&gateway.url(""), OTHER_KEY, &other_model(false)).await;
+        admitted += usize::from(response.status() == 200);
+    }
+    assert_eq!(admitted, 3, "shared limits still hold for every other key");
+}
+
+#[tokio::test]
+async fn an_admission_whose_reply_timed_out_is_undone() {
+    let redis = RedisServer::spawn().await;
+    let config = GatewayConfig::mock(1, "1ms")
+        .tier("{concurrent_streams: 1, tokens_per_minute: 100000}")
+        .redis(&redis.url());
+    let gateway = TestGateway::start(&config).await;
+    let base = gateway.url("");
+    assert_eq!(post_chat(&base, KEY, &chat_body(false)).await.status(), 200);
+
+    // Redis holds every command for 400 ms: the admission's 50 ms timeout passes, the request
+    // falls back to the in-process limiter, and the admission runs when the pause ends.
+    redis.command(&["CLIENT", "PAUSE", "400", "ALL"]).await;
+    let response = post_chat(&base, KEY, &chat_body(false)).await;
+    assert_eq!(response.status(), 200, "served on the fallback");
+
+    // The undo follows the admission on the same connection, so nothing stays in flight.
+    within(ms(3000), "the late admission to be undone", async {
+        loop {
+            let inflight = redis
+                .command(&["ZCARD", "sluicegate:{full}:inflight"])
+                .await;
+            if integer(inflight) == 0 {
+                break;
+            }
+            tokio::time::sleep(ms(20)).await;
+        }
+    })
+    .await;
+    let next = post_chat(&base, KEY, &chat_body(false)).await;
+    assert_eq!(
+        next.status(),
+        200,
+        "a one-stream key is not blocked by a lease nobody holds"
+    );
+}
+
+#[tokio::test]
+async fn a_usage_report_cannot_turn_a_charge_into_a_refund() {
+    // The upstream claims u64::MAX tokens in total: read as a number that wraps, that used to
+    // refund the reservation and more.
+    let upstream = MockUpstream::reply(completion(
+        r#"{"prompt_tokens":5,"completion_tokens":10,"total_tokens":18446744073709551615}"#,
+    ))
+    .start()
+    .await;
+    let config = GatewayConfig::openai(&upstream.base_url()).tier("{tokens_per_minute: 100000}");
+    let gateway = TestGateway::start(&config).await;
+    let first = post_chat(&gateway.url(""), KEY, &chat_body(false)).await;
+    assert_eq!(first.status(), 200);
+    let reserved = 100_000 - remaining_tokens(&first) as i64;
+    let second = post_chat(&gateway.url(""), KEY, &chat_body(false)).await;
+    assert_eq!(second.status(), 200);
+    // What the first request was charged, less what refilled between the two (under a second
+    // at 100,000 a minute); the clamp allows at most 3x the prompt estimate plus the output cap.
+    let charged = 100_000 - remaining_tokens(&second) as i64 - reserved;
+    assert!(
+        (reserved - 1_500..=reserved + 100).contains(&charged),
+        "the first request was charged about its reservation (clamped), not refunded: {charged} \
+         charged, {reserved} reserved"
+    );
+}
+
+#[tokio::test]
+async fn a_client_that_leaves_a_non_streamed_request_is_charged_its_prompt() {
+    let upstream = MockUpstream::reply(Reply::Hang).start().await;
+    let config = GatewayConfig::openai(&upstream.base_url()).tier("{tokens_per_minute: 6000}");
+    let gateway = TestGateway::start(&config).await;
+    let base = gateway.url("");
+    // About 1,000 tokens of prompt and an output cap of 10.
+    let mut body = chat_body(false);
+    body["messages"][0]["content"] = json!("x".repeat(3000));
+    body["max_tokens"] = json!(10);
+
+    let abandoned = {
+        let (base, body) = (base.clone(), body.clone());
+        #[expect(
+            clippy::disallowed_methods,
+            reason = "the client is aborted mid-request"
+        )]
+        tokio::spawn(async move { post_chat(&base, KEY, &body).await })
+    };
+    within(ms(3000), "the upstream to receive the request", async {
+        while upstream.requests().is_empty() {
+            tokio::time::sleep(ms(10)).await;
+        }
+    })
+    .await;
+    abandoned.abort();
+    within(
+        ms(3000),
+        "the gateway to close the upstream call",
+        upstream.closed(0),
+    )
+    .await;
+
+    upstream.set_reply(completion(
+        r#"{"prompt_tokens":1,"completion_tokens":1,"total_tokens":2}"#,
+    ));
+    let next = post_chat(&base, KEY, &chat_body(false)).await;
+    assert_eq!(next.status(), 200);
+    // 6,000 less this request's reservation (4,105) leaves 1,895 when the abandoned one was
+    // refunded; about 1,007 less when its prompt stayed charged (plus a little refill).
+    let remaining = remaining_tokens(&next);
+    assert!(
+        remaining < 1_500,
+        "the abandoned request kept its prompt charged: {remaining} left"
+    );
+}
+
+#[tokio::test]
+async fn shutdown_waits_for_settlements_still_on_their_way() {
+    let redis = RedisServer::spawn().await;
+    let upstream = MockUpstream::stream(3).pace(ms(100)).start().await;
+    let config = GatewayConfig::openai(&upstream.base_url())
+        .tier("{concurrent_streams: 5}")
+        .redis(&redis.url());
+    let mut gateway = TestGateway::start(&config).await;
+    let mut response = post_chat(&gateway.url(""), KEY, &chat_body(true)).await;
+    assert_eq!(response.status(), 200);
+    let _first = response.chunk().await.expect("first chunk");
+    // Writes (the settlement script among them) wait 700 ms; reads such as ZCARD do not.
+    redis.command(&["CLIENT", "PAUSE", "700", "WRITE"]).await;
+    let body = response.text().await.expect("the rest of the stream");
+    assert!(body.ends_with("[DONE]\n\n"));
+    let inflight = || redis.command(&["ZCARD", "sluicegate:{full}:inflight"]);
+    assert_eq!(
+        integer(inflight().await),
+        1,
+        "the settlement is held up by the pause"
+    );
+
+    let serve = gateway.begin_shutdown();
+    within(ms(5000), "the gateway to stop", serve)
+        .await
+        .expect("serve task joins")
+        .expect("serve returns Ok");
+    assert_eq!(
+        integer(inflight().await),
+        0,
+        "serve returned only after the settlement released the lease"
+    );
+}
