@@ -186,6 +186,13 @@ pub struct UpstreamFile {
     /// First pause between tries; doubled each time, with jitter.
     #[serde(with = "humantime_serde")]
     pub retry_backoff: Duration,
+    /// The longest an upstream's `retry-after` may cool a backend down.
+    #[serde(with = "humantime_serde")]
+    pub max_retry_after: Duration,
+    /// How long an idle keep-alive connection to a backend is kept; below the backends' own
+    /// idle timeout (uvicorn closes after 5 s), so a pooled connection is rarely dead.
+    #[serde(with = "humantime_serde")]
+    pub pool_idle_timeout: Duration,
     pub breaker: BreakerFile,
 }
 
@@ -198,6 +205,8 @@ impl Default for UpstreamFile {
             total_timeout: Duration::from_secs(600),
             max_attempts: 3,
             retry_backoff: Duration::from_millis(50),
+            max_retry_after: Duration::from_secs(60),
+            pool_idle_timeout: Duration::from_secs(4),
             breaker: BreakerFile::default(),
         }
     }

@@ -212,6 +212,10 @@ pub struct UpstreamConfig {
     pub total_timeout: Duration,
     pub max_attempts: NonZeroU32,
     pub retry_backoff: Duration,
+    /// The longest an upstream's `retry-after` may cool a backend down.
+    pub max_retry_after: Duration,
+    /// How long an idle keep-alive connection to a backend is kept.
+    pub pool_idle_timeout: Duration,
     pub breaker: BreakerConfig,
 }
 

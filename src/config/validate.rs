@@ -136,6 +136,8 @@ fn upstream(file: UpstreamFile) -> Result<UpstreamConfig, ConfigError> {
             MAX_RETRY_BACKOFF,
             "upstream.retry_backoff",
         )?,
+        max_retry_after: positive(file.max_retry_after, "upstream.max_retry_after")?,
+        pool_idle_timeout: positive(file.pool_idle_timeout, "upstream.pool_idle_timeout")?,
         breaker: breaker(file.breaker)?,
     })
 }

@@ -1,6 +1,6 @@
 //! `POST /v1/chat/completions`: the whole pipeline as a short list of calls, top to bottom.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use bytes::{Bytes, BytesMut};
 use futures_util::{StreamExt, stream};
@@ -20,6 +20,7 @@ use crate::openai::{ChatRequest, Metering, Usage};
 use crate::settle::RequestGuard;
 use crate::sse::relay::{RelayOptions, relay};
 use crate::state::AppState;
+use crate::upstream::pool::Verdict;
 use crate::upstream::retry::{self, Plan};
 use crate::upstream::{Backend, ByteStream, UpstreamRequest};
 
@@ -121,21 +122,37 @@ async fn stream_reply(
         max_event_bytes: state.stream.max_event_bytes,
     };
     let backend_slot = guard.backend_slot();
+    // The relay sees failures the upstream byte stream cannot (an idle timeout, an in-band
+    // error, an end without `[DONE]`); they reach the backend's breaker through its verdict.
+    let verdict_slot = Arc::new(OnceLock::<Verdict>::new());
+    let report = {
+        let verdict_slot = verdict_slot.clone();
+        move |error: &GatewayError| {
+            if let Some(verdict) = verdict_slot.get() {
+                let _ = verdict.set(error.breaker_outcome());
+            }
+        }
+    };
     let connect = async move {
         let routed = retry::send(plan, request_for).await?;
         let _ = backend_slot.set(routed.backend.name.as_str().into());
+        let _ = verdict_slot.set(routed.verdict);
         Ok(routed.body)
     };
     let mut events = Box::pin(relay(connect, rewriter, options, state.drain.expired()));
     let first = match events.next().await {
         Some(Ok(bytes)) => bytes,
-        Some(Err(error)) => return Err(error),
+        Some(Err(error)) => {
+            report(&error);
+            return Err(error);
+        }
         None => return Err(GatewayError::UpstreamDisconnected),
     };
     let failure = guard.failure_slot();
     let rest = events.map(move |item| match item {
         Ok(bytes) => bytes,
         Err(error) => {
+            report(&error);
             let _ = failure.set((error.kind(), error.blame()));
             error.to_sse_event()
         }
@@ -154,17 +171,24 @@ async fn complete_reply(
     guard: &RequestGuard,
 ) -> Result<(Response<Body>, Option<Usage>), GatewayError> {
     let deadline = plan.deadline;
-    let routed = retry::send(plan, request_for).await?;
+    let mut routed = retry::send(plan, request_for).await?;
     let _ = guard
         .backend_slot()
         .set(routed.backend.name.as_str().into());
-    let body = collect_capped(routed.body, state, deadline).await?;
-    let (body, usage) = rewrite_completion(&body, model)?;
+    // The upstream body stays alive until the answer is judged, so a failure found in it
+    // reaches the backend's breaker before its attempt ends.
+    let answer = collect_capped(&mut routed.body, state, deadline)
+        .await
+        .and_then(|body| rewrite_completion(&body, model));
+    if let Err(error) = &answer {
+        let _ = routed.verdict.set(error.breaker_outcome());
+    }
+    let (body, usage) = answer?;
     Ok((json_response(body), usage))
 }
 
 async fn collect_capped(
-    mut chunks: ByteStream,
+    chunks: &mut ByteStream,
     state: &AppState,
     deadline: Instant,
 ) -> Result<Bytes, GatewayError> {

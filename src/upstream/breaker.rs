@@ -1,12 +1,13 @@
 //! One backend's circuit breaker. The `failsafe` crate decides when to open and for how long;
 //! this module owns what it lacks: a readable state (mirrored from its hooks into an atomic),
-//! exactly one probe while half-open, and recording an outcome once per call, when it is known
-//! (for a stream, when it ends). What counts as a failure is decided by the caller
-//! (`GatewayError::breaker_outcome`): connect errors, timeouts, 5xx and mid-stream drops; never a
-//! client's 4xx or a client leaving.
+//! exactly one probe while half-open, and permits tagged with the generation of the circuit
+//! they were taken in, so a call admitted before the circuit opened cannot close it again when
+//! it finally ends. What counts as a failure is decided by the caller (`pool::Attempt`, from
+//! `GatewayError::breaker_outcome`): connect errors, timeouts, 5xx and mid-stream failures;
+//! never a client's 4xx.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 
 use failsafe::backoff::{self, Exponential};
 use failsafe::failure_policy::{
@@ -40,12 +41,21 @@ type Policy = OrElse<ConsecutiveFailures<Exponential>, SuccessRateOverTimeWindow
 pub struct Breaker {
     machine: StateMachine<Policy, Mirror>,
     state: Arc<AtomicU8>,
+    /// Bumped each time the circuit opens.
+    generation: Arc<AtomicU64>,
     probing: AtomicBool,
 }
 
-/// Permission to call a backend; a probe permit is the single trial call of a half-open circuit.
+/// Permission to call a backend, taken in one generation of the circuit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Permit {
+pub struct Permit {
+    pub kind: PermitKind,
+    generation: u64,
+}
+
+/// A probe permit is the single trial call of a half-open circuit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PermitKind {
     Normal,
     Probe,
 }
@@ -65,15 +75,18 @@ impl Breaker {
         let by_rate =
             failure_policy::success_rate_over_time_window(rate, min_requests, window, backoff());
         let state = Arc::new(AtomicU8::new(BreakerState::Closed as u8));
+        let generation = Arc::new(AtomicU64::new(0));
         Self {
             machine: StateMachine::new(
                 consecutive.or_else(by_rate),
                 Mirror {
                     state: state.clone(),
+                    generation: generation.clone(),
                     backend: backend.to_owned(),
                 },
             ),
             state,
+            generation,
             probing: AtomicBool::new(false),
         }
     }
@@ -89,19 +102,23 @@ impl Breaker {
     /// Asks to call the backend. Closed: yes. Open: only once its delay passed, and then as the
     /// one probe; every other caller is refused until the probe's outcome is recorded.
     pub fn try_acquire(&self) -> Option<Permit> {
+        let permit = |kind| Permit {
+            kind,
+            generation: self.generation.load(Ordering::Acquire),
+        };
         if self.state() == BreakerState::Closed {
-            return Some(Permit::Normal);
+            return Some(permit(PermitKind::Normal));
         }
         if !self.machine.is_call_permitted() {
             return None;
         }
         match self.state() {
-            BreakerState::Closed => Some(Permit::Normal),
+            BreakerState::Closed => Some(permit(PermitKind::Normal)),
             BreakerState::Open | BreakerState::HalfOpen => self
                 .probing
                 .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
                 .is_ok()
-                .then_some(Permit::Probe),
+                .then(|| permit(PermitKind::Probe)),
         }
     }
 
@@ -112,17 +129,17 @@ impl Breaker {
             || (self.machine.is_call_permitted() && !self.probing.load(Ordering::Acquire))
     }
 
-    /// Records a call's outcome, once.
+    /// Records a call's outcome, once. An outcome from a permit of an earlier generation
+    /// describes the backend before its circuit last opened, so it is ignored.
     pub fn record(&self, permit: Permit, outcome: Outcome) {
+        let current = permit.generation == self.generation.load(Ordering::Acquire);
         match outcome {
-            Outcome::Success => self.machine.on_success(),
-            Outcome::Failure => self.machine.on_error(),
-            Outcome::Neutral if permit == Permit::Probe => {
-                // A probe that proved nothing: let the next caller probe again.
-            }
-            Outcome::Neutral => {}
+            Outcome::Success if current => self.machine.on_success(),
+            Outcome::Failure if current => self.machine.on_error(),
+            // A probe that proved nothing lets the next caller probe again.
+            Outcome::Success | Outcome::Failure | Outcome::Neutral => {}
         }
-        if permit == Permit::Probe {
+        if permit.kind == PermitKind::Probe {
             self.probing.store(false, Ordering::Release);
         }
     }
@@ -133,6 +150,7 @@ impl Breaker {
 #[derive(Debug)]
 struct Mirror {
     state: Arc<AtomicU8>,
+    generation: Arc<AtomicU64>,
     backend: String,
 }
 
@@ -147,6 +165,7 @@ impl Instrument for Mirror {
     fn on_call_rejected(&self) {}
 
     fn on_open(&self) {
+        self.generation.fetch_add(1, Ordering::AcqRel);
         self.set(BreakerState::Open);
     }
 
@@ -186,11 +205,35 @@ mod tests {
         assert_eq!(breaker.try_acquire(), None, "open: refused");
         std::thread::sleep(Duration::from_millis(1100));
         let probe = breaker.try_acquire().expect("the delay passed: one probe");
-        assert_eq!(probe, Permit::Probe);
+        assert_eq!(probe.kind, PermitKind::Probe);
         assert_eq!(breaker.try_acquire(), None, "only one probe at a time");
         breaker.record(probe, Outcome::Success);
         assert_eq!(breaker.state(), BreakerState::Closed);
-        assert_eq!(breaker.try_acquire(), Some(Permit::Normal));
+        assert_eq!(
+            breaker.try_acquire().map(|p| p.kind),
+            Some(PermitKind::Normal)
+        );
+    }
+
+    #[test]
+    fn a_call_admitted_before_the_circuit_opened_cannot_close_it() {
+        let breaker = Breaker::new(&config(), "test");
+        let old = breaker.try_acquire().expect("closed");
+        for _ in 0..3 {
+            let permit = breaker.try_acquire().expect("closed");
+            breaker.record(permit, Outcome::Failure);
+        }
+        std::thread::sleep(Duration::from_millis(1100));
+        let probe = breaker.try_acquire().expect("the delay passed: one probe");
+        assert_eq!(breaker.state(), BreakerState::HalfOpen);
+        breaker.record(old, Outcome::Success);
+        assert_eq!(
+            breaker.state(),
+            BreakerState::HalfOpen,
+            "the old call's success is ignored"
+        );
+        breaker.record(probe, Outcome::Failure);
+        assert_eq!(breaker.state(), BreakerState::Open, "the probe decides");
     }
 
     #[test]

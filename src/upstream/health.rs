@@ -1,5 +1,6 @@
 //! What routing knows about one backend: its weight and in-flight cap, how many requests it has
-//! in flight, its circuit breaker, and a cool-down after it answered 429.
+//! in flight, its circuit breaker, a cool-down after it answered 429, and how quickly it
+//! usually sends its first bytes (to judge attempts abandoned before them).
 
 use std::num::{NonZeroU32, NonZeroUsize};
 use std::sync::OnceLock;
@@ -8,8 +9,14 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::breaker::{Breaker, BreakerState};
+use super::breaker::{Breaker, BreakerState, Outcome};
 use crate::config::{BackendConfig, BreakerConfig};
+
+/// An attempt abandoned before its first byte counts against the backend once it waited this
+/// many times the backend's usual time to first byte...
+const ABANDONED_SLOWNESS_FACTOR: u64 = 4;
+/// ...and at least this long, so a client that leaves at once says nothing.
+const MIN_ABANDONED_WAIT: Duration = Duration::from_secs(1);
 
 #[derive(Debug)]
 pub struct BackendHealth {
@@ -21,10 +28,18 @@ pub struct BackendHealth {
     pub breaker: Breaker,
     /// Milliseconds since `epoch()` until which the backend asked not to be called.
     cool_until_ms: AtomicU64,
+    /// Moving average of the time to first byte, in microseconds; 0 until one arrived.
+    first_byte_avg_us: AtomicU64,
+    /// What an attempt waits at most for its first byte.
+    first_byte_timeout: Duration,
 }
 
 impl BackendHealth {
-    pub fn new(config: &BackendConfig, breaker: &BreakerConfig) -> Self {
+    pub fn new(
+        config: &BackendConfig,
+        breaker: &BreakerConfig,
+        first_byte_timeout: Duration,
+    ) -> Self {
         Self {
             weight: config.weight,
             max_inflight: config.max_inflight,
@@ -32,6 +47,8 @@ impl BackendHealth {
             served: AtomicU64::new(0),
             breaker: Breaker::new(breaker, &config.name),
             cool_until_ms: AtomicU64::new(0),
+            first_byte_avg_us: AtomicU64::new(0),
+            first_byte_timeout,
         }
     }
 
@@ -39,10 +56,21 @@ impl BackendHealth {
         self.in_flight.load(Ordering::Acquire)
     }
 
-    /// A request starts; pair with `leave` (the `Attempt` in `pool.rs` does).
-    pub fn enter(&self) {
-        self.in_flight.fetch_add(1, Ordering::AcqRel);
-        self.served.fetch_add(1, Ordering::Relaxed);
+    /// A request starts, unless the backend is at its in-flight cap; the check and the count
+    /// are one atomic step, so concurrent requests cannot exceed the cap. Pair with `leave`
+    /// (the `Attempt` in `pool.rs` does).
+    pub fn try_enter(&self) -> bool {
+        let max = self.max_inflight.map_or(usize::MAX, NonZeroUsize::get);
+        let entered = self
+            .in_flight
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .is_ok();
+        if entered {
+            self.served.fetch_add(1, Ordering::Relaxed);
+        }
+        entered
     }
 
     pub fn served(&self) -> u64 {
@@ -62,11 +90,48 @@ impl BackendHealth {
 
     /// Keeps routing away for `wait`: the backend is busy, not broken.
     pub fn cool_down(&self, wait: Duration) {
-        let until = now_ms() + wait.as_millis() as u64;
+        let wait_ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX);
+        let until = now_ms().saturating_add(wait_ms);
         self.cool_until_ms.fetch_max(until, Ordering::AcqRel);
     }
 
-    /// Whether routing may choose this backend now (read-only: takes no permit).
+    /// Notes how long an attempt waited for its first bytes (a moving average of 1/8 weight).
+    pub fn first_byte_after(&self, waited: Duration) {
+        let sample = u64::try_from(waited.as_micros()).unwrap_or(u64::MAX).max(1);
+        let _ = self
+            .first_byte_avg_us
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |avg| {
+                Some(match avg {
+                    0 => sample,
+                    avg => avg - avg / 8 + sample / 8,
+                })
+            });
+    }
+
+    /// What an attempt abandoned after waiting `waited` without a first byte (its client left,
+    /// or its hedge won elsewhere) says about the backend: nothing, unless it waited far longer
+    /// than this backend usually takes. So a blackholed backend whose clients all give up
+    /// before the first-byte timeout still opens its circuit, while a client leaving a healthy
+    /// backend early does not count against it. Before any first byte was seen, half the
+    /// first-byte timeout is the bar.
+    pub fn abandoned_after(&self, waited: Duration) -> Outcome {
+        let usual = Duration::from_micros(self.first_byte_avg_us.load(Ordering::Acquire));
+        let bar = if usual.is_zero() {
+            self.first_byte_timeout / 2
+        } else {
+            usual
+                .saturating_mul(ABANDONED_SLOWNESS_FACTOR as u32)
+                .max(MIN_ABANDONED_WAIT)
+        };
+        if waited >= bar {
+            Outcome::Failure
+        } else {
+            Outcome::Neutral
+        }
+    }
+
+    /// Whether routing may choose this backend now (read-only: takes no permit; `try_enter`
+    /// makes the in-flight cap exact).
     pub fn is_usable(&self) -> bool {
         self.breaker.may_permit()
             && self.cooling().is_none()
@@ -82,5 +147,5 @@ impl BackendHealth {
 
 fn now_ms() -> u64 {
     static EPOCH: OnceLock<Instant> = OnceLock::new();
-    EPOCH.get_or_init(Instant::now).elapsed().as_millis() as u64
+    u64::try_from(EPOCH.get_or_init(Instant::now).elapsed().as_millis()).unwrap_or(u64::MAX)
 }

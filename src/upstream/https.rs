@@ -4,13 +4,14 @@
 //! The client's `Authorization` header is never forwarded: the backend's own key is sent.
 //! Redirects are not followed, and proxies from the environment are ignored.
 
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
 use http::{HeaderValue, header};
 
 use super::rejection::{ERROR_BODY_TIMEOUT, MAX_ERROR_BODY_BYTES, passes_through, rejection};
+use super::retry_after::requested_wait;
 use super::{ByteStream, UpstreamRequest};
 use crate::config::{Secret, UpstreamConfig};
 use crate::error::{GatewayError, TimeoutPhase};
@@ -32,10 +33,16 @@ pub struct HttpsBackend {
     client: reqwest::Client,
     url: String,
     authorization: Option<HeaderValue>,
+    max_retry_after: Duration,
 }
 
 impl HttpsBackend {
-    pub fn new(client: reqwest::Client, base_url: &str, api_key: Option<&Secret>) -> Self {
+    pub fn new(
+        client: reqwest::Client,
+        base_url: &str,
+        api_key: Option<&Secret>,
+        max_retry_after: Duration,
+    ) -> Self {
         let authorization = api_key.and_then(|key| {
             let mut value = HeaderValue::try_from(format!("Bearer {}", key.expose())).ok()?;
             value.set_sensitive(true);
@@ -45,6 +52,7 @@ impl HttpsBackend {
             client,
             url: format!("{base_url}chat/completions"),
             authorization,
+            max_retry_after,
         }
     }
 
@@ -72,7 +80,7 @@ impl HttpsBackend {
                     .map(|chunk| chunk.map_err(body_error)),
             ));
         }
-        Err(status_error(response).await)
+        Err(status_error(response, self.max_retry_after).await)
     }
 }
 
@@ -97,9 +105,15 @@ fn body_error(error: reqwest::Error) -> GatewayError {
 }
 
 /// Maps a non-2xx upstream response, reading the body only when the client will see it.
-async fn status_error(response: reqwest::Response) -> GatewayError {
+async fn status_error(response: reqwest::Response, max_retry_after: Duration) -> GatewayError {
     let status = response.status();
-    let retry_after = response.headers().get(header::RETRY_AFTER).cloned();
+    let headers = response.headers();
+    let retry_after = requested_wait(
+        headers.get(header::RETRY_AFTER).map(HeaderValue::as_bytes),
+        headers.get("retry-after-ms").map(HeaderValue::as_bytes),
+        SystemTime::now(),
+        max_retry_after,
+    );
     let body = if passes_through(status) {
         tokio::time::timeout(ERROR_BODY_TIMEOUT, read_capped(response))
             .await
@@ -107,11 +121,7 @@ async fn status_error(response: reqwest::Response) -> GatewayError {
     } else {
         Bytes::new()
     };
-    rejection(
-        status,
-        retry_after.as_ref().map(HeaderValue::as_bytes),
-        &body,
-    )
+    rejection(status, retry_after, &body)
 }
 
 async fn read_capped(response: reqwest::Response) -> Bytes {

@@ -10,6 +10,7 @@ pub mod mock_server;
 pub mod pool;
 mod rejection;
 pub mod retry;
+mod retry_after;
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -60,17 +61,13 @@ impl Backend {
             BackendKind::OpenAi { base_url, api_key } => {
                 let url = reqwest::Url::parse(base_url).expect("invariant: base_url was validated");
                 if url.scheme() == "http" {
-                    let connect_timeout = timeouts.connect_timeout;
-                    Transport::Http1(http1::Http1Backend::new(
-                        &url,
-                        api_key.as_ref(),
-                        connect_timeout,
-                    ))
+                    Transport::Http1(http1::Http1Backend::new(&url, api_key.as_ref(), timeouts))
                 } else {
                     Transport::Https(https::HttpsBackend::new(
                         http.clone(),
                         base_url,
                         api_key.as_ref(),
+                        timeouts.max_retry_after,
                     ))
                 }
             }
@@ -82,7 +79,11 @@ impl Backend {
             name: config.name.clone(),
             upstream_model: config.upstream_model.clone(),
             transport,
-            health: health::BackendHealth::new(config, &timeouts.breaker),
+            health: health::BackendHealth::new(
+                config,
+                &timeouts.breaker,
+                timeouts.first_byte_timeout,
+            ),
         }
     }
 

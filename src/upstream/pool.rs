@@ -3,11 +3,13 @@
 //! call, that are not cooling down after a 429 and are under their in-flight cap.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
+use tokio::time::Instant;
+
 use super::Backend;
-use super::breaker::{Outcome, Permit};
+use super::breaker::{Outcome, Permit, PermitKind};
 use crate::config::{Model, UpstreamConfig};
 use crate::error::GatewayError;
 
@@ -25,18 +27,58 @@ pub struct Pool {
 }
 
 /// A call in progress on one backend: counted in flight, holding its breaker permit, and
-/// recording its outcome exactly once (`finish`, or success when dropped unfinished).
+/// recording its outcome exactly once.
+///
+/// | how the attempt ends | outcome |
+/// | --- | --- |
+/// | an error before the first byte (`finish`) | the error's (`GatewayError::breaker_outcome`) |
+/// | dropped before the first byte (client left, hedge lost elsewhere) | neutral, or a failure when it waited far longer than the backend usually takes (`BackendHealth::abandoned_after`) |
+/// | its first bytes arrived (`answered`) | a probe is decided then: success |
+/// | the answer failed later (its `Verdict` says so) | that failure |
+/// | the answer ended, or its client left it | success |
 #[derive(Debug)]
 pub struct Attempt {
     pub backend: Arc<Backend>,
     pub index: usize,
     permit: Permit,
+    started: Instant,
+    answered: bool,
+    /// A probe's success was recorded at its first byte; only a later failure still counts.
+    success_recorded: bool,
+    verdict: Verdict,
     finished: bool,
 }
 
+/// How an answer that began ended, told by whoever consumes it (the relay sees failures the
+/// byte stream cannot: an idle timeout, an in-band error, an end without `[DONE]`). Unset means
+/// it ended well or its client left.
+pub type Verdict = Arc<OnceLock<Outcome>>;
+
 impl Attempt {
+    /// Ends an attempt that failed before its first byte with `outcome`.
     pub fn finish(mut self, outcome: Outcome) {
         self.record(outcome);
+    }
+
+    /// The first bytes of the answer arrived: nothing can be retried from here. A half-open
+    /// circuit's probe is decided now, not when its (possibly long) stream ends, so a
+    /// recovered backend is usable at once.
+    pub fn answered(&mut self) {
+        self.answered = true;
+        self.backend.health.first_byte_after(self.started.elapsed());
+        if self.permit.kind == PermitKind::Probe {
+            self.backend
+                .health
+                .breaker
+                .record(self.permit, Outcome::Success);
+            self.permit.kind = PermitKind::Normal;
+            self.success_recorded = true;
+        }
+    }
+
+    /// Where the consumer of the answer reports how it ended.
+    pub fn verdict(&self) -> Verdict {
+        self.verdict.clone()
     }
 
     fn record(&mut self, outcome: Outcome) {
@@ -49,10 +91,16 @@ impl Attempt {
 }
 
 impl Drop for Attempt {
-    /// An attempt dropped without a verdict answered (its stream ended, was cut short by the
-    /// relay at `[DONE]`, or its client left): the backend did its part.
     fn drop(&mut self) {
-        self.record(Outcome::Success);
+        let outcome = if self.answered {
+            match self.verdict.get().copied().unwrap_or(Outcome::Success) {
+                Outcome::Success if self.success_recorded => Outcome::Neutral,
+                outcome => outcome,
+            }
+        } else {
+            self.backend.health.abandoned_after(self.started.elapsed())
+        };
+        self.record(outcome);
     }
 }
 
@@ -68,18 +116,29 @@ impl Pool {
                 return Err(self.unavailable(tried));
             };
             let backend = &self.backends[index];
+            // Another request may have taken the last in-flight slot or the half-open probe
+            // since the candidates were listed; then this backend is skipped.
+            if !backend.health.try_enter() {
+                excluded.push(index);
+                continue;
+            }
             match backend.health.breaker.try_acquire() {
                 Some(permit) => {
-                    backend.health.enter();
                     return Ok(Attempt {
                         backend: backend.clone(),
                         index,
                         permit,
+                        started: Instant::now(),
+                        answered: false,
+                        success_recorded: false,
+                        verdict: Verdict::default(),
                         finished: false,
                     });
                 }
-                // Another request took the half-open probe meanwhile.
-                None => excluded.push(index),
+                None => {
+                    backend.health.leave();
+                    excluded.push(index);
+                }
             }
         }
     }

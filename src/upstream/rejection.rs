@@ -25,18 +25,14 @@ pub fn passes_through(status: StatusCode) -> bool {
         )
 }
 
-/// The error for an upstream answer with `status`, its `retry-after` value and (for statuses
-/// that pass through) the start of its body.
-pub fn rejection(status: StatusCode, retry_after: Option<&[u8]>, body: &[u8]) -> GatewayError {
+/// The error for an upstream answer with `status`, the wait it asked for (already bounded, see
+/// `retry_after`) and (for statuses that pass through) the start of its body.
+pub fn rejection(status: StatusCode, retry_after: Option<Duration>, body: &[u8]) -> GatewayError {
     if !passes_through(status) {
         return GatewayError::UpstreamFailed {
             status: status.as_u16(),
         };
     }
-    let retry_after = retry_after
-        .and_then(|v| std::str::from_utf8(v).ok())
-        .and_then(|v| v.trim().parse::<u64>().ok())
-        .map(Duration::from_secs);
     GatewayError::UpstreamRejected {
         status,
         message: upstream_message(body).unwrap_or_else(|| {

@@ -18,7 +18,7 @@ use futures_util::{Stream, StreamExt, stream};
 use tokio::time::{Instant, sleep_until, timeout_at};
 
 use super::breaker::Outcome;
-use super::pool::{Attempt, Pool};
+use super::pool::{Attempt, Pool, Verdict};
 use super::{Backend, ByteStream, UpstreamRequest};
 use crate::error::{GatewayError, TimeoutPhase};
 use crate::telemetry::metrics;
@@ -36,10 +36,13 @@ pub struct Plan {
     pub may_hedge: bool,
 }
 
-/// A successful upstream answer and the backend that gave it.
+/// A successful upstream answer, the backend that gave it, and where to say how it ended.
 pub struct Routed {
     pub body: ByteStream,
     pub backend: Arc<Backend>,
+    /// Set by the consumer when the answer fails after its first bytes (the relay's idle
+    /// timeout, an in-band error, an end without `[DONE]`): that reaches the backend's breaker.
+    pub verdict: Verdict,
 }
 
 impl std::fmt::Debug for Routed {
@@ -61,6 +64,11 @@ pub async fn send(
     for pool in &plan.pools {
         let mut tried = Vec::new();
         while tried.len() < plan.max_attempts as usize {
+            // The pause comes before the backend is chosen, so no slot or probe permit is held
+            // while waiting, and the choice sees the pools as they are after it.
+            if attempts > 0 {
+                pause(&plan, attempts).await?;
+            }
             let attempt = match pool.acquire(&tried) {
                 Ok(attempt) => attempt,
                 Err(unavailable) => {
@@ -69,19 +77,15 @@ pub async fn send(
                 }
             };
             tried.push(attempt.index);
-            if attempts > 0 {
-                pause(&plan, attempts).await?;
-            }
             attempts += 1;
             match call_hedged(&plan, pool, &mut tried, attempt, &request_for).await {
                 Ok((body, attempt)) => {
                     let backend = attempt.backend.clone();
+                    let verdict = attempt.verdict();
                     return Ok(Routed {
-                        body: Box::pin(Watched {
-                            body,
-                            attempt: Some(attempt),
-                        }),
+                        body: Box::pin(Watched { body, attempt }),
                         backend,
+                        verdict,
                     });
                 }
                 Err(error) if !error.is_retryable_before_first_byte() => return Err(error),
@@ -146,11 +150,14 @@ async fn call_hedged(
 
 /// Pairs a successful answer with its attempt, or records the failure (and any cool-down).
 fn settle(
-    attempt: Attempt,
+    mut attempt: Attempt,
     result: Result<ByteStream, GatewayError>,
 ) -> Result<(ByteStream, Attempt), GatewayError> {
     match result {
-        Ok(body) => Ok((body, attempt)),
+        Ok(body) => {
+            attempt.answered();
+            Ok((body, attempt))
+        }
         Err(error) => {
             metrics::record_upstream_error(&attempt.backend.name, error.kind());
             if let Some(wait) = error.upstream_cooldown() {
@@ -209,10 +216,11 @@ async fn pause(plan: &Plan, attempts: u32) -> Result<(), GatewayError> {
     Ok(())
 }
 
-/// An upstream body that records its backend's outcome when it fails or ends.
+/// An upstream body that carries its attempt (so it stays in flight until the body is
+/// dropped) and notes a transport failure as the attempt's verdict.
 struct Watched {
     body: ByteStream,
-    attempt: Option<Attempt>,
+    attempt: Attempt,
 }
 
 impl Stream for Watched {
@@ -220,10 +228,8 @@ impl Stream for Watched {
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let polled = self.body.as_mut().poll_next(cx);
-        if let Poll::Ready(Some(Err(error))) = &polled
-            && let Some(attempt) = self.attempt.take()
-        {
-            attempt.finish(error.breaker_outcome());
+        if let Poll::Ready(Some(Err(error))) = &polled {
+            let _ = self.attempt.verdict().set(error.breaker_outcome());
         }
         polled
     }

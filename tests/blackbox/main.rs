@@ -7,6 +7,7 @@ mod admission;
 mod auth;
 mod backpressure;
 mod bad_requests;
+mod breaker_outcomes;
 mod chat;
 mod cli;
 mod limits;

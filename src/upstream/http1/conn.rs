@@ -37,6 +37,7 @@ pub struct Head {
     /// The connection may carry another request once this body is read.
     pub keep_alive: bool,
     pub retry_after: Option<Vec<u8>>,
+    pub retry_after_ms: Option<Vec<u8>>,
 }
 
 /// Why an exchange failed before a response head arrived.
@@ -120,6 +121,7 @@ fn parse_head(buf: &mut BytesMut) -> Result<Option<Head>, ExchangeError> {
     let mut framing = None;
     let mut keep_alive = response.version == Some(1);
     let mut retry_after = None;
+    let mut retry_after_ms = None;
     for header in response.headers.iter() {
         let value = header.value;
         if header.name.eq_ignore_ascii_case("transfer-encoding") {
@@ -146,6 +148,8 @@ fn parse_head(buf: &mut BytesMut) -> Result<Option<Head>, ExchangeError> {
             keep_alive = false;
         } else if header.name.eq_ignore_ascii_case("retry-after") {
             retry_after = Some(value.to_vec());
+        } else if header.name.eq_ignore_ascii_case("retry-after-ms") {
+            retry_after_ms = Some(value.to_vec());
         }
     }
     buf.advance(length);
@@ -159,6 +163,7 @@ fn parse_head(buf: &mut BytesMut) -> Result<Option<Head>, ExchangeError> {
         keep_alive: keep_alive && framing != Framing::UntilClose,
         framing,
         retry_after,
+        retry_after_ms,
     }))
 }
 

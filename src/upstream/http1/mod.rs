@@ -13,11 +13,12 @@ mod conn;
 mod idle;
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use super::rejection::{ERROR_BODY_TIMEOUT, MAX_ERROR_BODY_BYTES, passes_through, rejection};
+use super::retry_after::requested_wait;
 use super::{ByteStream, UpstreamRequest};
-use crate::config::Secret;
+use crate::config::{Secret, UpstreamConfig};
 use crate::error::{GatewayError, TimeoutPhase};
 use body::Body;
 use conn::{Conn, ConnectError, ExchangeError, Head};
@@ -25,8 +26,6 @@ use idle::IdleConns;
 
 /// Idle connections kept per backend.
 const MAX_IDLE_PER_BACKEND: usize = 256;
-/// How long an idle connection is kept.
-const MAX_IDLE_AGE: Duration = Duration::from_secs(60);
 
 #[derive(Debug)]
 pub struct Http1Backend {
@@ -35,16 +34,13 @@ pub struct Http1Backend {
     /// Everything of the request head that is the same for every request.
     head_prefix: Vec<u8>,
     connect_timeout: Duration,
+    max_retry_after: Duration,
     idle: Arc<IdleConns>,
 }
 
 impl Http1Backend {
     /// `base_url` is a validated `http://` URL ending in `/`.
-    pub fn new(
-        base_url: &reqwest::Url,
-        api_key: Option<&Secret>,
-        connect_timeout: Duration,
-    ) -> Self {
+    pub fn new(base_url: &reqwest::Url, api_key: Option<&Secret>, config: &UpstreamConfig) -> Self {
         let host = base_url.host_str().unwrap_or_default();
         let port = base_url.port_or_known_default().unwrap_or(80);
         let authority = match base_url.port() {
@@ -67,8 +63,12 @@ impl Http1Backend {
                 .to_owned(),
             port,
             head_prefix: head_prefix.into_bytes(),
-            connect_timeout,
-            idle: Arc::new(IdleConns::new(MAX_IDLE_PER_BACKEND, MAX_IDLE_AGE)),
+            connect_timeout: config.connect_timeout,
+            max_retry_after: config.max_retry_after,
+            idle: Arc::new(IdleConns::new(
+                MAX_IDLE_PER_BACKEND,
+                config.pool_idle_timeout,
+            )),
         }
     }
 
@@ -118,7 +118,13 @@ impl Http1Backend {
         } else {
             bytes::Bytes::new()
         };
-        Err(rejection(head.status, head.retry_after.as_deref(), &text))
+        let retry_after = requested_wait(
+            head.retry_after.as_deref(),
+            head.retry_after_ms.as_deref(),
+            SystemTime::now(),
+            self.max_retry_after,
+        );
+        Err(rejection(head.status, retry_after, &text))
     }
 
     fn request_bytes(&self, request: &UpstreamRequest) -> Vec<u8> {

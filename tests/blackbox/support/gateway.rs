@@ -73,7 +73,8 @@ impl GatewayConfig {
         ))
     }
 
-    fn with_backend(backend: String) -> Self {
+    /// `test-model` served by the backends in `backend` (YAML flow list items).
+    pub fn with_backend(backend: String) -> Self {
         Self {
             backend,
             server: "{}".into(),

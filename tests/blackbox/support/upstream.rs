@@ -57,6 +57,7 @@ impl Seen {
 /// One accepted connection's timeline.
 #[derive(Debug)]
 pub struct ConnectionLog {
+    pub opened: Instant,
     closed: Mutex<Option<Instant>>,
     bytes_written: AtomicU64,
 }
@@ -138,6 +139,23 @@ impl MockUpstream {
 
     pub fn connections(&self) -> Vec<Arc<ConnectionLog>> {
         self.shared.connections.lock().expect("lock").clone()
+    }
+
+    /// The most connections that were open at the same time.
+    pub fn max_concurrent_connections(&self) -> usize {
+        let connections = self.connections();
+        connections
+            .iter()
+            .map(|c| {
+                connections
+                    .iter()
+                    .filter(|o| {
+                        o.opened <= c.opened && o.closed_at().is_none_or(|at| at > c.opened)
+                    })
+                    .count()
+            })
+            .max()
+            .unwrap_or(0)
     }
 
     /// Waits until connection `index` has been opened and then closed by the gateway.
@@ -227,6 +245,7 @@ impl MockBuilder {
         let task = tokio::spawn(async move {
             while let Ok((socket, _)) = listener.accept().await {
                 let log = Arc::new(ConnectionLog {
+                    opened: Instant::now(),
                     closed: Mutex::new(None),
                     bytes_written: AtomicU64::new(0),
                 });
