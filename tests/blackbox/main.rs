@@ -14,6 +14,7 @@ mod limits;
 mod limits_integrity;
 mod routing;
 mod sdk;
+mod secrets;
 mod shared_limits;
 mod shutdown;
 mod upstream_connections;

@@ -32,7 +32,7 @@ pub struct Http1Backend {
     host: String,
     port: u16,
     /// Everything of the request head that is the same for every request.
-    head_prefix: Vec<u8>,
+    head_prefix: HeadPrefix,
     connect_timeout: Duration,
     max_retry_after: Duration,
     idle: Arc<IdleConns>,
@@ -62,7 +62,7 @@ impl Http1Backend {
                 .trim_end_matches(']')
                 .to_owned(),
             port,
-            head_prefix: head_prefix.into_bytes(),
+            head_prefix: HeadPrefix(head_prefix.into_bytes()),
             connect_timeout: config.connect_timeout,
             max_retry_after: config.max_retry_after,
             idle: Arc::new(IdleConns::new(
@@ -133,8 +133,9 @@ impl Http1Backend {
         } else {
             "application/json"
         };
-        let mut wire = Vec::with_capacity(self.head_prefix.len() + request.body.len() + 128);
-        wire.extend_from_slice(&self.head_prefix);
+        let prefix = &self.head_prefix.0;
+        let mut wire = Vec::with_capacity(prefix.len() + request.body.len() + 128);
+        wire.extend_from_slice(prefix);
         wire.extend_from_slice(
             format!(
                 "accept: {accept}\r\nx-request-id: {}\r\ncontent-length: {}\r\n\r\n",
@@ -145,5 +146,15 @@ impl Http1Backend {
         );
         wire.extend_from_slice(&request.body);
         wire
+    }
+}
+
+/// The fixed part of every request head. It carries the backend's key, so its `Debug` shows
+/// only its length.
+struct HeadPrefix(Vec<u8>);
+
+impl std::fmt::Debug for HeadPrefix {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "HeadPrefix({} bytes, redacted)", self.0.len())
     }
 }
