@@ -33,3 +33,11 @@ pub fn record_upstream_error(backend: &str, kind: &'static str) {
     metrics::counter!(UPSTREAM_ERRORS, "backend" => backend.to_owned(), "kind" => kind)
         .increment(1);
 }
+
+pub const UPSTREAM_RESENDS: &str = "sluicegate_upstream_resends_total";
+
+/// A request was sent again on a fresh connection because its pooled one closed before the
+/// backend could read it.
+pub fn record_upstream_resend(backend: &str) {
+    metrics::counter!(UPSTREAM_RESENDS, "backend" => backend.to_owned()).increment(1);
+}

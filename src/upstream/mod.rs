@@ -61,7 +61,12 @@ impl Backend {
             BackendKind::OpenAi { base_url, api_key } => {
                 let url = reqwest::Url::parse(base_url).expect("invariant: base_url was validated");
                 if url.scheme() == "http" {
-                    Transport::Http1(http1::Http1Backend::new(&url, api_key.as_ref(), timeouts))
+                    Transport::Http1(http1::Http1Backend::new(
+                        &config.name,
+                        &url,
+                        api_key.as_ref(),
+                        timeouts,
+                    ))
                 } else {
                     Transport::Https(https::HttpsBackend::new(
                         http.clone(),
@@ -93,6 +98,14 @@ impl Backend {
             Transport::Http1(backend) => backend.send(request).await,
             Transport::Https(backend) => backend.send(request).await,
             Transport::Mock(backend) => Ok(backend.respond(&request.body)),
+        }
+    }
+
+    /// Closes pooled connections idle for longer than `upstream.pool_idle_timeout`.
+    pub fn reap_idle_connections(&self) {
+        match &self.transport {
+            Transport::Http1(backend) => backend.reap_idle(),
+            Transport::Https(_) | Transport::Mock(_) => {}
         }
     }
 

@@ -283,6 +283,15 @@ impl ModelTable {
         self.names.iter().map(String::as_str)
     }
 
+    /// Closes every backend's pooled connections idle for too long (the server's reaper).
+    pub fn reap_idle_connections(&self) {
+        for pool in self.by_name.values() {
+            for backend in &pool.backends {
+                backend.reap_idle_connections();
+            }
+        }
+    }
+
     pub fn any_usable(&self) -> bool {
         self.by_name.values().any(|pool| pool.is_usable())
     }

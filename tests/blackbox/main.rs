@@ -10,6 +10,7 @@ mod bad_requests;
 mod breaker_outcomes;
 mod chat;
 mod cli;
+mod hostile_upstream;
 mod limits;
 mod limits_integrity;
 mod routing;

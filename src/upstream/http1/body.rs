@@ -105,11 +105,15 @@ enum Piece {
     End,
 }
 
+/// What `Drop` reads, at most, to find a body's terminator: one non-blocking read of this
+/// size, never a loop on the socket.
+const DROP_READ_BYTES: usize = 1024;
+
 impl Drop for Body {
     /// A relay stops reading at `[DONE]`, usually with only the body's terminator left. When
-    /// that terminator is already here (buffered, or readable without waiting), the connection
-    /// is pooled; if any data or a wait stands in the way, it is closed, which is what stops a
-    /// backend whose client went away.
+    /// that terminator is already buffered, or arrives in one non-blocking read of at most
+    /// `DROP_READ_BYTES`, the connection is pooled; if any data, a wait or more bytes stand in
+    /// the way, it is closed, which is what stops a backend whose client went away.
     fn drop(&mut self) {
         let Some(mut conn) = self.conn.take() else {
             return;
@@ -117,6 +121,7 @@ impl Drop for Body {
         if !self.keep_alive {
             return;
         }
+        let mut read_once = false;
         loop {
             match self.take(&mut conn.buf) {
                 Ok(Some(Piece::End)) => {
@@ -125,11 +130,14 @@ impl Drop for Body {
                     return;
                 }
                 Ok(Some(Piece::Data(_))) | Err(_) => return,
+                Ok(None) if read_once => return,
                 Ok(None) => {}
             }
-            conn.buf.reserve(64);
-            if !matches!(conn.io.try_read_buf(&mut conn.buf), Ok(n) if n > 0) {
-                return;
+            read_once = true;
+            let mut scratch = [0u8; DROP_READ_BYTES];
+            match conn.io.try_read(&mut scratch) {
+                Ok(n) if n > 0 => conn.buf.extend_from_slice(&scratch[..n]),
+                _ => return,
             }
         }
     }

@@ -1,10 +1,19 @@
-//! Incremental `transfer-encoding: chunked` decoder: the data of a chunk is handed out as
-//! zero-copy slices of the read buffer, at any split of the input; control lines are bounded.
+//! Incremental `transfer-encoding: chunked` decoder (RFC 9112 section 7.1): the data of a
+//! chunk is handed out as zero-copy slices of the read buffer, at any split of the input.
+//! Framing is strict (every line ends in CRLF) and bounded: one control line, all chunk
+//! extensions of a body, and its trailers each have a byte cap, and trailers a field cap, so an
+//! upstream cannot make the gateway read (or spin) without end.
 
 use bytes::{Buf, Bytes, BytesMut};
 
 /// Longest chunk-size line (size, extensions) or trailer line accepted.
 const MAX_LINE_BYTES: usize = 4096;
+/// Chunk-extension bytes accepted over a whole body (hyper's bound).
+const MAX_EXTENSION_BYTES: usize = 16 * 1024;
+/// Trailer bytes accepted after the last chunk (hyper's bound).
+const MAX_TRAILER_BYTES: usize = 16 * 1024;
+/// Trailer fields accepted after the last chunk (hyper's bound).
+const MAX_TRAILER_FIELDS: usize = 100;
 
 /// What the decoder could take from the buffer.
 #[derive(Debug, PartialEq, Eq)]
@@ -22,8 +31,14 @@ pub enum ChunkedError {
     BadSize,
     #[error("chunk data not followed by CRLF")]
     BadTerminator,
+    #[error("a chunk control line does not end in CRLF")]
+    BareLineFeed,
     #[error("chunk control line too long")]
     LineTooLong,
+    #[error("too many chunk-extension bytes")]
+    TooManyExtensions,
+    #[error("too many trailer bytes or fields")]
+    TooManyTrailers,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -35,10 +50,14 @@ enum State {
         extension: bool,
         line: usize,
     },
+    /// A CR ended a line; LF must follow.
+    LineEnd {
+        next: AfterLine,
+    },
     Data {
         remaining: u64,
     },
-    /// After a chunk's data: an optional CR, then LF.
+    /// After a chunk's data: CR, then LF.
     DataEnd {
         seen_cr: bool,
     },
@@ -48,23 +67,40 @@ enum State {
     Done,
 }
 
+/// Where a control line that just ended leads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum AfterLine {
+    Data(u64),
+    Trailers,
+    /// A trailer field line ended (`true`) or the empty line that ends the trailers (`false`).
+    Trailer(bool),
+}
+
 #[derive(Debug)]
 pub struct ChunkedDecoder {
     state: State,
+    extension_bytes: usize,
+    trailer_bytes: usize,
+    trailer_fields: usize,
 }
 
 impl Default for ChunkedDecoder {
     fn default() -> Self {
         Self {
-            state: State::Size {
-                size: 0,
-                digits: 0,
-                extension: false,
-                line: 0,
-            },
+            state: SIZE_START,
+            extension_bytes: 0,
+            trailer_bytes: 0,
+            trailer_fields: 0,
         }
     }
 }
+
+const SIZE_START: State = State::Size {
+    size: 0,
+    digits: 0,
+    extension: false,
+    line: 0,
+};
 
 impl ChunkedDecoder {
     /// Takes the next piece from `buf`, consuming what it decodes.
@@ -92,73 +128,112 @@ impl ChunkedDecoder {
                         return Ok(Decoded::NeedMore);
                     };
                     buf.advance(1);
-                    self.state = step(self.state, byte)?;
+                    self.state = self.step(byte)?;
                 }
+            }
+        }
+    }
+
+    /// One byte of a control line (size line, data terminator, trailer).
+    fn step(&mut self, byte: u8) -> Result<State, ChunkedError> {
+        match self.state {
+            State::Size {
+                size,
+                digits,
+                extension,
+                line,
+            } => size_line(
+                size,
+                digits,
+                extension,
+                line,
+                byte,
+                &mut self.extension_bytes,
+            ),
+            State::LineEnd { next } => match (byte, next) {
+                (b'\n', AfterLine::Data(size)) => Ok(State::Data { remaining: size }),
+                (b'\n', AfterLine::Trailers | AfterLine::Trailer(true)) => {
+                    Ok(State::Trailer { line: 0 })
+                }
+                (b'\n', AfterLine::Trailer(false)) => Ok(State::Done),
+                _ => Err(ChunkedError::BareLineFeed),
+            },
+            State::DataEnd { seen_cr } => match byte {
+                b'\r' if !seen_cr => Ok(State::DataEnd { seen_cr: true }),
+                b'\n' if seen_cr => Ok(SIZE_START),
+                _ => Err(ChunkedError::BadTerminator),
+            },
+            State::Trailer { line } => {
+                self.trailer_bytes += 1;
+                if self.trailer_bytes > MAX_TRAILER_BYTES {
+                    return Err(ChunkedError::TooManyTrailers);
+                }
+                match byte {
+                    b'\r' => {
+                        if line > 0 {
+                            self.trailer_fields += 1;
+                            if self.trailer_fields > MAX_TRAILER_FIELDS {
+                                return Err(ChunkedError::TooManyTrailers);
+                            }
+                        }
+                        Ok(State::LineEnd {
+                            next: AfterLine::Trailer(line > 0),
+                        })
+                    }
+                    b'\n' => Err(ChunkedError::BareLineFeed),
+                    _ if line >= MAX_LINE_BYTES => Err(ChunkedError::LineTooLong),
+                    _ => Ok(State::Trailer { line: line + 1 }),
+                }
+            }
+            State::Data { .. } | State::Done => {
+                unreachable!("data and done are handled by decode")
             }
         }
     }
 }
 
-/// One byte of a control line (size line, data terminator, trailer).
-fn step(state: State, byte: u8) -> Result<State, ChunkedError> {
-    match state {
-        State::Size {
-            size,
-            digits,
-            extension,
-            line,
-        } => {
-            if line >= MAX_LINE_BYTES {
-                return Err(ChunkedError::LineTooLong);
+/// One byte of a chunk-size line: hex digits, then optional extensions, then CRLF.
+fn size_line(
+    size: u64,
+    digits: u8,
+    extension: bool,
+    line: usize,
+    byte: u8,
+    extension_bytes: &mut usize,
+) -> Result<State, ChunkedError> {
+    if line >= MAX_LINE_BYTES {
+        return Err(ChunkedError::LineTooLong);
+    }
+    let next = |size, digits, extension| State::Size {
+        size,
+        digits,
+        extension,
+        line: line + 1,
+    };
+    match byte {
+        b'\r' if digits == 0 => Err(ChunkedError::BadSize),
+        b'\r' if size == 0 => Ok(State::LineEnd {
+            next: AfterLine::Trailers,
+        }),
+        b'\r' => Ok(State::LineEnd {
+            next: AfterLine::Data(size),
+        }),
+        b'\n' => Err(ChunkedError::BareLineFeed),
+        _ if extension => {
+            *extension_bytes += 1;
+            if *extension_bytes > MAX_EXTENSION_BYTES {
+                return Err(ChunkedError::TooManyExtensions);
             }
-            match byte {
-                b'\n' if digits == 0 => Err(ChunkedError::BadSize),
-                b'\n' if size == 0 => Ok(State::Trailer { line: 0 }),
-                b'\n' => Ok(State::Data { remaining: size }),
-                _ if extension => Ok(State::Size {
-                    size,
-                    digits,
-                    extension,
-                    line: line + 1,
-                }),
-                b';' | b' ' | b'\t' | b'\r' => Ok(State::Size {
-                    size,
-                    digits,
-                    extension: true,
-                    line: line + 1,
-                }),
-                _ => {
-                    let digit = (byte as char).to_digit(16).ok_or(ChunkedError::BadSize)?;
-                    if digits >= 15 {
-                        return Err(ChunkedError::BadSize);
-                    }
-                    Ok(State::Size {
-                        size: size * 16 + u64::from(digit),
-                        digits: digits + 1,
-                        extension,
-                        line: line + 1,
-                    })
-                }
-            }
+            Ok(next(size, digits, true))
         }
-        State::DataEnd { seen_cr } => match byte {
-            b'\r' if !seen_cr => Ok(State::DataEnd { seen_cr: true }),
-            b'\n' => Ok(State::Size {
-                size: 0,
-                digits: 0,
-                extension: false,
-                line: 0,
-            }),
-            _ => Err(ChunkedError::BadTerminator),
-        },
-        State::Trailer { line } => match byte {
-            b'\n' if line == 0 => Ok(State::Done),
-            b'\n' => Ok(State::Trailer { line: 0 }),
-            b'\r' => Ok(State::Trailer { line }),
-            _ if line >= MAX_LINE_BYTES => Err(ChunkedError::LineTooLong),
-            _ => Ok(State::Trailer { line: line + 1 }),
-        },
-        State::Data { .. } | State::Done => unreachable!("data and done are handled by decode"),
+        b';' | b' ' | b'\t' if digits > 0 => Ok(next(size, digits, true)),
+        _ => {
+            let digit = (byte as char).to_digit(16).ok_or(ChunkedError::BadSize)?;
+            if digits >= 15 {
+                return Err(ChunkedError::BadSize);
+            }
+            Ok(next(size * 16 + u64::from(digit), digits + 1, false))
+        }
     }
 }
 
@@ -204,10 +279,44 @@ mod tests {
     }
 
     #[test]
-    fn bare_lf_and_uppercase_hex_are_accepted() {
+    fn uppercase_hex_is_accepted_and_bare_line_feeds_are_not() {
         assert_eq!(
-            decode_parts(&[b"B\nhello world\n0\n\n"]),
+            decode_parts(&[b"B\r\nhello world\r\n0\r\n\r\n"]),
             Ok((b"hello world".to_vec(), true))
+        );
+        let bare: [&[u8]; 4] = [
+            b"B\nhello world\r\n",
+            b"5\r\nhello\n",
+            b"0\r\n\n",
+            b"0\r\nx: 1\n\r\n",
+        ];
+        for wire in bare {
+            assert!(decode_parts(&[wire]).is_err(), "{wire:?}");
+        }
+    }
+
+    #[test]
+    fn extensions_and_trailers_are_bounded_per_body() {
+        let chunk = [b"1;".as_slice(), &[b'x'; 4000], b"\r\na\r\n"].concat();
+        let many_extensions: Vec<&[u8]> = std::iter::repeat_n(chunk.as_slice(), 5).collect();
+        assert_eq!(
+            decode_parts(&many_extensions),
+            Err(ChunkedError::TooManyExtensions),
+            "16 KiB of extensions over a body"
+        );
+        let field = b"x-t: 1\r\n".as_slice();
+        let many_fields = [&[b"0\r\n".as_slice()][..], &vec![field; 101]].concat();
+        assert_eq!(
+            decode_parts(&many_fields),
+            Err(ChunkedError::TooManyTrailers),
+            "more than 100 trailer fields"
+        );
+        let long = [b"x-t: ".as_slice(), &[b'v'; 3000], b"\r\n"].concat();
+        let many_bytes = [&[b"0\r\n".as_slice()][..], &[long.as_slice(); 6]].concat();
+        assert_eq!(
+            decode_parts(&many_bytes),
+            Err(ChunkedError::TooManyTrailers),
+            "more than 16 KiB of trailers"
         );
     }
 
@@ -218,9 +327,10 @@ mod tests {
 
     #[test]
     fn malformed_framing_is_an_error() {
-        let rows: [(&[u8], ChunkedError); 5] = [
+        let rows: [(&[u8], ChunkedError); 6] = [
             (b"zz\r\n", ChunkedError::BadSize),
             (b"\r\n", ChunkedError::BadSize),
+            (b";ext\r\n", ChunkedError::BadSize),
             (b"3\r\nabcX", ChunkedError::BadTerminator),
             (b"fffffffffffffffff\r\n", ChunkedError::BadSize),
             (&[b'1'; 5000], ChunkedError::BadSize),

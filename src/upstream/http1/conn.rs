@@ -2,10 +2,13 @@
 
 use std::time::Duration;
 
+use std::pin::pin;
+
 use bytes::{Buf, BytesMut};
 use http::StatusCode;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio::time::Instant;
 
 /// Largest response head accepted.
 const MAX_HEAD_BYTES: usize = 64 * 1024;
@@ -43,14 +46,22 @@ pub struct Head {
 /// Why an exchange failed before a response head arrived.
 #[derive(Debug)]
 pub enum ExchangeError {
-    /// The connection was closed or reset before any response byte: on a reused connection
-    /// the backend most likely closed it while idle.
-    ClosedEarly,
+    /// The connection was closed or reset before any response byte. `resendable` when the
+    /// backend cannot have acted on the request: the write failed, or the close came right
+    /// after the write (a reused connection the backend had just timed out while idle).
+    ClosedEarly { resendable: bool },
     /// The connection broke after part of a head arrived.
     Broken,
-    /// The head was malformed or too large.
+    /// The head was malformed, too large, or not an answer the gateway can relay.
     Malformed(&'static str),
 }
+
+/// A close this soon after the request was written means the backend closed the connection
+/// while idle, before it could read the request (the race every HTTP client has with
+/// keep-alive); later, the backend may have acted on it.
+const RESEND_WINDOW: Duration = Duration::from_millis(50);
+/// Informational (1xx) heads skipped before the final one.
+const MAX_INFORMATIONAL: usize = 8;
 
 impl Conn {
     pub async fn connect(host: &str, port: u16, timeout: Duration) -> Result<Self, ConnectError> {
@@ -66,28 +77,53 @@ impl Conn {
         })
     }
 
-    /// Writes `request` and reads the response head (skipping 1xx heads).
+    /// Writes `request` and reads the response head, skipping 1xx heads. Reading starts with
+    /// the write, so a backend that answers early (a 413 while the body is still being sent)
+    /// is heard; such an answer closes the connection afterwards.
     pub async fn exchange(&mut self, request: &[u8]) -> Result<Head, ExchangeError> {
-        self.io
-            .write_all(request)
-            .await
-            .map_err(|_| ExchangeError::ClosedEarly)?;
+        let (mut reader, mut writer) = self.io.split();
+        let buf = &mut self.buf;
+        let mut write = pin!(writer.write_all(request));
+        let mut written_at: Option<Instant> = None;
+        let mut write_failed = false;
         let mut received_any = false;
+        let mut informational = 0;
         loop {
-            if let Some(head) = parse_head(&mut self.buf)? {
+            if let Some(mut head) = parse_head(buf)? {
+                if head.status == StatusCode::SWITCHING_PROTOCOLS {
+                    return Err(ExchangeError::Malformed(
+                        "unexpected 101 switching protocols",
+                    ));
+                }
                 if head.status.is_informational() {
+                    informational += 1;
+                    if informational > MAX_INFORMATIONAL {
+                        return Err(ExchangeError::Malformed("too many informational responses"));
+                    }
                     continue;
                 }
+                head.keep_alive &= written_at.is_some();
                 return Ok(head);
             }
-            if self.buf.len() >= MAX_HEAD_BYTES {
+            if buf.len() >= MAX_HEAD_BYTES {
                 return Err(ExchangeError::Malformed("the response head is too large"));
             }
-            self.buf.reserve(READ_CHUNK);
-            match self.io.read_buf(&mut self.buf).await {
-                Ok(0) | Err(_) if !received_any => return Err(ExchangeError::ClosedEarly),
-                Ok(0) | Err(_) => return Err(ExchangeError::Broken),
-                Ok(_) => received_any = true,
+            buf.reserve(READ_CHUNK);
+            let writing = written_at.is_none() && !write_failed;
+            tokio::select! {
+                written = &mut write, if writing => match written {
+                    Ok(()) => written_at = Some(Instant::now()),
+                    Err(_) => write_failed = true,
+                },
+                read = reader.read_buf(buf) => match read {
+                    Ok(0) | Err(_) if !received_any => {
+                        let resendable = write_failed
+                            || written_at.is_some_and(|at| at.elapsed() <= RESEND_WINDOW);
+                        return Err(ExchangeError::ClosedEarly { resendable });
+                    }
+                    Ok(0) | Err(_) => return Err(ExchangeError::Broken),
+                    Ok(_) => received_any = true,
+                },
             }
         }
     }
@@ -118,53 +154,103 @@ fn parse_head(buf: &mut BytesMut) -> Result<Option<Head>, ExchangeError> {
         .code
         .and_then(|code| StatusCode::from_u16(code).ok())
         .ok_or(ExchangeError::Malformed("the response status is invalid"))?;
-    let mut framing = None;
-    let mut keep_alive = response.version == Some(1);
-    let mut retry_after = None;
-    let mut retry_after_ms = None;
+    let http11 = response.version == Some(1);
+    let mut fields = HeadFields::default();
     for header in response.headers.iter() {
-        let value = header.value;
-        if header.name.eq_ignore_ascii_case("transfer-encoding") {
-            let last = value
-                .rsplit(|b| *b == b',')
-                .next()
-                .unwrap_or_default()
-                .trim_ascii();
-            framing = Some(if last.eq_ignore_ascii_case(b"chunked") {
+        fields.read(header.name, header.value)?;
+    }
+    buf.advance(length);
+    let head = fields.into_head(status, http11)?;
+    Ok(Some(head))
+}
+
+/// The framing and connection fields of a response head, read one header at a time.
+#[derive(Default)]
+struct HeadFields {
+    /// The last transfer coding named, over every `Transfer-Encoding` header.
+    last_coding: Option<Vec<u8>>,
+    content_length: Option<u64>,
+    close: bool,
+    retry_after: Option<Vec<u8>>,
+    retry_after_ms: Option<Vec<u8>>,
+}
+
+impl HeadFields {
+    fn read(&mut self, name: &str, value: &[u8]) -> Result<(), ExchangeError> {
+        if name.eq_ignore_ascii_case("transfer-encoding") {
+            if let Some(last) = tokens(value).last() {
+                self.last_coding = Some(last.to_ascii_lowercase());
+            }
+        } else if name.eq_ignore_ascii_case("content-length") {
+            // A list (`5, 5`) or repeated fields must all agree (RFC 9110 section 8.6).
+            for item in value.split(|b| *b == b',') {
+                let length = content_length(item.trim_ascii())?;
+                if self.content_length.is_some_and(|seen| seen != length) {
+                    return Err(ExchangeError::Malformed(
+                        "conflicting content-length values",
+                    ));
+                }
+                self.content_length = Some(length);
+            }
+        } else if name.eq_ignore_ascii_case("connection") {
+            self.close |= tokens(value).any(|t| t.eq_ignore_ascii_case(b"close"));
+        } else if name.eq_ignore_ascii_case("retry-after") {
+            self.retry_after = Some(value.to_vec());
+        } else if name.eq_ignore_ascii_case("retry-after-ms") {
+            self.retry_after_ms = Some(value.to_vec());
+        }
+        Ok(())
+    }
+
+    /// Framing per RFC 9112 section 6.3: no body for 204 and 304, else `Transfer-Encoding`
+    /// over `Content-Length` (and then the connection is not reused), else until close.
+    fn into_head(self, status: StatusCode, http11: bool) -> Result<Head, ExchangeError> {
+        if self.last_coding.is_some() && !http11 {
+            return Err(ExchangeError::Malformed(
+                "transfer-encoding in an HTTP/1.0 response",
+            ));
+        }
+        let both = self.last_coding.is_some() && self.content_length.is_some();
+        let framing = if matches!(status, StatusCode::NO_CONTENT | StatusCode::NOT_MODIFIED) {
+            Framing::Length(0)
+        } else if let Some(coding) = &self.last_coding {
+            if coding == b"chunked" {
                 Framing::Chunked
             } else {
                 Framing::UntilClose
-            });
-        } else if header.name.eq_ignore_ascii_case("content-length") && framing.is_none() {
-            let length = std::str::from_utf8(value)
-                .ok()
-                .and_then(|v| v.trim().parse().ok());
-            framing = Some(Framing::Length(
-                length.ok_or(ExchangeError::Malformed("bad content-length"))?,
-            ));
-        } else if header.name.eq_ignore_ascii_case("connection")
-            && value.trim_ascii().eq_ignore_ascii_case(b"close")
-        {
-            keep_alive = false;
-        } else if header.name.eq_ignore_ascii_case("retry-after") {
-            retry_after = Some(value.to_vec());
-        } else if header.name.eq_ignore_ascii_case("retry-after-ms") {
-            retry_after_ms = Some(value.to_vec());
-        }
+            }
+        } else {
+            self.content_length
+                .map_or(Framing::UntilClose, Framing::Length)
+        };
+        Ok(Head {
+            status,
+            keep_alive: http11 && !self.close && !both && framing != Framing::UntilClose,
+            framing,
+            retry_after: self.retry_after,
+            retry_after_ms: self.retry_after_ms,
+        })
     }
-    buf.advance(length);
-    let framing = if matches!(status, StatusCode::NO_CONTENT | StatusCode::NOT_MODIFIED) {
-        Framing::Length(0)
-    } else {
-        framing.unwrap_or(Framing::UntilClose)
-    };
-    Ok(Some(Head {
-        status,
-        keep_alive: keep_alive && framing != Framing::UntilClose,
-        framing,
-        retry_after,
-        retry_after_ms,
-    }))
+}
+
+/// The comma-separated tokens of a header value, trimmed, empty ones skipped.
+fn tokens(value: &[u8]) -> impl Iterator<Item = &[u8]> {
+    value
+        .split(|b| *b == b',')
+        .map(<[u8]>::trim_ascii)
+        .filter(|t| !t.is_empty())
+}
+
+/// `1*DIGIT`, nothing else (no sign, no spaces inside), below 2^63.
+fn content_length(digits: &[u8]) -> Result<u64, ExchangeError> {
+    let bad = ExchangeError::Malformed("bad content-length");
+    if digits.is_empty() || digits.len() > 18 || !digits.iter().all(u8::is_ascii_digit) {
+        return Err(bad);
+    }
+    std::str::from_utf8(digits)
+        .ok()
+        .and_then(|d| d.parse().ok())
+        .ok_or(bad)
 }
 
 #[cfg(test)]
@@ -203,7 +289,32 @@ mod tests {
             (
                 "HTTP/1.1 200 OK\r\ntransfer-encoding: gzip, chunked\r\ncontent-length: 9\r\n\r\n",
                 Framing::Chunked,
+                false,
+            ),
+            (
+                "HTTP/1.1 200 OK\r\ncontent-length: 7\r\ntransfer-encoding: chunked\r\n\r\n",
+                Framing::Chunked,
+                false,
+            ),
+            (
+                "HTTP/1.1 200 OK\r\ncontent-length: 5, 5\r\ncontent-length: 5\r\n\r\n",
+                Framing::Length(5),
                 true,
+            ),
+            (
+                "HTTP/1.1 200 OK\r\nconnection: keep-alive, close\r\ncontent-length: 1\r\n\r\n",
+                Framing::Length(1),
+                false,
+            ),
+            (
+                "HTTP/1.1 200 OK\r\nconnection: upgrade\r\nconnection: CLOSE\r\ncontent-length: 1\r\n\r\n",
+                Framing::Length(1),
+                false,
+            ),
+            (
+                "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked, gzip\r\n\r\n",
+                Framing::UntilClose,
+                false,
             ),
             ("HTTP/1.1 204 No Content\r\n\r\n", Framing::Length(0), true),
         ];
@@ -226,10 +337,22 @@ mod tests {
             parse_head(&mut bad),
             Err(ExchangeError::Malformed(_))
         ));
-        let mut garbage = BytesMut::from(&b"SSH-2.0-OpenSSH\r\n\r\n"[..]);
-        assert!(matches!(
-            parse_head(&mut garbage),
-            Err(ExchangeError::Malformed(_))
-        ));
+        let malformed = [
+            "SSH-2.0-OpenSSH\r\n\r\n",
+            "HTTP/1.1 200 OK\r\ncontent-length: 5\r\ncontent-length: 50\r\n\r\n",
+            "HTTP/1.1 200 OK\r\ncontent-length: 5, 6\r\n\r\n",
+            "HTTP/1.1 200 OK\r\ncontent-length: +5\r\n\r\n",
+            "HTTP/1.1 200 OK\r\ncontent-length: 0x5\r\n\r\n",
+            "HTTP/1.1 200 OK\r\ncontent-length: 99999999999999999999\r\n\r\n",
+            "HTTP/1.1 200 OK\r\ncontent-length: \r\n\r\n",
+            "HTTP/1.0 200 OK\r\ntransfer-encoding: chunked\r\n\r\n",
+        ];
+        for text in malformed {
+            let mut buf = BytesMut::from(text.as_bytes());
+            assert!(
+                matches!(parse_head(&mut buf), Err(ExchangeError::Malformed(_))),
+                "{text:?}"
+            );
+        }
     }
 }

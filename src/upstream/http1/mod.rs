@@ -3,9 +3,10 @@
 //! directly: no connection task, no channel, one 4 KiB read buffer per stream. Measured against
 //! the pooled hyper client it replaced, it cut one client write and one task switch per chunk.
 //!
-//! Pooled keep-alive connections are reused newest first. A request that finds its reused
-//! connection closed before any response byte (the backend timed it out while idle) is sent
-//! again on another connection: the backend never produced an answer for it.
+//! Pooled keep-alive connections are reused newest first and kept for `pool_idle_timeout`. A
+//! request whose reused connection failed while it was being written, or closed right after it
+//! (the backend timed the connection out while idle), is sent once more on a fresh connection:
+//! the backend cannot have acted on it. A close any later is an error, never a silent resend.
 
 mod body;
 mod chunked;
@@ -20,6 +21,7 @@ use super::retry_after::requested_wait;
 use super::{ByteStream, UpstreamRequest};
 use crate::config::{Secret, UpstreamConfig};
 use crate::error::{GatewayError, TimeoutPhase};
+use crate::telemetry::metrics;
 use body::Body;
 use conn::{Conn, ConnectError, ExchangeError, Head};
 use idle::IdleConns;
@@ -29,6 +31,8 @@ const MAX_IDLE_PER_BACKEND: usize = 256;
 
 #[derive(Debug)]
 pub struct Http1Backend {
+    /// The backend's name, for metrics.
+    name: String,
     host: String,
     port: u16,
     /// Everything of the request head that is the same for every request.
@@ -40,7 +44,12 @@ pub struct Http1Backend {
 
 impl Http1Backend {
     /// `base_url` is a validated `http://` URL ending in `/`.
-    pub fn new(base_url: &reqwest::Url, api_key: Option<&Secret>, config: &UpstreamConfig) -> Self {
+    pub fn new(
+        name: &str,
+        base_url: &reqwest::Url,
+        api_key: Option<&Secret>,
+        config: &UpstreamConfig,
+    ) -> Self {
         let host = base_url.host_str().unwrap_or_default();
         let port = base_url.port_or_known_default().unwrap_or(80);
         let authority = match base_url.port() {
@@ -57,6 +66,7 @@ impl Http1Backend {
             head_prefix.push_str(&format!("authorization: Bearer {}\r\n", key.expose()));
         }
         Self {
+            name: name.to_owned(),
             host: host
                 .trim_start_matches('[')
                 .trim_end_matches(']')
@@ -74,15 +84,22 @@ impl Http1Backend {
 
     pub async fn send(&self, request: UpstreamRequest) -> Result<ByteStream, GatewayError> {
         let wire = self.request_bytes(&request);
+        let mut resent = false;
         loop {
-            let (mut conn, reused) = match self.idle.take() {
+            let pooled = if resent { None } else { self.idle.take() };
+            let (mut conn, reused) = match pooled {
                 Some(conn) => (conn, true),
                 None => (self.connect().await?, false),
             };
             match conn.exchange(&wire).await {
                 Ok(head) => return self.respond(conn, head).await,
-                Err(ExchangeError::ClosedEarly) if reused => continue,
-                Err(ExchangeError::ClosedEarly | ExchangeError::Broken) => {
+                // A pooled connection the backend closed while idle, before it could read the
+                // request: sent once more, on a fresh connection, never twice.
+                Err(ExchangeError::ClosedEarly { resendable: true }) if reused && !resent => {
+                    resent = true;
+                    metrics::record_upstream_resend(&self.name);
+                }
+                Err(ExchangeError::ClosedEarly { .. } | ExchangeError::Broken) => {
                     return Err(GatewayError::UpstreamDisconnected);
                 }
                 Err(ExchangeError::Malformed(detail)) => {
@@ -90,6 +107,11 @@ impl Http1Backend {
                 }
             }
         }
+    }
+
+    /// Closes idle connections past `pool_idle_timeout`.
+    pub fn reap_idle(&self) {
+        self.idle.reap();
     }
 
     async fn connect(&self) -> Result<Conn, GatewayError> {

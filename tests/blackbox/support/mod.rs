@@ -4,6 +4,7 @@
 pub mod binary;
 pub mod client;
 pub mod gateway;
+pub mod raw_upstream;
 pub mod redis;
 pub mod upstream;
 
@@ -12,6 +13,7 @@ use std::time::Duration;
 
 pub use client::*;
 pub use gateway::{GatewayConfig, TestGateway};
+pub use raw_upstream::{RawConn, RawUpstream};
 pub use redis::RedisServer;
 pub use upstream::StreamScript;
 pub use upstream::{MockUpstream, Reply};
