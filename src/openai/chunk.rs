@@ -59,23 +59,29 @@ impl Rewrite for ChunkRewriter {
             return Err(in_band(error.as_bytes()));
         }
         let usage = view.usage();
+        // The usage chunk, in OpenAI's shape (`"choices":[]`) or another server's (choices
+        // with empty deltas): dropped when the client did not ask for usage. Usage riding on a
+        // chunk that carries more is hidden (`"usage":null`) instead.
+        let usage_only = usage.is_some() && view.choices_carry_nothing();
+        let hide_usage = usage.is_some() && !self.include_usage;
         if usage.is_some() {
             self.metering.usage = usage;
         }
-        if !view.has_no_choices() {
-            self.metering.chunks = self.metering.chunks.saturating_add(1);
-        } else if usage.is_some() && !self.include_usage {
+        if hide_usage && usage_only {
             return Ok(Step::Skip);
+        }
+        if !usage_only && !view.has_no_choices() {
+            self.metering.chunks = self.metering.chunks.saturating_add(1);
         }
         let mut out = BytesMut::with_capacity(event.data.len() + self.model_json.len() + 8);
         if memchr::memchr(b'\n', &event.data).is_none() {
             // The usual one-line payload is spliced straight into the outgoing event.
             out.extend_from_slice(b"data: ");
-            view.put_with_model(&event.data, &self.model_json, &mut out);
+            view.put_rewritten(&event.data, &self.model_json, hide_usage, &mut out);
             out.extend_from_slice(b"\n\n");
         } else {
             let mut payload = BytesMut::new();
-            view.put_with_model(&event.data, &self.model_json, &mut payload);
+            view.put_rewritten(&event.data, &self.model_json, hide_usage, &mut payload);
             put_data_event(&mut out, &payload);
         }
         Ok(Step::Send(out.freeze()))
@@ -139,6 +145,30 @@ mod tests {
         );
         assert_eq!(out[4].as_ref().expect("ok"), "data: [DONE]\n\n");
         assert_eq!(usage.map(|u| u.total_tokens), Some(12));
+    }
+
+    #[test]
+    fn another_servers_usage_chunk_is_recognised_by_its_empty_deltas() {
+        let (out, usage) = run("litellm-usage.sse", false);
+        let sent: Vec<&str> = out
+            .iter()
+            .map(|e| e.as_ref().expect("no errors").as_str())
+            .collect();
+        assert_eq!(sent.len(), 5, "the usage-only chunk is dropped: {sent:#?}");
+        assert!(
+            sent.iter().all(|e| !e.contains("\"total_tokens\"")),
+            "no usage reaches a client that did not ask: {sent:#?}"
+        );
+        assert!(
+            sent[3].contains(r#""content":"!""#) && sent[3].contains(r#""usage":null"#),
+            "usage riding on a content chunk is hidden, the content kept: {}",
+            sent[3]
+        );
+        assert_eq!(usage.map(|u| u.total_tokens), Some(10), "still metered");
+
+        let (out, _) = run("litellm-usage.sse", true);
+        assert_eq!(out.len(), 6, "everything forwarded when the client asked");
+        assert!(out[3].as_ref().expect("ok").contains(r#""total_tokens":9"#));
     }
 
     #[test]

@@ -23,6 +23,6 @@ pub fn rewrite_completion(
     }
     let model_json = serde_json::to_vec(model).expect("invariant: a string serialises");
     let mut out = BytesMut::new();
-    view.put_with_model(body, &model_json, &mut out);
+    view.put_rewritten(body, &model_json, false, &mut out);
     Ok((out.freeze(), view.usage()))
 }

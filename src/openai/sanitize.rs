@@ -17,17 +17,26 @@ pub fn upstream_message(raw: &[u8]) -> Option<String> {
     (!clean.is_empty()).then_some(clean)
 }
 
-/// Masks URLs and secret-looking words, drops control characters, bounds the length.
+/// Masks URLs and secret-looking words, turns every run of whitespace or control characters
+/// into one space, bounds the length. Words are split on any whitespace or control character
+/// and masked before anything is joined, so a key after a newline or a tab is still masked and
+/// no two words are glued together.
 pub fn sanitize(message: &str) -> String {
     let mut out = String::with_capacity(message.len().min(MAX_MESSAGE_CHARS));
-    for (i, word) in message.split(' ').enumerate() {
-        if i > 0 {
+    let words = message
+        .split(|c: char| c.is_whitespace() || c.is_control())
+        .filter(|word| !word.is_empty());
+    for word in words {
+        if !out.is_empty() {
             out.push(' ');
         }
         if looks_secret_or_url(word) {
             out.push_str("[redacted]");
         } else {
-            out.extend(word.chars().filter(|c| !c.is_control()));
+            out.push_str(word);
+        }
+        if out.len() > MAX_MESSAGE_CHARS * 4 {
+            break;
         }
     }
     match out.char_indices().nth(MAX_MESSAGE_CHARS) {
@@ -74,7 +83,19 @@ mod tests {
             ),
             (
                 r#"{"error":{"message":"line\u0000break"}}"#,
-                Some("linebreak"),
+                Some("line break"),
+            ),
+            (
+                r#"{"error":{"message":"bad key:\nsk-abc123 and\tBearer\r\nxyz"}}"#,
+                Some("bad key: [redacted] and [redacted] xyz"),
+            ),
+            (
+                r#"{"error":{"message":"upstream\thttp://10.0.0.3/v1\u001bfailed"}}"#,
+                Some("upstream [redacted] failed"),
+            ),
+            (
+                r#"{"error":{"message":"  spaced   out\n\n"}}"#,
+                Some("spaced out"),
             ),
             ("not json", None),
         ];

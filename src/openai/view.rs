@@ -35,7 +35,7 @@ impl<'a> ObjectView<'a> {
         non_null(self.error).map(RawValue::get)
     }
 
-    /// True for the usage-only chunk: `choices` present and empty.
+    /// True when `choices` is present and empty (OpenAI's usage-only chunk).
     pub fn has_no_choices(&self) -> bool {
         self.choices.is_some_and(|raw| {
             raw.get()
@@ -44,19 +44,67 @@ impl<'a> ObjectView<'a> {
         })
     }
 
-    /// Appends `json` to `out` with the `model` value replaced by `model_json` (a JSON string
-    /// literal). Only that span changes; every other byte is copied as it came.
-    pub fn put_with_model(&self, json: &[u8], model_json: &[u8], out: &mut BytesMut) {
-        out.reserve(json.len() + model_json.len());
-        match self.model.and_then(|raw| span_in(json, raw.get())) {
-            Some((start, end)) => {
-                out.put_slice(&json[..start]);
-                out.put_slice(model_json);
-                out.put_slice(&json[end..]);
-            }
-            None => out.put_slice(json),
-        }
+    /// True when no choice carries anything for the client: `choices` absent, empty, or every
+    /// choice with an empty (or no) `delta` and no `finish_reason`. Servers such as LiteLLM
+    /// send their usage chunk so (`"choices":[{"index":0,"delta":{}}]`) instead of OpenAI's
+    /// `"choices":[]`. Only asked of chunks that carry usage, so the parse is rare.
+    pub fn choices_carry_nothing(&self) -> bool {
+        let Some(raw) = non_null(self.choices) else {
+            return true;
+        };
+        let Ok(choices) = serde_json::from_str::<Vec<ChoiceView<'_>>>(raw.get()) else {
+            return false;
+        };
+        choices.iter().all(|choice| {
+            non_null(choice.finish_reason).is_none()
+                && non_null(choice.delta).is_none_or(|delta| {
+                    delta
+                        .get()
+                        .bytes()
+                        .all(|b| matches!(b, b'{' | b'}') || b.is_ascii_whitespace())
+                })
+        })
     }
+
+    /// Appends `json` to `out` with the `model` value replaced by `model_json` (a JSON string
+    /// literal) and, with `hide_usage`, the `usage` value replaced by `null`. Only those spans
+    /// change; every other byte is copied as it came.
+    pub fn put_rewritten(
+        &self,
+        json: &[u8],
+        model_json: &[u8],
+        hide_usage: bool,
+        out: &mut BytesMut,
+    ) {
+        out.reserve(json.len() + model_json.len());
+        let model = self
+            .model
+            .and_then(|raw| span_in(json, raw.get()))
+            .map(|span| (span, model_json));
+        let usage = self
+            .usage
+            .filter(|_| hide_usage)
+            .and_then(|raw| span_in(json, raw.get()))
+            .map(|span| (span, b"null".as_slice()));
+        let mut splices: Vec<_> = model.into_iter().chain(usage).collect();
+        splices.sort_by_key(|((start, _), _)| *start);
+        let mut at = 0;
+        for ((start, end), replacement) in splices {
+            out.put_slice(&json[at..start]);
+            out.put_slice(replacement);
+            at = end;
+        }
+        out.put_slice(&json[at..]);
+    }
+}
+
+/// The two fields of a choice that say whether it carries anything.
+#[derive(Debug, Deserialize)]
+struct ChoiceView<'a> {
+    #[serde(borrow, default)]
+    delta: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    finish_reason: Option<&'a RawValue>,
 }
 
 fn non_null(raw: Option<&RawValue>) -> Option<&RawValue> {
@@ -78,7 +126,7 @@ mod tests {
         let view = ObjectView::parse(json.as_bytes()).expect("valid JSON object");
         let mut out = BytesMut::new();
         let model_json = serde_json::to_vec(model).expect("string serialises");
-        view.put_with_model(json.as_bytes(), &model_json, &mut out);
+        view.put_rewritten(json.as_bytes(), &model_json, false, &mut out);
         String::from_utf8(out.to_vec()).expect("utf-8")
     }
 

@@ -205,6 +205,7 @@ mod tests {
             "openai-chat.sse",
             "mixed-line-endings.sse",
             "vllm-in-band-error.sse",
+            "litellm-usage.sse",
         ] {
             let bytes = golden(name);
             let whole = decode_in_parts(&[&bytes]);

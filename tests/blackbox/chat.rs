@@ -92,6 +92,50 @@ async fn usage_chunk_only_when_the_client_asks() {
 }
 
 #[tokio::test]
+async fn a_usage_chunk_in_another_servers_shape_reaches_only_a_client_that_asked() {
+    // LiteLLM's proxy sends its usage chunk with `"choices":[{"index":0,"delta":{}}]`.
+    let golden = include_str!("../../proto/litellm-usage.sse");
+    let upstream = RawUpstream::start(move |mut conn| async move {
+        while conn.read_request().await {
+            let head = format!(
+                "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncontent-length: {}\r\n\r\n",
+                golden.len()
+            );
+            if !conn.write(head.as_bytes()).await || !conn.write(golden.as_bytes()).await {
+                return;
+            }
+        }
+    })
+    .await;
+    let gateway = TestGateway::start(&GatewayConfig::openai(&upstream.base_url())).await;
+    let without = post_chat(&gateway.url(""), KEY, &chat_body(true))
+        .await
+        .text()
+        .await
+        .expect("body");
+    let chunks = data_json(&without);
+    assert_eq!(
+        chunks.len(),
+        4,
+        "the usage-only chunk is dropped: {without}"
+    );
+    assert!(
+        chunks.iter().all(|c| c["usage"].is_null()),
+        "no usage for a client that did not ask: {without}"
+    );
+    assert_eq!(content_of(&without), "Hi there!");
+
+    let mut body = chat_body(true);
+    body["stream_options"] = json!({"include_usage": true});
+    let with_usage = post_chat(&gateway.url(""), KEY, &body)
+        .await
+        .text()
+        .await
+        .expect("body");
+    assert_eq!(data_json(&with_usage)[3]["usage"]["total_tokens"], 9);
+}
+
+#[tokio::test]
 async fn non_streaming_answer_has_alias_and_usage() {
     let completion = json!({
         "id": "c1", "object": "chat.completion", "created": 1, "model": "upstream-model",
