@@ -3,6 +3,7 @@
 
 pub mod chunk;
 pub mod error_body;
+mod fields;
 pub mod request;
 pub mod response;
 pub mod sanitize;

@@ -7,6 +7,7 @@ use bytes::Bytes;
 use serde::ser::{Serialize, SerializeMap, Serializer};
 use serde_json::{Map, Value};
 
+use super::fields::{check_well_known, missing, wrong_type};
 use crate::error::GatewayError;
 
 const ROLES: [&str; 6] = [
@@ -60,6 +61,7 @@ impl ChatRequest {
         };
         let model = model(&fields)?;
         messages(&fields)?;
+        check_well_known(&fields)?;
         let stream = optional_bool(&fields, "stream")?.unwrap_or(false);
         let include_usage = stream_options(&fields, stream)?;
         let max_tokens = bounded_integer(&fields, "max_tokens", MAX_OUTPUT_TOKENS)?;
@@ -317,30 +319,6 @@ fn below_minimum(param: &str, n: &serde_json::Number) -> GatewayError {
             "invalid '{param}': integer below minimum value; expected a value >= 1, but got {n} \
              instead"
         ),
-    )
-}
-
-fn missing(param: &str) -> GatewayError {
-    GatewayError::invalid(
-        param,
-        "missing_required_parameter",
-        format!("missing required parameter: '{param}'"),
-    )
-}
-
-fn wrong_type(param: &str, expected: &str, got: &Value) -> GatewayError {
-    let got = match got {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
-    };
-    GatewayError::invalid(
-        param,
-        "invalid_type",
-        format!("invalid type for '{param}': expected {expected}, but got {got} instead"),
     )
 }
 
