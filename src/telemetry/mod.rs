@@ -3,6 +3,8 @@
 
 pub mod metrics;
 
+use std::io::IsTerminal;
+
 use tracing_subscriber::EnvFilter;
 
 use crate::config::{LogConfig, LogFormat};
@@ -24,6 +26,9 @@ pub fn init(config: &LogConfig) -> Result<(), tracing_subscriber::util::TryInitE
                     .with_span_list(false),
             )
             .try_init(),
-        LogFormat::Text => registry.with(tracing_subscriber::fmt::layer()).try_init(),
+        // Colour only on a terminal: files and pipes get plain text.
+        LogFormat::Text => registry
+            .with(tracing_subscriber::fmt::layer().with_ansi(std::io::stdout().is_terminal()))
+            .try_init(),
     }
 }

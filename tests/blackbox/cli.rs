@@ -4,10 +4,12 @@ use std::io::Write;
 use std::process::Command;
 
 use crate::support::binary::BINARY;
+use crate::support::{ms, within};
 
 fn run(args: &[&str]) -> (bool, String, String) {
     let output = Command::new(BINARY)
         .args(args)
+        .env("RUST_BACKTRACE", "full")
         .output()
         .expect("binary runs");
     (
@@ -36,6 +38,41 @@ fn check_config_accepts_a_valid_file_and_names_the_bad_field() {
     assert!(
         stderr.contains("models[0].backends[0].base_url"),
         "names the field: {stderr}"
+    );
+    assert!(
+        !stderr.to_lowercase().contains("backtrace") && stderr.lines().count() == 1,
+        "one line of message, never a backtrace, even with RUST_BACKTRACE set: {stderr}"
+    );
+}
+
+#[tokio::test]
+async fn text_logs_written_to_a_pipe_carry_no_colour_codes() {
+    use tokio::io::AsyncBufReadExt;
+
+    let mut config = tempfile::NamedTempFile::new().expect("temp file");
+    config
+        .write_all(
+            b"server: {listen: '127.0.0.1:0'}\nlog: {format: text, level: info}\n\
+              models: [{name: m, backends: [{name: b, kind: mock}]}]\n",
+        )
+        .expect("write");
+    let mut child = tokio::process::Command::new(BINARY)
+        .arg("--config")
+        .arg(config.path())
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("binary starts");
+    let stdout = child.stdout.take().expect("piped");
+    let mut lines = tokio::io::BufReader::new(stdout).lines();
+    let line = within(ms(10_000), "the listening line", lines.next_line())
+        .await
+        .expect("read")
+        .expect("a line");
+    assert!(line.contains("listening"), "{line}");
+    assert!(
+        !line.contains('\u{1b}'),
+        "no ANSI escapes in a pipe: {line:?}"
     );
 }
 
