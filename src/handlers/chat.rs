@@ -5,11 +5,11 @@ use std::sync::{Arc, OnceLock};
 use bytes::{Bytes, BytesMut};
 use futures_util::{StreamExt, stream};
 use http::{HeaderMap, HeaderValue, Request, Response, header};
-use http_body_util::BodyExt;
 use hyper::body::Incoming;
-use tokio::time::{Instant, timeout, timeout_at};
+use tokio::time::{Instant, timeout_at};
 
 use super::json::{json_response, sse_response};
+use super::request_body::read_capped;
 use crate::auth;
 use crate::body::{self, Body};
 use crate::error::{GatewayError, TimeoutPhase};
@@ -35,7 +35,14 @@ pub async fn chat_completions(
     let principal = auth::authenticate(request.headers(), &state.keys)?;
     guard.set_key(principal.key_id.clone());
     require_json(request.headers())?;
-    let body = read_body(request, state).await?;
+    let (parts, body) = request.into_parts();
+    let body = read_capped(
+        &parts.headers,
+        body,
+        state.server.max_body_bytes.get(),
+        state.server.body_read_timeout,
+    )
+    .await?;
     let chat = Arc::new(ChatRequest::parse(&body)?);
     let pool = state.models.get(&chat.model)?;
     principal.authorize(&pool.name)?;
@@ -236,33 +243,5 @@ fn require_json(headers: &HeaderMap) -> Result<(), GatewayError> {
         Ok(())
     } else {
         Err(GatewayError::UnsupportedContentType)
-    }
-}
-
-/// Reads the body, stopping at `max_body_bytes` whatever Content-Length claimed, and within
-/// `body_read_timeout`.
-async fn read_body(request: Request<Incoming>, state: &AppState) -> Result<Bytes, GatewayError> {
-    let limit = state.server.max_body_bytes.get();
-    let too_large = GatewayError::BodyTooLarge { limit_bytes: limit };
-    let declared = request
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > limit as u64) {
-        return Err(too_large);
-    }
-    let limited = http_body_util::Limited::new(request.into_body(), limit);
-    match timeout(state.server.body_read_timeout, limited.collect()).await {
-        Ok(Ok(collected)) => Ok(collected.to_bytes()),
-        Ok(Err(error)) if error.is::<http_body_util::LengthLimitError>() => Err(too_large),
-        Ok(Err(_)) => Err(GatewayError::InvalidRequest {
-            message: "the request body could not be read".into(),
-            param: None,
-            code: "invalid_body",
-        }),
-        Err(_) => Err(GatewayError::BodyTimeout {
-            timeout: state.server.body_read_timeout,
-        }),
     }
 }

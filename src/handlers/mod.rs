@@ -4,3 +4,4 @@ pub mod chat;
 mod json;
 pub mod models;
 pub mod probes;
+mod request_body;

@@ -344,3 +344,61 @@ async fn a_body_that_never_finishes_arriving_is_408() {
         "OpenAI error body: {answer:?}"
     );
 }
+
+#[tokio::test]
+async fn a_body_over_the_cap_sent_in_one_go_still_gets_its_413() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let gateway = TestGateway::start(&gateway_config()).await;
+    // 8 MiB against a 64 KiB cap, sent whole before reading, as many HTTP clients do: the
+    // gateway answers at once and reads on, discarding, so the whole send succeeds and the
+    // client reads its 413 instead of meeting a broken pipe.
+    for declared in [true, false] {
+        let size = 8 * 1024 * 1024;
+        let framing = if declared {
+            format!("content-length: {size}")
+        } else {
+            "transfer-encoding: chunked".to_owned()
+        };
+        let mut request = format!(
+            "POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {KEY}\r\n\
+             content-type: application/json\r\n{framing}\r\n\r\n"
+        )
+        .into_bytes();
+        if declared {
+            request.extend(std::iter::repeat_n(b' ', size));
+        } else {
+            let chunk = [
+                format!("{:x}\r\n", 1 << 20).into_bytes(),
+                vec![b' '; 1 << 20],
+                b"\r\n".to_vec(),
+            ]
+            .concat();
+            request.extend(chunk.repeat(size >> 20));
+            request.extend_from_slice(b"0\r\n\r\n");
+        }
+        let socket = tokio::net::TcpStream::connect(gateway.addr)
+            .await
+            .expect("connect");
+        let (mut reader, mut writer) = socket.into_split();
+        let sent = within(
+            ms(10_000),
+            "the whole body to be sent",
+            writer.write_all(&request),
+        )
+        .await;
+        assert!(
+            sent.is_ok(),
+            "declared {declared}: the send completes: {sent:?}"
+        );
+        let mut answer = vec![0u8; 512];
+        let n = within(ms(5_000), "the answer", reader.read(&mut answer))
+            .await
+            .expect("read");
+        let answer = String::from_utf8_lossy(&answer[..n]);
+        assert!(
+            answer.starts_with("HTTP/1.1 413"),
+            "declared {declared}: {answer:?}"
+        );
+    }
+}
