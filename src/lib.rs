@@ -47,6 +47,8 @@ pub mod settle;
 pub mod sse;
 pub mod state;
 pub mod telemetry;
+#[cfg(test)]
+mod test_support;
 pub mod upstream;
 
 use std::future::Future;

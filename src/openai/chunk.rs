@@ -178,4 +178,54 @@ mod tests {
         let (out, _) = run("vllm-in-band-error.sse", false);
         assert_eq!(out.last(), Some(&Err("upstream_in_band".to_owned())));
     }
+
+    mod properties {
+        use proptest::prelude::*;
+
+        use crate::test_support::cases;
+        use serde_json::{Value, json};
+
+        use super::*;
+
+        proptest! {
+            #![proptest_config(cases(256))]
+
+            #[test]
+            fn arbitrary_event_data_never_panics(data in prop::collection::vec(any::<u8>(), 0..200)) {
+                let mut rewriter = ChunkRewriter::new("alias", false, MeterSlot::default());
+                let event = Event { name: Bytes::new(), data: data.into() };
+                if let Ok(Step::Send(out) | Step::Finish(out)) = rewriter.on_event(event) {
+                    prop_assert!(out.starts_with(b"data: ") && out.ends_with(b"\n\n"));
+                }
+            }
+
+            #[test]
+            fn any_chunk_comes_out_as_json_naming_the_alias(
+                model in "\\PC{0,16}",
+                content in "\\PC{0,32}",
+                with_usage in any::<bool>(),
+                include_usage in any::<bool>(),
+            ) {
+                let mut chunk = json!({
+                    "id": "c", "model": model,
+                    "choices": [{"index": 0, "delta": {"content": content}, "finish_reason": null}],
+                });
+                if with_usage {
+                    chunk["usage"] = json!({"prompt_tokens": 1, "completion_tokens": 2, "total_tokens": 3});
+                }
+                let data = serde_json::to_vec(&chunk).expect("serialises");
+                let mut rewriter = ChunkRewriter::new("alias", include_usage, MeterSlot::default());
+                let event = Event { name: Bytes::new(), data: data.into() };
+                let Ok(Step::Send(out)) = rewriter.on_event(event) else {
+                    return Err(TestCaseError::fail("a content chunk is sent"));
+                };
+                let text = std::str::from_utf8(&out).expect("UTF-8");
+                let json = text.strip_prefix("data: ").and_then(|t| t.strip_suffix("\n\n")).expect("one event");
+                let sent: Value = serde_json::from_str(json).expect("still JSON");
+                prop_assert_eq!(&sent["model"], "alias");
+                prop_assert_eq!(&sent["choices"][0]["delta"]["content"], &Value::String(content));
+                prop_assert_eq!(sent["usage"].is_object(), with_usage && include_usage);
+            }
+        }
+    }
 }

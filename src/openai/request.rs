@@ -479,4 +479,81 @@ mod tests {
         let error = ChatRequest::parse(b"{\"model\":\"\xff\"}").expect_err("non-UTF-8");
         assert_eq!(error.code(), Some("invalid_json"));
     }
+
+    mod properties {
+        use proptest::prelude::*;
+
+        use crate::test_support::cases;
+        use serde_json::json;
+
+        use super::*;
+
+        /// Any JSON value, a few levels deep.
+        fn json_value() -> impl Strategy<Value = Value> {
+            let leaf = prop_oneof![
+                Just(Value::Null),
+                any::<bool>().prop_map(Value::Bool),
+                any::<i64>().prop_map(Value::from),
+                any::<u64>().prop_map(Value::from),
+                any::<f64>().prop_map(Value::from),
+                ".{0,12}".prop_map(Value::String),
+            ];
+            leaf.prop_recursive(3, 24, 4, |inner| {
+                prop_oneof![
+                    prop::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
+                    prop::collection::btree_map(".{0,8}", inner, 0..4)
+                        .prop_map(|m| Value::Object(m.into_iter().collect())),
+                ]
+            })
+        }
+
+        const FIELDS: [&str; 12] = [
+            "model",
+            "messages",
+            "stream",
+            "stream_options",
+            "max_tokens",
+            "max_completion_tokens",
+            "n",
+            "temperature",
+            "stop",
+            "tools",
+            "logit_bias",
+            "seed",
+        ];
+
+        proptest! {
+            #![proptest_config(cases(256))]
+
+            #[test]
+            fn arbitrary_bytes_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..256)) {
+                let _ = ChatRequest::parse(&bytes);
+            }
+
+            #[test]
+            fn any_field_values_are_accepted_within_bounds_or_refused_by_name(
+                values in prop::collection::vec((prop::sample::select(FIELDS.to_vec()), json_value()), 0..6),
+            ) {
+                let mut body = json!({"model": "m", "messages": [{"role": "user", "content": "hi"}]});
+                for (field, value) in values {
+                    body[field] = value;
+                }
+                let bytes = serde_json::to_vec(&body).expect("serialises");
+                match ChatRequest::parse(&bytes) {
+                    Ok(request) => {
+                        prop_assert!(request.max_output_tokens.is_none_or(|n| (1..=MAX_OUTPUT_TOKENS).contains(&n)));
+                        prop_assert!((1..=MAX_CHOICES).contains(&request.choices));
+                        let _ = request.prompt_tokens_estimate();
+                        let sent: Value = serde_json::from_slice(&request.upstream_body("up", 7))
+                            .expect("the upstream body is JSON");
+                        prop_assert!(sent.is_object());
+                    }
+                    Err(error) => {
+                        prop_assert_eq!(error.status(), http::StatusCode::BAD_REQUEST);
+                        prop_assert!(error.param().is_some() || error.code() == Some("invalid_json"));
+                    }
+                }
+            }
+        }
+    }
 }

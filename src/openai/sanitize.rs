@@ -112,4 +112,40 @@ mod tests {
             "bounded length"
         );
     }
+
+    mod properties {
+        use proptest::prelude::*;
+
+        use crate::test_support::cases;
+
+        use super::*;
+
+        proptest! {
+            #![proptest_config(cases(512))]
+
+            #[test]
+            fn any_text_comes_out_bounded_single_spaced_and_masked(
+                words in prop::collection::vec(
+                    prop_oneof![
+                        "\\PC{0,12}",
+                        Just("sk-live-abcdef".to_owned()),
+                        Just("http://10.0.0.1/x".to_owned()),
+                    ],
+                    0..40,
+                ),
+                separators in prop::collection::vec(prop::sample::select(vec![" ", "\n", "\t", "\r\n", "\u{0}", "  "]), 40),
+            ) {
+                let text: String = words
+                    .iter()
+                    .zip(&separators)
+                    .map(|(w, s)| format!("{w}{s}"))
+                    .collect();
+                let clean = sanitize(&text);
+                prop_assert!(clean.chars().count() <= MAX_MESSAGE_CHARS + 1);
+                prop_assert!(!clean.contains("sk-live"), "{}", clean);
+                prop_assert!(!clean.contains("://"), "{}", clean);
+                prop_assert!(!clean.contains("  ") && !clean.chars().any(|c| c.is_control() || (c.is_whitespace() && c != ' ')));
+            }
+        }
+    }
 }

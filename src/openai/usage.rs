@@ -177,4 +177,44 @@ mod tests {
             "saturates, never wraps"
         );
     }
+
+    mod properties {
+        use proptest::prelude::*;
+
+        use crate::test_support::cases;
+
+        use super::*;
+
+        proptest! {
+            #![proptest_config(cases(512))]
+
+            #[test]
+            fn any_reported_numbers_are_charged_within_the_ceiling(
+                counts in prop::collection::vec(
+                    prop_oneof![
+                        any::<i64>().prop_map(|n| n.to_string()),
+                        any::<u64>().prop_map(|n| n.to_string()),
+                        any::<f64>().prop_map(|n| if n.is_finite() { n.to_string() } else { "null".into() }),
+                        Just("\"7\"".to_owned()),
+                    ],
+                    3,
+                ),
+                prompt in 0u64..1_000_000,
+                cap in 1u64..=(1 << 31) - 1,
+                choices in 1u64..=128,
+                chunks in any::<u64>(),
+            ) {
+                let json = format!(
+                    r#"{{"prompt_tokens":{},"completion_tokens":{},"total_tokens":{}}}"#,
+                    counts[0], counts[1], counts[2]
+                );
+                let usage: Usage = serde_json::from_str(&json).expect("usage always parses");
+                let reserved = Usage::reservation(prompt, cap, choices);
+                let ceiling = prompt * PROMPT_CEILING_FACTOR + cap * choices;
+                for metering in [Metering { usage: Some(usage), chunks }, Metering { usage: None, chunks }] {
+                    prop_assert!(metering.used_tokens(&reserved) <= ceiling);
+                }
+            }
+        }
+    }
 }

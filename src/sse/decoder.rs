@@ -80,6 +80,9 @@ impl Decoder {
                 self.check_size(self.pending.len())?;
                 return Ok(None);
             };
+            // A whole line is bounded like a partial one, so a long line is refused however the
+            // input was split.
+            self.check_size(end)?;
             let line = self.pending.split_to(end).freeze();
             self.consume_terminator();
             if let Some(event) = self.process_line(line)? {
@@ -280,5 +283,68 @@ mod tests {
             Err(DecodeError::EventTooLarge { limit: 16 }),
             "many data lines are cut off"
         );
+    }
+
+    mod properties {
+        use proptest::prelude::*;
+
+        use super::super::*;
+        use crate::test_support::{cases, mostly, split_at};
+
+        fn sse_bytes() -> impl Strategy<Value = Vec<u8>> {
+            mostly(
+                vec![
+                    b"data:",
+                    b"data: ",
+                    b"event: x",
+                    b":",
+                    b"id: 1",
+                    b"\n",
+                    b"\r",
+                    b"\r\n",
+                    b"[DONE]",
+                    b"{\"a\":1}",
+                    b"  ",
+                ],
+                48,
+            )
+        }
+
+        /// Events until the first error, and that error; with the decoder's held bytes checked
+        /// against its cap after every step.
+        fn decode(parts: &[&[u8]], max: usize) -> (Vec<Event>, Option<DecodeError>) {
+            let mut decoder = Decoder::new(max);
+            let mut events = Vec::new();
+            for part in parts {
+                decoder.feed(part);
+                loop {
+                    match decoder.next_event() {
+                        Ok(Some(event)) => {
+                            assert!(event.data.len() <= max, "an event over the cap");
+                            events.push(event);
+                        }
+                        Ok(None) => break,
+                        Err(error) => return (events, Some(error)),
+                    }
+                }
+                assert!(decoder.pending.len() <= max, "a partial line over the cap");
+                assert!(decoder.data.len() <= max, "a partial event over the cap");
+            }
+            (events, None)
+        }
+
+        proptest! {
+            #![proptest_config(cases(256))]
+
+            #[test]
+            fn any_split_gives_the_same_events_within_the_cap(
+                bytes in sse_bytes(),
+                cuts in prop::collection::vec(any::<prop::sample::Index>(), 0..6),
+                max in 1usize..96,
+            ) {
+                let whole = decode(&[&bytes], max);
+                prop_assert_eq!(decode(&split_at(&bytes, &cuts), max), whole);
+            }
+        }
     }
 }

@@ -80,4 +80,32 @@ mod tests {
             assert_eq!(wait(retry_after, ms), expected, "{retry_after:?} {ms:?}");
         }
     }
+
+    mod properties {
+        use proptest::prelude::*;
+
+        use crate::test_support::cases;
+
+        use super::*;
+
+        proptest! {
+            #![proptest_config(cases(512))]
+
+            #[test]
+            fn any_header_bytes_give_a_wait_no_longer_than_the_maximum(
+                retry_after in prop::option::of(prop::collection::vec(any::<u8>(), 0..40)),
+                retry_after_ms in prop::option::of("[0-9.eE+-]{0,24}"),
+                now_secs in any::<u32>(),
+            ) {
+                let now = SystemTime::UNIX_EPOCH + Duration::from_secs(u64::from(now_secs));
+                let wait = requested_wait(
+                    retry_after.as_deref(),
+                    retry_after_ms.as_deref().map(str::as_bytes),
+                    now,
+                    MAX,
+                );
+                prop_assert!(wait.is_none_or(|w| w <= MAX));
+            }
+        }
+    }
 }

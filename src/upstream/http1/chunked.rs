@@ -349,4 +349,44 @@ mod tests {
             Err(ChunkedError::LineTooLong)
         );
     }
+
+    mod properties {
+        use proptest::prelude::*;
+
+        use super::*;
+        use crate::test_support::{cases, mostly, split_at};
+
+        fn chunked_bytes() -> impl Strategy<Value = Vec<u8>> {
+            mostly(
+                vec![
+                    b"5\r\nhello\r\n",
+                    b"0\r\n",
+                    b"\r\n",
+                    b"1;x=y\r\n",
+                    b"a",
+                    b"\n",
+                    b"x-t: 1\r\n",
+                    b"F",
+                    b"\r",
+                ],
+                48,
+            )
+        }
+
+        proptest! {
+            #![proptest_config(cases(256))]
+
+            #[test]
+            fn any_split_gives_the_same_body(
+                bytes in chunked_bytes(),
+                cuts in prop::collection::vec(any::<prop::sample::Index>(), 0..6),
+            ) {
+                let whole = decode_parts(&[&bytes]);
+                prop_assert_eq!(decode_parts(&split_at(&bytes, &cuts)), whole.clone());
+                if let Ok((body, _)) = whole {
+                    prop_assert!(body.len() <= bytes.len(), "data is a slice of the input");
+                }
+            }
+        }
+    }
 }

@@ -355,4 +355,60 @@ mod tests {
             );
         }
     }
+
+    mod properties {
+        use proptest::prelude::*;
+
+        use super::*;
+        use crate::test_support::{cases, mostly};
+
+        /// What a parse says, comparable.
+        fn outcome(bytes: &[u8]) -> String {
+            let mut buf = BytesMut::from(bytes);
+            match parse_head(&mut buf) {
+                Ok(None) => "partial".into(),
+                Ok(Some(head)) => format!("{head:?} rest={}", buf.len()),
+                Err(error) => format!("{error:?}"),
+            }
+        }
+
+        fn head_bytes() -> impl Strategy<Value = Vec<u8>> {
+            mostly(
+                vec![
+                    b"HTTP/1.1 200 OK\r\n",
+                    b"HTTP/1.0 429 X\r\n",
+                    b"content-length: 5\r\n",
+                    b"Content-Length: 7, 7\r\n",
+                    b"transfer-encoding: chunked\r\n",
+                    b"connection: close\r\n",
+                    b"retry-after: 3\r\n",
+                    b"\r\n",
+                    b"x: y\r\n",
+                ],
+                12,
+            )
+        }
+
+        proptest! {
+            #![proptest_config(cases(256))]
+
+            #[test]
+            fn a_prefix_is_partial_or_decides_as_the_whole_does(
+                bytes in head_bytes(),
+                cut in any::<prop::sample::Index>(),
+            ) {
+                let whole = outcome(&bytes);
+                let prefix = &bytes[..cut.index(bytes.len() + 1)];
+                let early = outcome(prefix);
+                if early != "partial" && !early.starts_with("Ok") {
+                    // A prefix that already fails fails the whole, and one that is a complete
+                    // head is the same head (with fewer bytes after it).
+                    prop_assert!(!whole.starts_with("partial"), "{early} vs {whole}");
+                }
+                if let Some((head, _)) = early.split_once(" rest=") {
+                    prop_assert!(whole.starts_with(head), "{early} vs {whole}");
+                }
+            }
+        }
+    }
 }
