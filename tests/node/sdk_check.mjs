@@ -1,0 +1,100 @@
+// The official OpenAI Node SDK against a running sluicegate.
+//
+// Usage: node sdk_check.mjs BASE_URL FULL_KEY LIMITED_KEY THROTTLED_KEY
+//
+// `test-model` streams "The quick brown fox jumps " (5 tokens); `slow-model` streams 400 tokens
+// 10 ms apart; `other-model` drops mid-stream and is the only model LIMITED_KEY may use;
+// THROTTLED_KEY may send one request a minute. Exits non-zero on the first failed check.
+
+import assert from "node:assert/strict";
+import OpenAI from "openai";
+
+const [base, fullKey, limitedKey, throttledKey] = process.argv.slice(2);
+const messages = [{ role: "user", content: "hello" }];
+const sdk = (apiKey) => new OpenAI({ baseURL: `${base}/v1`, apiKey, maxRetries: 0 });
+const client = sdk(fullKey);
+const TEXT = "The quick brown fox jumps ";
+
+async function expectError(kind, params, apiKey = fullKey) {
+  try {
+    await sdk(apiKey).chat.completions.create(params);
+  } catch (error) {
+    assert.ok(error instanceof kind, `expected ${kind.name}, got ${error?.constructor?.name}: ${error}`);
+    assert.ok(error.error, "the error carries the OpenAI body");
+    return error;
+  }
+  assert.fail(`expected ${kind.name}`);
+}
+
+// Streaming, with the usage chunk asked for.
+const chunks = [];
+const stream = await client.chat.completions.create({
+  model: "test-model",
+  messages,
+  stream: true,
+  stream_options: { include_usage: true },
+});
+for await (const chunk of stream) chunks.push(chunk);
+assert.equal(chunks.map((c) => c.choices[0]?.delta?.content ?? "").join(""), TEXT);
+assert.ok(chunks.every((c) => c.model === "test-model"));
+assert.equal(chunks.at(-1).usage?.completion_tokens, 5, JSON.stringify(chunks.at(-1)));
+
+// Without usage asked for, no chunk carries it.
+const plain = [];
+for await (const chunk of await client.chat.completions.create({ model: "test-model", messages, stream: true })) {
+  plain.push(chunk);
+}
+assert.ok(plain.every((c) => !c.usage), "no usage chunk");
+
+// The .stream() helper assembles the final completion.
+const helper = client.chat.completions.stream({ model: "test-model", messages });
+let deltas = "";
+helper.on("content", (delta) => (deltas += delta));
+const final = await helper.finalChatCompletion();
+assert.equal(final.choices[0].message.content, TEXT);
+assert.equal(deltas, TEXT);
+assert.equal(final.model, "test-model");
+
+// Aborting mid-stream ends the iteration at once, without an error escaping.
+const started = Date.now();
+const long = await client.chat.completions.create({ model: "slow-model", messages, stream: true });
+let seen = 0;
+for await (const chunk of long) {
+  if (chunk.choices[0]?.delta?.content && ++seen === 3) long.controller.abort();
+}
+assert.equal(seen, 3);
+assert.ok(Date.now() - started < 3000, "abort ends the stream promptly");
+
+// Non-streaming.
+const completion = await client.chat.completions.create({ model: "test-model", messages });
+assert.equal(completion.choices[0].message.content, TEXT);
+assert.equal(completion.usage.completion_tokens, 5);
+
+// Errors map to the SDK's classes.
+await expectError(OpenAI.AuthenticationError, { model: "test-model", messages }, "sk-wrong");
+await expectError(OpenAI.NotFoundError, { model: "no-such-model", messages });
+const bad = await expectError(OpenAI.BadRequestError, { model: "test-model", messages: [] });
+assert.equal(bad.param, "messages");
+const wrongType = await expectError(OpenAI.BadRequestError, { model: "test-model", messages, temperature: "hot" });
+assert.equal(wrongType.param, "temperature");
+await expectError(OpenAI.PermissionDeniedError, { model: "test-model", messages }, limitedKey);
+
+// A stream that fails after it started makes the iterator throw.
+try {
+  for await (const _ of await sdk(limitedKey).chat.completions.create({ model: "other-model", messages, stream: true })) {
+    // reading until it fails
+  }
+  assert.fail("a dropped stream must throw");
+} catch (error) {
+  assert.ok(error instanceof OpenAI.APIError, `an APIError, got ${error}`);
+  assert.match(String(error.message), /closed before the response was complete/);
+}
+
+// The second request of a key allowed one a minute is a RateLimitError with OpenAI's headers.
+const throttled = sdk(throttledKey);
+await throttled.chat.completions.create({ model: "test-model", messages });
+const limited = await expectError(OpenAI.RateLimitError, { model: "test-model", messages }, throttledKey);
+assert.equal(limited.headers.get("x-ratelimit-limit-requests"), "1");
+assert.equal(limited.code, "rate_limit_exceeded");
+
+console.log("node sdk ok");
