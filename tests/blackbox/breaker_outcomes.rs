@@ -149,6 +149,56 @@ async fn a_probe_is_decided_at_its_first_byte_not_when_its_stream_ends() {
 }
 
 #[tokio::test]
+async fn a_call_admitted_before_the_circuit_opened_cannot_close_it() {
+    let (flaky, healthy) = (
+        MockUpstream::stream(20).pace(ms(100)).start().await,
+        MockUpstream::stream(1).keep_alive().start().await,
+    );
+    let config = GatewayConfig::openai_pool(&urls(&[&flaky, &healthy]))
+        .favour_first_backend()
+        .upstream(&format!(
+            "{{first_byte_timeout: 3s, total_timeout: 30s, max_attempts: 2, {BREAKER}}}"
+        ));
+    let gateway = TestGateway::start(&config).await;
+    // A long stream from b0 starts while its circuit is closed; it ends about 2 s from now.
+    let old = post_chat(&gateway.url(""), KEY, &chat_body(true)).await;
+    assert_eq!(old.headers()["x-sluicegate-backend"], "b0");
+    // Meanwhile b0 fails three times and its circuit opens.
+    flaky.set_reply(status(500, &[]));
+    for _ in 0..3 {
+        assert_eq!(backend_of(&gateway).await, "b1");
+    }
+    // After the open period the probe meets a hanging b0: the circuit is half-open while the
+    // old stream ends successfully, and that success must not close it.
+    tokio::time::sleep(ms(1_100)).await;
+    flaky.set_reply(Reply::Hang);
+    let probe = {
+        let base = gateway.url("");
+        #[expect(
+            clippy::disallowed_methods,
+            reason = "the probe runs beside the old stream"
+        )]
+        tokio::spawn(async move { post_chat(&base, KEY, &chat_body(true)).await.status() })
+    };
+    let body = old.text().await.expect("the old stream");
+    assert!(body.ends_with("[DONE]\n\n"), "the old stream ended well");
+    assert_eq!(
+        probe.await.expect("probe task"),
+        200,
+        "the probe fell back to b1"
+    );
+    // The probe failed, so the circuit is open again: b0 is not tried.
+    flaky.set_reply(status(500, &[]));
+    let before = flaky.requests().len();
+    assert_eq!(backend_of(&gateway).await, "b1");
+    assert_eq!(
+        flaky.requests().len(),
+        before,
+        "b0's circuit stayed open; the old call's success did not close it"
+    );
+}
+
+#[tokio::test]
 async fn failures_only_the_relay_sees_reach_the_breaker() {
     // b0 answers 200 and then reports an in-band error after one chunk, every time.
     let (broken, healthy) = (
