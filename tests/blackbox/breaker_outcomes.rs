@@ -235,11 +235,7 @@ async fn an_idle_timeout_mid_stream_reaches_the_breaker() {
         ));
     let gateway = TestGateway::start(&config).await;
     for _ in 0..3 {
-        let body = post_chat(&gateway.url(""), KEY, &chat_body(true))
-            .await
-            .text()
-            .await
-            .expect("body");
+        let body = chat_text(&gateway.url(""), KEY, &chat_body(true)).await;
         assert!(body.contains("upstream_idle_timeout"), "{body}");
     }
     assert_eq!(backend_of(&gateway).await, "b1");

@@ -64,16 +64,8 @@ async fn usage_chunk_only_when_the_client_asks() {
 
     let mut body = chat_body(true);
     body["stream_options"] = json!({"include_usage": true});
-    let with_usage = post_chat(&gateway.url(""), KEY, &body)
-        .await
-        .text()
-        .await
-        .expect("body");
-    let without = post_chat(&gateway.url(""), KEY, &chat_body(true))
-        .await
-        .text()
-        .await
-        .expect("body");
+    let with_usage = chat_text(&gateway.url(""), KEY, &body).await;
+    let without = chat_text(&gateway.url(""), KEY, &chat_body(true)).await;
 
     let last = data_json(&with_usage).pop().expect("chunks");
     assert_eq!(last["choices"], json!([]));
@@ -108,11 +100,7 @@ async fn a_usage_chunk_in_another_servers_shape_reaches_only_a_client_that_asked
     })
     .await;
     let gateway = TestGateway::start(&GatewayConfig::openai(&upstream.base_url())).await;
-    let without = post_chat(&gateway.url(""), KEY, &chat_body(true))
-        .await
-        .text()
-        .await
-        .expect("body");
+    let without = chat_text(&gateway.url(""), KEY, &chat_body(true)).await;
     let chunks = data_json(&without);
     assert_eq!(
         chunks.len(),
@@ -127,11 +115,7 @@ async fn a_usage_chunk_in_another_servers_shape_reaches_only_a_client_that_asked
 
     let mut body = chat_body(true);
     body["stream_options"] = json!({"include_usage": true});
-    let with_usage = post_chat(&gateway.url(""), KEY, &body)
-        .await
-        .text()
-        .await
-        .expect("body");
+    let with_usage = chat_text(&gateway.url(""), KEY, &body).await;
     assert_eq!(data_json(&with_usage)[3]["usage"]["total_tokens"], 9);
 }
 
@@ -206,11 +190,7 @@ async fn upstream_gets_unknown_fields_the_backend_key_and_the_request_id() {
 async fn in_process_mock_backend_streams_without_any_upstream() {
     let gateway = TestGateway::start(&GatewayConfig::mock(5, "1ms")).await;
 
-    let body = post_chat(&gateway.url(""), KEY, &chat_body(true))
-        .await
-        .text()
-        .await
-        .expect("body");
+    let body = chat_text(&gateway.url(""), KEY, &chat_body(true)).await;
     assert!(body.ends_with("data: [DONE]\n\n"));
     assert_eq!(content_of(&body), "The quick brown fox jumps ");
 

@@ -49,11 +49,7 @@ async fn a_trailer_flood_after_done_is_cut_off_without_pinning_a_thread() {
     .await;
     let gateway = TestGateway::start(&one_backend(&upstream)).await;
     let body = within(ms(5_000), "the stream", async {
-        post_chat(&gateway.url(""), KEY, &chat_body(true))
-            .await
-            .text()
-            .await
-            .expect("body")
+        chat_text(&gateway.url(""), KEY, &chat_body(true)).await
     })
     .await;
     assert!(body.ends_with("data: [DONE]\n\n"), "{body}");
@@ -307,11 +303,7 @@ async fn idle_pooled_connections_are_closed_after_pool_idle_timeout() {
     let config = GatewayConfig::openai(&upstream.base_url())
         .upstream("{pool_idle_timeout: 300ms, total_timeout: 10s}");
     let gateway = TestGateway::start(&config).await;
-    let body = post_chat(&gateway.url(""), KEY, &chat_body(true))
-        .await
-        .text()
-        .await
-        .expect("body");
+    let body = chat_text(&gateway.url(""), KEY, &chat_body(true)).await;
     assert!(body.ends_with("[DONE]\n\n"));
     let closed = within(
         ms(3_000),

@@ -207,11 +207,7 @@ pub async fn the_output_cap_is_written_upstream_and_bounded_by_the_tier(
     let mut asks_too_much = chat_body(true);
     asks_too_much["max_completion_tokens"] = json!(500);
     for body in [chat_body(true), asks_too_much] {
-        post_chat(&gateway.url(""), KEY, &body)
-            .await
-            .text()
-            .await
-            .expect("stream");
+        chat_text(&gateway.url(""), KEY, &body).await;
     }
     let seen = upstream.requests();
     assert_eq!(

@@ -137,11 +137,7 @@ async fn drop_mid_stream_ends_with_an_error_event_and_no_done() {
 async fn in_band_upstream_error_becomes_the_final_error_event() {
     let upstream = MockUpstream::stream(5).error_after(2).start().await;
     let gateway = TestGateway::start(&GatewayConfig::openai(&upstream.base_url())).await;
-    let body = post_chat(&gateway.url(""), KEY, &chat_body(true))
-        .await
-        .text()
-        .await
-        .expect("body");
+    let body = chat_text(&gateway.url(""), KEY, &chat_body(true)).await;
     let event = final_error(&body);
     assert_eq!(event["error"]["code"], "upstream_error");
     assert!(
@@ -159,11 +155,7 @@ async fn idle_upstream_mid_stream_ends_with_an_idle_timeout_event() {
         .upstream("{first_byte_timeout: 5s, idle_timeout: 400ms, total_timeout: 30s}");
     let gateway = TestGateway::start(&config).await;
     let body = within(ms(5000), "the stream to end", async {
-        post_chat(&gateway.url(""), KEY, &chat_body(true))
-            .await
-            .text()
-            .await
-            .expect("body")
+        chat_text(&gateway.url(""), KEY, &chat_body(true)).await
     })
     .await;
     assert_eq!(content_of(&body), "tok0 ");
@@ -231,11 +223,7 @@ async fn total_deadline_bounds_a_slow_stream() {
         .upstream("{first_byte_timeout: 5s, idle_timeout: 5s, total_timeout: 700ms}");
     let gateway = TestGateway::start(&config).await;
     let started = Instant::now();
-    let body = post_chat(&gateway.url(""), KEY, &chat_body(true))
-        .await
-        .text()
-        .await
-        .expect("body");
+    let body = chat_text(&gateway.url(""), KEY, &chat_body(true)).await;
     assert_eq!(
         final_error(&body)["error"]["code"],
         "upstream_total_timeout"

@@ -34,6 +34,15 @@ pub async fn post_chat(base: &str, key: &str, body: &Value) -> reqwest::Response
         .expect("gateway answers")
 }
 
+/// Posts a chat request and reads the whole answer as text.
+pub async fn chat_text(base: &str, key: &str, body: &Value) -> String {
+    post_chat(base, key, body)
+        .await
+        .text()
+        .await
+        .expect("the answer's body")
+}
+
 /// The status and parsed JSON error body of a response.
 pub async fn error_of(response: reqwest::Response) -> (u16, Value) {
     let status = response.status().as_u16();
