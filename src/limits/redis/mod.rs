@@ -8,10 +8,11 @@
 //! would charge twice), a breaker stops calling a Redis that keeps failing (one probe a second
 //! while open), and meanwhile `redis.on_error` decides: the in-process limiter, allow, or deny.
 //!
-//! An admission whose reply never came may still have been applied. Each admission that
-//! settlement must find again carries an id the script records; when the reply times out, the
-//! same connection is sent that id's settlement with nothing used, which undoes the admission if
-//! it happened and changes nothing if it did not (settlement is idempotent by that id).
+//! An admission without a usable reply (it timed out, the connection failed, or Redis answered
+//! with an error) may still have been applied. Each admission that settlement must find again
+//! carries an id the script records; the same connection is then sent that id's settlement with
+//! nothing used, which undoes the admission if it happened and changes nothing if it did not
+//! (settlement is idempotent by that id).
 
 mod health;
 mod reply;
@@ -168,15 +169,14 @@ impl RedisLimiter {
             Err(_) => Failure::Unreachable,
         };
         match failure {
-            Failure::Unreachable => {
-                self.health.failed();
-                if let Some(id) = id {
-                    self.undo(client, &keys, ask, id);
-                }
-            }
+            Failure::Unreachable => self.health.failed(),
             Failure::Rejected => {
-                tracing::error!(key_id = %ask.key_id, "the admission script refused its arguments");
+                tracing::error!(key_id = %ask.key_id, "the admission script failed with an error reply");
             }
+        }
+        // Whatever went wrong, the admission may have been applied: undo it (idempotent).
+        if let Some(id) = id {
+            self.undo(client, &keys, ask, id);
         }
         self.fall_back(ask)
     }
