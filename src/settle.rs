@@ -17,7 +17,7 @@ use crate::body::Body;
 use crate::error::{Blame, GatewayError};
 use crate::limits::{Admission, Limiter};
 use crate::openai::chunk::MeterSlot;
-use crate::openai::{Metering, Usage};
+use crate::openai::{Metering, Reservation};
 use crate::request_id::RequestId;
 
 /// The name of the backend that answered, recorded once.
@@ -99,7 +99,12 @@ impl RequestGuard {
     }
 
     /// Settles `admission`, which reserved `reserved`, with `limiter` when the request ends.
-    pub fn settle_with(&mut self, limiter: Arc<Limiter>, admission: Admission, reserved: Usage) {
+    pub fn settle_with(
+        &mut self,
+        limiter: Arc<Limiter>,
+        admission: Admission,
+        reserved: Reservation,
+    ) {
         self.settlement = Some(Settlement {
             limiter,
             admission,
@@ -171,7 +176,7 @@ impl Drop for RequestGuard {
 struct Settlement {
     limiter: Arc<Limiter>,
     admission: Admission,
-    reserved: Usage,
+    reserved: Reservation,
     /// The request was handed to the upstream.
     dispatched: bool,
 }
@@ -182,7 +187,7 @@ impl Settlement {
     /// answered), so abandoning requests does not escape the tokens-per-minute limit.
     fn used_tokens(&self, metering: &Metering, failed: bool) -> u64 {
         match metering.used_tokens(&self.reserved) {
-            0 if self.dispatched && !failed => self.reserved.prompt_tokens,
+            0 if self.dispatched && !failed => self.reserved.usage.prompt_tokens,
             used => used,
         }
     }

@@ -16,7 +16,7 @@ use crate::error::{GatewayError, TimeoutPhase};
 use crate::limits::{self, Ask};
 use crate::openai::chunk::ChunkRewriter;
 use crate::openai::response::rewrite_completion;
-use crate::openai::{ChatRequest, Metering, Usage};
+use crate::openai::{ChatRequest, Metering, Reservation, Usage};
 use crate::settle::RequestGuard;
 use crate::sse::relay::{RelayOptions, relay};
 use crate::state::AppState;
@@ -55,12 +55,17 @@ pub async fn chat_completions(
     }
     guard.set_route(&pool.name, chat.stream);
     let output_cap = principal.output.effective(chat.max_output_tokens);
-    let reserved = Usage::reservation(chat.prompt_tokens_estimate(), output_cap, chat.choices);
+    let reserved = Reservation::new(
+        chat.prompt_tokens_estimate(),
+        chat.prompt_tokens_ceiling(),
+        output_cap,
+        chat.choices,
+    );
     let ask = Ask {
         key_id: &principal.key_id,
         tier: &principal.tier,
         limits: &principal.limits,
-        tokens: reserved.total_tokens,
+        tokens: reserved.usage.total_tokens,
     };
     let admission = state.limiter.admit(ask).await?;
     let rate = admission.state;
@@ -82,7 +87,7 @@ pub async fn chat_completions(
             complete_reply(state, plan, request_for, &chat.model, guard).await?;
         // Without a usage report the whole reservation stays charged.
         let metering = Metering {
-            usage: Some(usage.unwrap_or(reserved)),
+            usage: Some(usage.unwrap_or(reserved.usage)),
             chunks: 0,
         };
         *guard.meter_slot().lock().unwrap_or_else(|p| p.into_inner()) = metering;

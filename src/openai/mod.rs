@@ -11,4 +11,4 @@ pub mod usage;
 pub mod view;
 
 pub use request::ChatRequest;
-pub use usage::{Metering, Usage};
+pub use usage::{Metering, Reservation, Usage};

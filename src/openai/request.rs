@@ -40,6 +40,8 @@ pub struct ChatRequest {
     pub max_output_tokens: Option<u64>,
     /// Number of choices asked for (`n`, default 1).
     pub choices: u64,
+    /// The size of the body as the client sent it.
+    body_bytes: usize,
     fields: Map<String, Value>,
 }
 
@@ -73,6 +75,7 @@ impl ChatRequest {
             include_usage,
             max_output_tokens: max_tokens.max(max_completion_tokens),
             choices: bounded_integer(&fields, "n", MAX_CHOICES)?.unwrap_or(1),
+            body_bytes: body.len(),
             fields,
         })
     }
@@ -102,34 +105,87 @@ impl ChatRequest {
     }
 
     /// A documented estimate of the prompt's tokens, erring high: one token per three bytes of
-    /// message content (English averages about four), plus four per message and three for the
-    /// reply's priming, as OpenAI's own accounting adds.
+    /// everything the model reads as text (English averages about four): message content, the
+    /// other fields of each message (tool calls, names), and the request's `tools`, `functions`
+    /// and `response_format`; `IMAGE_PART_TOKENS` per image; plus four per message and three
+    /// for the reply's priming, as OpenAI's own accounting adds.
     pub fn prompt_tokens_estimate(&self) -> u64 {
-        let Some(Value::Array(messages)) = self.fields.get("messages") else {
-            return 0;
+        let messages = match self.fields.get("messages") {
+            Some(Value::Array(messages)) => messages.as_slice(),
+            _ => &[],
         };
-        let content_bytes = messages
-            .iter()
-            .map(|m| content_bytes(&m["content"]) as u64)
-            .fold(0u64, u64::saturating_add);
+        let mut text = PromptSize::default();
+        for message in messages {
+            text.add_message(message);
+        }
+        for field in PROMPT_FIELDS {
+            if let Some(value) = self.fields.get(field) {
+                text.add_json(value);
+            }
+        }
         let overhead = (messages.len() as u64).saturating_mul(4).saturating_add(3);
-        content_bytes.div_ceil(3).saturating_add(overhead)
+        text.bytes
+            .div_ceil(3)
+            .saturating_add(text.images.saturating_mul(IMAGE_PART_TOKENS))
+            .saturating_add(overhead)
+    }
+
+    /// The most prompt tokens an upstream report is believed for: no tokenizer yields more than
+    /// one token per byte of the request, and images are allowed three times their estimate.
+    pub fn prompt_tokens_ceiling(&self) -> u64 {
+        let estimate = self.prompt_tokens_estimate();
+        estimate.saturating_mul(3).max(self.body_bytes as u64)
     }
 }
 
-/// Bytes of text in a message's content: a string, or the text parts of an array; other
-/// parts (images, audio) count their JSON size.
-fn content_bytes(content: &Value) -> usize {
-    match content {
-        Value::String(text) => text.len(),
-        Value::Array(parts) => parts
-            .iter()
-            .map(|part| match &part["text"] {
-                Value::String(text) => text.len(),
-                _ => part.to_string().len(),
-            })
-            .sum(),
-        _ => 0,
+/// Tokens an image part is reserved as: above what one image costs at OpenAI's high detail
+/// (at most about 1,450).
+const IMAGE_PART_TOKENS: u64 = 1_536;
+/// Request fields the model reads as part of its prompt.
+const PROMPT_FIELDS: [&str; 3] = ["tools", "functions", "response_format"];
+
+/// What the model reads of a request: bytes of text and the number of images.
+#[derive(Debug, Default)]
+struct PromptSize {
+    bytes: u64,
+    images: u64,
+}
+
+impl PromptSize {
+    /// Content text counts its bytes, image parts count as images, other parts (audio, files)
+    /// and every other field of the message count their JSON size.
+    fn add_message(&mut self, message: &Value) {
+        let Value::Object(fields) = message else {
+            return;
+        };
+        for (name, value) in fields {
+            match (name.as_str(), value) {
+                ("role", _) => {}
+                ("content", Value::String(text)) => self.add_bytes(text.len()),
+                ("content", Value::Array(parts)) => parts.iter().for_each(|p| self.add_part(p)),
+                (_, value) => self.add_json(value),
+            }
+        }
+    }
+
+    fn add_part(&mut self, part: &Value) {
+        match (&part["type"], &part["text"]) {
+            (_, Value::String(text)) => self.add_bytes(text.len()),
+            (Value::String(kind), _) if kind == "image_url" || kind == "image" => {
+                self.images = self.images.saturating_add(1);
+            }
+            _ => self.add_json(part),
+        }
+    }
+
+    fn add_json(&mut self, value: &Value) {
+        if !value.is_null() {
+            self.add_bytes(value.to_string().len());
+        }
+    }
+
+    fn add_bytes(&mut self, bytes: usize) {
+        self.bytes = self.bytes.saturating_add(bytes as u64);
     }
 }
 
@@ -454,6 +510,46 @@ mod tests {
             sent.get("api_base").is_none(),
             "destination fields are never forwarded"
         );
+    }
+
+    #[test]
+    fn the_prompt_estimate_counts_what_the_model_reads() {
+        let estimate = |body: serde_json::Value| {
+            let request = ChatRequest::parse(body.to_string().as_bytes()).expect("valid request");
+            (
+                request.prompt_tokens_estimate(),
+                request.prompt_tokens_ceiling(),
+            )
+        };
+        let plain = serde_json::json!({"model": "m", "messages": [{"role": "user", "content": "x".repeat(300)}]});
+        assert_eq!(
+            estimate(plain).0,
+            100 + 4 + 3,
+            "content at a token per three bytes"
+        );
+        let tools = serde_json::json!({"model": "m", "messages": [{"role": "user", "content": "hi"}],
+            "tools": [{"type": "function", "function": {"name": "f", "description": "d".repeat(30_000)}}]});
+        let (tools_estimate, tools_ceiling) = estimate(tools);
+        assert!(
+            tools_estimate > 10_000,
+            "tool definitions count: {tools_estimate}"
+        );
+        assert!(
+            tools_ceiling >= 30_000,
+            "a byte of request, a token at most: {tools_ceiling}"
+        );
+        let image = serde_json::json!({"model": "m", "messages": [{"role": "user", "content": [
+            {"type": "text", "text": "what is this"},
+            {"type": "image_url", "image_url": {"url": "https://example.com/a.png"}}]}]});
+        assert_eq!(
+            estimate(image).0,
+            4 + IMAGE_PART_TOKENS + 4 + 3,
+            "an image is its allowance"
+        );
+        let calls = serde_json::json!({"model": "m", "messages": [
+            {"role": "assistant", "content": null, "tool_calls": [{"id": "c", "type": "function",
+             "function": {"name": "f", "arguments": "a".repeat(3000)}}]}]});
+        assert!(estimate(calls).0 > 1_000, "tool calls count");
     }
 
     #[test]

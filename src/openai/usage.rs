@@ -13,11 +13,6 @@ use super::request::MAX_OUTPUT_TOKENS;
 /// The largest count read from an upstream report; anything above is taken as this.
 const MAX_REPORTED_TOKENS: u64 = MAX_OUTPUT_TOKENS;
 
-/// No tokenizer yields more than one token per byte of text, and the prompt estimate counts
-/// about one token per three bytes: a reported prompt beyond this multiple of the estimate is
-/// not believed.
-const PROMPT_CEILING_FACTOR: u64 = 3;
-
 /// Token counts as the upstream reported them, each clamped to `0..=MAX_REPORTED_TOKENS`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 pub struct Usage {
@@ -29,16 +24,28 @@ pub struct Usage {
     pub total_tokens: u64,
 }
 
-impl Usage {
-    /// What a request reserves: its prompt estimate plus `output_cap` for each of `choices`.
-    /// Saturating, though validated inputs (`output_cap` and `choices` bounded at parse time)
-    /// stay far below `u64::MAX`.
-    pub fn reservation(prompt_estimate: u64, output_cap: u64, choices: u64) -> Self {
+/// What a request reserved, and the most of it an upstream report is believed for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Reservation {
+    /// The prompt estimate, the output cap for every choice, and their sum.
+    pub usage: Usage,
+    /// The most prompt tokens the request can have used (`ChatRequest::prompt_tokens_ceiling`).
+    pub prompt_ceiling: u64,
+}
+
+impl Reservation {
+    /// The prompt estimate plus `output_cap` for each of `choices`. Saturating, though
+    /// validated inputs (`output_cap` and `choices` bounded at parse time) stay far below
+    /// `u64::MAX`.
+    pub fn new(prompt_estimate: u64, prompt_ceiling: u64, output_cap: u64, choices: u64) -> Self {
         let completion = output_cap.saturating_mul(choices);
         Self {
-            prompt_tokens: prompt_estimate,
-            completion_tokens: completion,
-            total_tokens: prompt_estimate.saturating_add(completion),
+            usage: Usage {
+                prompt_tokens: prompt_estimate,
+                completion_tokens: completion,
+                total_tokens: prompt_estimate.saturating_add(completion),
+            },
+            prompt_ceiling: prompt_ceiling.max(prompt_estimate),
         }
     }
 }
@@ -54,25 +61,26 @@ pub struct Metering {
 impl Metering {
     /// Tokens to charge for a request that reserved `reserved`: the reported usage, else about
     /// one token a chunk plus the prompt estimate, else (nothing was generated) none. Whatever
-    /// the upstream claimed, the prompt part is at most `PROMPT_CEILING_FACTOR` times the
-    /// estimate and the completion part at most the output reserved (the upstream was told that
-    /// cap).
-    pub fn used_tokens(&self, reserved: &Usage) -> u64 {
-        let prompt_ceiling = reserved.prompt_tokens.saturating_mul(PROMPT_CEILING_FACTOR);
-        let completion_ceiling = reserved.completion_tokens;
+    /// the upstream claimed, the prompt part is at most the reservation's prompt ceiling and the
+    /// completion part at most the output reserved (the upstream was told that cap), and at
+    /// least a token for each chunk it sent.
+    pub fn used_tokens(&self, reserved: &Reservation) -> u64 {
+        let prompt_ceiling = reserved.prompt_ceiling;
+        let completion_ceiling = reserved.usage.completion_tokens;
         let ceiling = prompt_ceiling.saturating_add(completion_ceiling);
+        let streamed = self.chunks.min(completion_ceiling);
         match self.usage {
             Some(usage) => {
-                let parts = usage
-                    .prompt_tokens
-                    .min(prompt_ceiling)
-                    .saturating_add(usage.completion_tokens.min(completion_ceiling));
+                let parts = usage.prompt_tokens.min(prompt_ceiling).saturating_add(
+                    usage
+                        .completion_tokens
+                        .max(streamed)
+                        .min(completion_ceiling),
+                );
                 usage.total_tokens.max(parts).min(ceiling)
             }
             None if self.chunks == 0 => 0,
-            None => reserved
-                .prompt_tokens
-                .saturating_add(self.chunks.min(completion_ceiling)),
+            None => reserved.usage.prompt_tokens.saturating_add(streamed),
         }
     }
 }
@@ -142,8 +150,8 @@ mod tests {
 
     #[test]
     fn the_charge_is_bounded_by_what_the_request_could_use() {
-        let reserved = Usage::reservation(10, 100, 2);
-        assert_eq!(reserved.total_tokens, 210);
+        let reserved = Reservation::new(10, 30, 100, 2);
+        assert_eq!(reserved.usage.total_tokens, 210);
         let metered =
             |usage: Option<Usage>, chunks| Metering { usage, chunks }.used_tokens(&reserved);
         let report = |prompt_tokens, completion_tokens, total_tokens| {
@@ -158,7 +166,12 @@ mod tests {
         assert_eq!(
             metered(report(u64::MAX, u64::MAX, u64::MAX), 0),
             30 + 200,
-            "a huge report is held to 3x the prompt estimate plus the output reserved"
+            "a huge report is held to the prompt ceiling plus the output reserved"
+        );
+        assert_eq!(
+            metered(report(8, 0, 8), 40),
+            48,
+            "a report of no output is not believed over the 40 chunks sent"
         );
         assert_eq!(metered(None, 0), 0, "nothing generated");
         assert_eq!(
@@ -172,7 +185,9 @@ mod tests {
             "chunks beyond the output reserved"
         );
         assert_eq!(
-            Usage::reservation(u64::MAX, u64::MAX, 128).total_tokens,
+            Reservation::new(u64::MAX, 0, u64::MAX, 128)
+                .usage
+                .total_tokens,
             u64::MAX,
             "saturates, never wraps"
         );
@@ -209,8 +224,8 @@ mod tests {
                     counts[0], counts[1], counts[2]
                 );
                 let usage: Usage = serde_json::from_str(&json).expect("usage always parses");
-                let reserved = Usage::reservation(prompt, cap, choices);
-                let ceiling = prompt * PROMPT_CEILING_FACTOR + cap * choices;
+                let reserved = Reservation::new(prompt, prompt * 3, cap, choices);
+                let ceiling = prompt * 3 + cap * choices;
                 for metering in [Metering { usage: Some(usage), chunks }, Metering { usage: None, chunks }] {
                     prop_assert!(metering.used_tokens(&reserved) <= ceiling);
                 }

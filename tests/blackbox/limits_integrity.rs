@@ -228,6 +228,34 @@ async fn a_usage_report_cannot_turn_a_charge_into_a_refund() {
 }
 
 #[tokio::test]
+async fn a_prompt_carried_in_tool_definitions_is_charged_as_reported() {
+    // Two words of content, 120 KB of tool descriptions: the backend truthfully reports 40,000
+    // prompt tokens, and that is what the key is charged, not a ceiling built from the content.
+    let upstream = MockUpstream::reply(completion(
+        r#"{"prompt_tokens":40000,"completion_tokens":1,"total_tokens":40001}"#,
+    ))
+    .start()
+    .await;
+    let config = GatewayConfig::openai(&upstream.base_url())
+        .server("{max_body_bytes: 1048576}")
+        .tier("{tokens_per_minute: 1000000}");
+    let gateway = TestGateway::start(&config).await;
+    let mut body = chat_body(false);
+    body["max_tokens"] = json!(10);
+    body["tools"] = json!([{"type": "function", "function": {"name": "f", "description": "d ".repeat(60_000)}}]);
+    let first = post_chat(&gateway.url(""), KEY, &body).await;
+    assert_eq!(first.status(), 200);
+    let reserved = 1_000_000 - remaining_tokens(&first) as i64;
+    assert!(reserved > 30_000, "the tools are reserved for: {reserved}");
+    let second = post_chat(&gateway.url(""), KEY, &chat_body(false)).await;
+    let charged = 1_000_000 - remaining_tokens(&second) as i64 - 4_105;
+    assert!(
+        (40_001 - 5_000..=40_001).contains(&charged),
+        "charged what the backend reported: {charged}"
+    );
+}
+
+#[tokio::test]
 async fn a_client_that_leaves_a_non_streamed_request_is_charged_its_prompt() {
     let upstream = MockUpstream::reply(Reply::Hang).start().await;
     let config = GatewayConfig::openai(&upstream.base_url()).tier("{tokens_per_minute: 6000}");
