@@ -93,8 +93,12 @@ pub enum GatewayError {
     #[error("the upstream model backend sent a malformed response: {detail}")]
     UpstreamProtocol { detail: &'static str },
     /// An `error` object inside a 200 stream (vLLM, llama.cpp); the message is sanitised.
+    /// `request_fault` when the error's own code or type blames the request (a 4xx).
     #[error("the upstream model backend reported an error: {message}")]
-    UpstreamInBand { message: String },
+    UpstreamInBand {
+        message: String,
+        request_fault: bool,
+    },
 }
 
 impl GatewayError {
@@ -362,8 +366,14 @@ impl GatewayError {
             | Self::UpstreamTimeout { .. }
             | Self::UpstreamFailed { .. }
             | Self::UpstreamDisconnected
-            | Self::UpstreamProtocol { .. }
-            | Self::UpstreamInBand { .. } => Outcome::Failure,
+            | Self::UpstreamProtocol { .. } => Outcome::Failure,
+            Self::UpstreamInBand { request_fault, .. } => {
+                if *request_fault {
+                    Outcome::Neutral
+                } else {
+                    Outcome::Failure
+                }
+            }
             Self::UpstreamRejected { .. }
             | Self::InvalidRequest { .. }
             | Self::InvalidJson { .. }
@@ -381,6 +391,18 @@ impl GatewayError {
             | Self::Overloaded { .. }
             | Self::ShuttingDown
             | Self::NoUsableBackend => Outcome::Neutral,
+        }
+    }
+
+    /// What this error says about a backend whose answer had already begun: the same, except
+    /// that the request's own total deadline running out during a long answer is not the
+    /// backend's fault.
+    pub fn breaker_outcome_mid_answer(&self) -> Outcome {
+        match self {
+            Self::UpstreamTimeout {
+                phase: TimeoutPhase::Total,
+            } => Outcome::Neutral,
+            other => other.breaker_outcome(),
         }
     }
 

@@ -141,7 +141,7 @@ async fn stream_reply(
         let verdict_slot = verdict_slot.clone();
         move |error: &GatewayError| {
             if let Some(verdict) = verdict_slot.get() {
-                let _ = verdict.set(error.breaker_outcome());
+                let _ = verdict.set(error.breaker_outcome_mid_answer());
             }
         }
     };
@@ -193,7 +193,7 @@ async fn complete_reply(
         .await
         .and_then(|body| rewrite_completion(&body, model));
     if let Err(error) = &answer {
-        let _ = routed.verdict.set(error.breaker_outcome());
+        let _ = routed.verdict.set(error.breaker_outcome_mid_answer());
     }
     let (body, usage) = answer?;
     Ok((json_response(body), usage))

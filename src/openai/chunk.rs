@@ -5,7 +5,7 @@ use std::sync::{Arc, Mutex};
 
 use bytes::{Bytes, BytesMut};
 
-use super::sanitize::upstream_message;
+use super::sanitize::in_band_error;
 use super::usage::Metering;
 use super::view::ObjectView;
 use crate::error::GatewayError;
@@ -50,13 +50,13 @@ impl Rewrite for ChunkRewriter {
             return Ok(Step::Finish(DONE));
         }
         if &event.name[..] == b"error" {
-            return Err(in_band(&event.data));
+            return Err(in_band_error(&event.data));
         }
         let view = ObjectView::parse(&event.data).map_err(|_| GatewayError::UpstreamProtocol {
             detail: "a stream event is not a JSON object",
         })?;
         if let Some(error) = view.error() {
-            return Err(in_band(error.as_bytes()));
+            return Err(in_band_error(error.as_bytes()));
         }
         let usage = view.usage();
         // The usage chunk, in OpenAI's shape (`"choices":[]`) or another server's (choices
@@ -92,12 +92,6 @@ impl Drop for ChunkRewriter {
     /// Leaves the metering for the request guard, which settles after the body is dropped.
     fn drop(&mut self) {
         *self.slot.lock().unwrap_or_else(|p| p.into_inner()) = self.metering;
-    }
-}
-
-fn in_band(raw: &[u8]) -> GatewayError {
-    GatewayError::UpstreamInBand {
-        message: upstream_message(raw).unwrap_or_else(|| "unspecified error".into()),
     }
 }
 

@@ -27,15 +27,38 @@ pub struct UpstreamErrorBody {
 #[derive(Debug, Deserialize)]
 #[serde(untagged)]
 pub enum UpstreamErrorDetail {
-    Object { message: Option<String> },
+    Object {
+        message: Option<String>,
+        #[serde(default)]
+        code: Option<serde_json::Value>,
+        #[serde(default, rename = "type")]
+        kind: Option<String>,
+    },
     Text(String),
 }
 
 impl UpstreamErrorDetail {
     pub fn message(&self) -> Option<&str> {
         match self {
-            Self::Object { message } => message.as_deref(),
+            Self::Object { message, .. } => message.as_deref(),
             Self::Text(text) => Some(text),
         }
+    }
+
+    /// Whether the error says the request was at fault: a 4xx `code` (a number or a numeric
+    /// string), or a `type` naming a bad request, as vLLM reports errors inside a stream.
+    pub fn blames_the_request(&self) -> bool {
+        let Self::Object { code, kind, .. } = self else {
+            return false;
+        };
+        let status = match code {
+            Some(serde_json::Value::Number(n)) => n.as_u64(),
+            Some(serde_json::Value::String(s)) => s.parse().ok(),
+            _ => None,
+        };
+        status.is_some_and(|s| (400..500).contains(&s))
+            || kind
+                .as_deref()
+                .is_some_and(|k| matches!(k, "BadRequestError" | "invalid_request_error"))
     }
 }

@@ -2,7 +2,7 @@
 
 use bytes::{Bytes, BytesMut};
 
-use super::sanitize::upstream_message;
+use super::sanitize::in_band_error;
 use super::usage::Usage;
 use super::view::ObjectView;
 use crate::error::GatewayError;
@@ -16,10 +16,7 @@ pub fn rewrite_completion(
         detail: "the response body is not a JSON object",
     })?;
     if let Some(error) = view.error() {
-        return Err(GatewayError::UpstreamInBand {
-            message: upstream_message(error.as_bytes())
-                .unwrap_or_else(|| "unspecified error".into()),
-        });
+        return Err(in_band_error(error.as_bytes()));
     }
     let model_json = serde_json::to_vec(model).expect("invariant: a string serialises");
     let mut out = BytesMut::new();

@@ -1,20 +1,32 @@
 //! The one place upstream-provided error text is made safe to show a client: only the message
 //! is kept, URLs and key-like words are masked, control characters dropped, length bounded.
 
-use super::error_body::UpstreamErrorBody;
+use super::error_body::{UpstreamErrorBody, UpstreamErrorDetail};
+use crate::error::GatewayError;
 
 const MAX_MESSAGE_CHARS: usize = 512;
 
 /// The client-safe message of an upstream error body (a whole body or an in-band `error` value).
 pub fn upstream_message(raw: &[u8]) -> Option<String> {
-    let message = match serde_json::from_slice::<UpstreamErrorBody>(raw) {
-        Ok(body) => body.error.message().map(str::to_owned),
-        Err(_) => serde_json::from_slice::<super::error_body::UpstreamErrorDetail>(raw)
-            .ok()
-            .and_then(|detail| detail.message().map(str::to_owned)),
-    }?;
+    let message = error_detail(raw)?.message().map(str::to_owned)?;
     let clean = sanitize(&message);
     (!clean.is_empty()).then_some(clean)
+}
+
+/// The error for an `error` object inside a 200 answer (`raw` is its JSON value).
+pub fn in_band_error(raw: &[u8]) -> GatewayError {
+    GatewayError::UpstreamInBand {
+        message: upstream_message(raw).unwrap_or_else(|| "unspecified error".into()),
+        request_fault: error_detail(raw).is_some_and(|d| d.blames_the_request()),
+    }
+}
+
+/// An upstream error: a whole body (`{"error": ...}`) or just the `error` value.
+fn error_detail(raw: &[u8]) -> Option<UpstreamErrorDetail> {
+    match serde_json::from_slice::<UpstreamErrorBody>(raw) {
+        Ok(body) => Some(body.error),
+        Err(_) => serde_json::from_slice::<UpstreamErrorDetail>(raw).ok(),
+    }
 }
 
 /// Masks URLs and secret-looking words, turns every run of whitespace or control characters

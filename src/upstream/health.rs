@@ -15,8 +15,11 @@ use crate::config::{BackendConfig, BreakerConfig};
 /// An attempt abandoned before its first byte counts against the backend once it waited this
 /// many times the backend's usual time to first byte...
 const ABANDONED_SLOWNESS_FACTOR: u64 = 4;
-/// ...and at least this long, so a client that leaves at once says nothing.
+/// ...and at least this long, so a client that leaves at once says nothing...
 const MIN_ABANDONED_WAIT: Duration = Duration::from_secs(1);
+/// ...and at least this share of the first-byte timeout, so clients that give up on slow
+/// prompts (or a client doing it on purpose) cannot easily open a healthy backend's circuit.
+const ABANDONED_TIMEOUT_DIVISOR: u32 = 4;
 
 #[derive(Debug)]
 pub struct BackendHealth {
@@ -110,10 +113,10 @@ impl BackendHealth {
 
     /// What an attempt abandoned after waiting `waited` without a first byte (its client left,
     /// or its hedge won elsewhere) says about the backend: nothing, unless it waited far longer
-    /// than this backend usually takes. So a blackholed backend whose clients all give up
-    /// before the first-byte timeout still opens its circuit, while a client leaving a healthy
-    /// backend early does not count against it. Before any first byte was seen, half the
-    /// first-byte timeout is the bar.
+    /// than this backend usually takes, and at least a quarter of the first-byte timeout. So a
+    /// blackholed backend whose clients all give up before the first-byte timeout still opens
+    /// its circuit, while clients leaving a healthy backend early do not count against it.
+    /// Before any first byte was seen, half the first-byte timeout is the bar.
     pub fn abandoned_after(&self, waited: Duration) -> Outcome {
         let usual = Duration::from_micros(self.first_byte_avg_us.load(Ordering::Acquire));
         let bar = if usual.is_zero() {
@@ -122,6 +125,7 @@ impl BackendHealth {
             usual
                 .saturating_mul(ABANDONED_SLOWNESS_FACTOR as u32)
                 .max(MIN_ABANDONED_WAIT)
+                .max(self.first_byte_timeout / ABANDONED_TIMEOUT_DIVISOR)
         };
         if waited >= bar {
             Outcome::Failure

@@ -229,7 +229,10 @@ impl Stream for Watched {
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let polled = self.body.as_mut().poll_next(cx);
         if let Poll::Ready(Some(Err(error))) = &polled {
-            let _ = self.attempt.verdict().set(error.breaker_outcome());
+            let _ = self
+                .attempt
+                .verdict()
+                .set(error.breaker_outcome_mid_answer());
         }
         polled
     }

@@ -223,6 +223,62 @@ async fn failures_only_the_relay_sees_reach_the_breaker() {
 }
 
 #[tokio::test]
+async fn an_in_band_error_that_blames_the_request_does_not_count_against_the_backend() {
+    // vLLM reports a bad request found mid-generation in-band, with code 400.
+    let picky = RawUpstream::start(|mut conn| async move {
+        let first = r#"data: {"id":"c","object":"chat.completion.chunk","model":"m","choices":[{"index":0,"delta":{"content":"so"}}]}"#;
+        let event = r#"data: {"error":{"object":"error","message":"bad grammar","type":"BadRequestError","code":400}}"#;
+        let body = format!("{first}\n\n{event}\n\n");
+        let head = format!(
+            "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncontent-length: {}\r\n\r\n",
+            body.len()
+        );
+        while conn.read_request().await
+            && conn.write(head.as_bytes()).await
+            && conn.write(body.as_bytes()).await
+        {}
+    })
+    .await;
+    let healthy = MockUpstream::stream(1).keep_alive().start().await;
+    let config = GatewayConfig::openai_pool(&[picky.base_url(), healthy.base_url()])
+        .favour_first_backend()
+        .upstream(&format!("{{total_timeout: 30s, {BREAKER}}}"));
+    let gateway = TestGateway::start(&config).await;
+    for _ in 0..5 {
+        let response = post_chat(&gateway.url(""), KEY, &chat_body(true)).await;
+        assert_eq!(
+            response.headers()["x-sluicegate-backend"],
+            "b0",
+            "b0 keeps its traffic"
+        );
+        let body = response.text().await.expect("body");
+        assert!(body.contains("bad grammar"), "{body}");
+    }
+}
+
+#[tokio::test]
+async fn the_total_deadline_ending_a_long_answer_does_not_count_against_the_backend() {
+    let (slow, healthy) = (
+        MockUpstream::stream(50)
+            .pace(ms(100))
+            .keep_alive()
+            .start()
+            .await,
+        MockUpstream::stream(1).keep_alive().start().await,
+    );
+    let config = GatewayConfig::openai_pool(&urls(&[&slow, &healthy]))
+        .favour_first_backend()
+        .upstream(&format!("{{total_timeout: 500ms, {BREAKER}}}"));
+    let gateway = TestGateway::start(&config).await;
+    for _ in 0..4 {
+        let response = post_chat(&gateway.url(""), KEY, &chat_body(true)).await;
+        assert_eq!(response.headers()["x-sluicegate-backend"], "b0");
+        let body = response.text().await.expect("body");
+        assert!(body.contains("upstream_total_timeout"), "{body}");
+    }
+}
+
+#[tokio::test]
 async fn an_idle_timeout_mid_stream_reaches_the_breaker() {
     let (stalling, healthy) = (
         MockUpstream::stream(3).pace(ms(3_000)).start().await,
