@@ -113,6 +113,7 @@ fn upstream_request(
         body: chat.upstream_body(&backend.upstream_model, output_cap),
         stream: chat.stream,
         request_id: request_id.clone(),
+        replayable: chat.is_safe_to_duplicate(),
     }
 }
 

@@ -34,6 +34,9 @@ pub struct UpstreamRequest {
     pub stream: bool,
     /// Forwarded as `x-request-id` so upstream logs can be joined with ours.
     pub request_id: Arc<str>,
+    /// Sending it twice costs only the work (not `store: true`): it may then be resent after a
+    /// pooled connection closed right after the write.
+    pub replayable: bool,
 }
 
 /// A configured backend of a model.

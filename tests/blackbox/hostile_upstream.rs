@@ -209,20 +209,25 @@ async fn a_pooled_connection_closed_late_is_an_error_not_a_silent_resend() {
     assert_eq!(upstream.requests(), 2, "the second request was sent once");
 }
 
-#[tokio::test]
-async fn a_request_meeting_a_just_closed_pooled_connection_is_resent_once() {
-    let upstream = RawUpstream::start(|mut conn| async move {
+/// An upstream whose first connection answers one request, then closes as soon as the next
+/// request's head arrives, without reading it (a backend closing an idle connection just as it
+/// is reused); later connections answer everything.
+async fn closes_when_reused() -> RawUpstream {
+    RawUpstream::start(|mut conn| async move {
         if conn.index == 0 {
-            // Answer the first request, then close as soon as the second arrives (a backend
-            // closing an idle connection just as it is reused).
             if conn.read_request().await && conn.write_completion().await {
-                let _ = conn.read_request().await;
+                let _ = conn.read_request_head().await;
             }
             return;
         }
         while conn.read_request().await && conn.write_completion().await {}
     })
-    .await;
+    .await
+}
+
+#[tokio::test]
+async fn a_request_meeting_a_just_closed_pooled_connection_is_resent_once() {
+    let upstream = closes_when_reused().await;
     let gateway = TestGateway::start(&one_backend(&upstream)).await;
     for _ in 0..2 {
         assert_eq!(
@@ -236,6 +241,28 @@ async fn a_request_meeting_a_just_closed_pooled_connection_is_resent_once() {
         (upstream.requests(), upstream.connections()),
         (3, 2),
         "resent once, on a fresh connection"
+    );
+}
+
+#[tokio::test]
+async fn a_request_the_backend_would_store_is_never_resent() {
+    let upstream = closes_when_reused().await;
+    let gateway = TestGateway::start(&one_backend(&upstream)).await;
+    let mut stored = chat_body(false);
+    stored["store"] = true.into();
+    assert_eq!(
+        post_chat(&gateway.url(""), KEY, &stored).await.status(),
+        200
+    );
+    let (status, body) = error_of(post_chat(&gateway.url(""), KEY, &stored).await).await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (502, Some("upstream_disconnected"))
+    );
+    assert_eq!(
+        upstream.requests(),
+        2,
+        "sent once: sending it twice could store it twice"
     );
 }
 

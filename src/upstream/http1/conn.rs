@@ -46,19 +46,28 @@ pub struct Head {
 /// Why an exchange failed before a response head arrived.
 #[derive(Debug)]
 pub enum ExchangeError {
-    /// The connection was closed or reset before any response byte. `resendable` when the
-    /// backend cannot have acted on the request: the write failed, or the close came right
-    /// after the write (a reused connection the backend had just timed out while idle).
-    ClosedEarly { resendable: bool },
+    /// The connection was closed or reset before any response byte.
+    ClosedEarly(EarlyClose),
     /// The connection broke after part of a head arrived.
     Broken,
     /// The head was malformed, too large, or not an answer the gateway can relay.
     Malformed(&'static str),
 }
 
-/// A close this soon after the request was written means the backend closed the connection
-/// while idle, before it could read the request (the race every HTTP client has with
-/// keep-alive); later, the backend may have acted on it.
+/// When a connection closed before any response byte, which says whether the backend can have
+/// acted on the request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EarlyClose {
+    /// The write failed: the backend never got a whole request, so it cannot have acted on it.
+    DuringWrite,
+    /// Within `RESEND_WINDOW` of a completed write: most likely a pooled connection the backend
+    /// closed while idle (the race every keep-alive client has), though it may have read it.
+    RightAfterWrite,
+    /// Later: the backend may well have acted on the request.
+    Later,
+}
+
+/// A close this soon after the request was written is taken for the idle-close race.
 const RESEND_WINDOW: Duration = Duration::from_millis(50);
 /// Informational (1xx) heads skipped before the final one.
 const MAX_INFORMATIONAL: usize = 8;
@@ -117,9 +126,12 @@ impl Conn {
                 },
                 read = reader.read_buf(buf) => match read {
                     Ok(0) | Err(_) if !received_any => {
-                        let resendable = write_failed
-                            || written_at.is_some_and(|at| at.elapsed() <= RESEND_WINDOW);
-                        return Err(ExchangeError::ClosedEarly { resendable });
+                        let when = match written_at {
+                            None => EarlyClose::DuringWrite,
+                            Some(at) if at.elapsed() <= RESEND_WINDOW => EarlyClose::RightAfterWrite,
+                            Some(_) => EarlyClose::Later,
+                        };
+                        return Err(ExchangeError::ClosedEarly(when));
                     }
                     Ok(0) | Err(_) => return Err(ExchangeError::Broken),
                     Ok(_) => received_any = true,

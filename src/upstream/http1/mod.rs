@@ -23,7 +23,7 @@ use crate::config::{Secret, UpstreamConfig};
 use crate::error::{GatewayError, TimeoutPhase};
 use crate::telemetry::metrics;
 use body::Body;
-use conn::{Conn, ConnectError, ExchangeError, Head};
+use conn::{Conn, ConnectError, EarlyClose, ExchangeError, Head};
 use idle::IdleConns;
 
 /// Idle connections kept per backend.
@@ -93,13 +93,15 @@ impl Http1Backend {
             };
             match conn.exchange(&wire).await {
                 Ok(head) => return self.respond(conn, head).await,
-                // A pooled connection the backend closed while idle, before it could read the
-                // request: sent once more, on a fresh connection, never twice.
-                Err(ExchangeError::ClosedEarly { resendable: true }) if reused && !resent => {
+                // A pooled connection the backend closed before it could act on the request: sent
+                // once more, on a fresh connection, never twice.
+                Err(ExchangeError::ClosedEarly(when))
+                    if reused && !resent && may_resend(when, request.replayable) =>
+                {
                     resent = true;
                     metrics::record_upstream_resend(&self.name);
                 }
-                Err(ExchangeError::ClosedEarly { .. } | ExchangeError::Broken) => {
+                Err(ExchangeError::ClosedEarly(_) | ExchangeError::Broken) => {
                     return Err(GatewayError::UpstreamDisconnected);
                 }
                 Err(ExchangeError::Malformed(detail)) => {
@@ -168,6 +170,17 @@ impl Http1Backend {
         );
         wire.extend_from_slice(&request.body);
         wire
+    }
+}
+
+/// The resend rule of Go's and hyper's clients: a request whose write failed never reached
+/// the backend whole, so it may go again; one whose connection closed right after the write
+/// (the idle-close race) may go again only when sending it twice costs nothing but the work.
+fn may_resend(when: EarlyClose, replayable: bool) -> bool {
+    match when {
+        EarlyClose::DuringWrite => true,
+        EarlyClose::RightAfterWrite => replayable,
+        EarlyClose::Later => false,
     }
 }
 
