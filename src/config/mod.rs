@@ -245,13 +245,36 @@ pub struct StreamConfig {
     pub max_event_bytes: usize,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct RedisConfig {
+    /// May carry a password (`redis://:password@host`); never printed.
     pub url: String,
     pub timeout: Duration,
     pub on_error: OnRedisError,
     pub pool_size: NonZeroUsize,
     pub key_prefix: String,
+}
+
+impl fmt::Debug for RedisConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisConfig")
+            .field("url", &without_credentials(&self.url))
+            .field("timeout", &self.timeout)
+            .field("on_error", &self.on_error)
+            .field("pool_size", &self.pool_size)
+            .field("key_prefix", &self.key_prefix)
+            .finish()
+    }
+}
+
+/// `scheme://user:password@host/...` with the user information replaced.
+fn without_credentials(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme_end), Some(at)) if at > scheme_end => {
+            format!("{}[redacted]{}", &url[..scheme_end + 3], &url[at..])
+        }
+        _ => url.to_owned(),
+    }
 }
 
 /// What admission does while Redis is unreachable or its breaker is open.

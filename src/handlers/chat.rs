@@ -55,9 +55,10 @@ pub async fn chat_completions(
     }
     guard.set_route(&pool.name, chat.stream);
     let output_cap = principal.output.effective(chat.max_output_tokens);
+    let prompt_estimate = chat.prompt_tokens_estimate();
     let reserved = Reservation::new(
-        chat.prompt_tokens_estimate(),
-        chat.prompt_tokens_ceiling(),
+        prompt_estimate,
+        chat.prompt_tokens_ceiling(prompt_estimate),
         output_cap,
         chat.choices,
     );

@@ -130,10 +130,10 @@ impl ChatRequest {
             .saturating_add(overhead)
     }
 
-    /// The most prompt tokens an upstream report is believed for: no tokenizer yields more than
-    /// one token per byte of the request, and images are allowed three times their estimate.
-    pub fn prompt_tokens_ceiling(&self) -> u64 {
-        let estimate = self.prompt_tokens_estimate();
+    /// The most prompt tokens an upstream report is believed for, given the request's
+    /// `estimate`: no tokenizer yields more than one token per byte of the request, and images
+    /// are allowed three times their estimate.
+    pub fn prompt_tokens_ceiling(&self, estimate: u64) -> u64 {
         estimate.saturating_mul(3).max(self.body_bytes as u64)
     }
 }
@@ -143,6 +143,20 @@ impl ChatRequest {
 const IMAGE_PART_TOKENS: u64 = 1_536;
 /// Request fields the model reads as part of its prompt.
 const PROMPT_FIELDS: [&str; 3] = ["tools", "functions", "response_format"];
+
+/// An `io::Write` that only counts.
+struct ByteCounter(usize);
+
+impl std::io::Write for ByteCounter {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0 = self.0.saturating_add(bytes.len());
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
 
 /// What the model reads of a request: bytes of text and the number of images.
 #[derive(Debug, Default)]
@@ -178,9 +192,12 @@ impl PromptSize {
         }
     }
 
+    /// Adds the size of `value` as JSON, counted as it is written, without a copy.
     fn add_json(&mut self, value: &Value) {
         if !value.is_null() {
-            self.add_bytes(value.to_string().len());
+            let mut counter = ByteCounter(0);
+            let _ = serde_json::to_writer(&mut counter, value);
+            self.add_bytes(counter.0);
         }
     }
 
@@ -516,10 +533,8 @@ mod tests {
     fn the_prompt_estimate_counts_what_the_model_reads() {
         let estimate = |body: serde_json::Value| {
             let request = ChatRequest::parse(body.to_string().as_bytes()).expect("valid request");
-            (
-                request.prompt_tokens_estimate(),
-                request.prompt_tokens_ceiling(),
-            )
+            let estimate = request.prompt_tokens_estimate();
+            (estimate, request.prompt_tokens_ceiling(estimate))
         };
         let plain = serde_json::json!({"model": "m", "messages": [{"role": "user", "content": "x".repeat(300)}]});
         assert_eq!(

@@ -32,21 +32,24 @@ fn error_detail(raw: &[u8]) -> Option<UpstreamErrorDetail> {
 /// Masks URLs and secret-looking words, turns every run of whitespace or control characters
 /// into one space, bounds the length. Words are split on any whitespace or control character
 /// and masked before anything is joined, so a key after a newline or a tab is still masked and
-/// no two words are glued together.
+/// no two words are glued together. The word after an authorization scheme (`Bearer`,
+/// `Basic`) is the credential itself, so it is masked whatever it looks like.
 pub fn sanitize(message: &str) -> String {
     let mut out = String::with_capacity(message.len().min(MAX_MESSAGE_CHARS));
     let words = message
         .split(|c: char| c.is_whitespace() || c.is_control())
         .filter(|word| !word.is_empty());
+    let mut credential_follows = false;
     for word in words {
         if !out.is_empty() {
             out.push(' ');
         }
-        if looks_secret_or_url(word) {
+        if credential_follows || looks_secret_or_url(word) {
             out.push_str("[redacted]");
         } else {
             out.push_str(word);
         }
+        credential_follows = names_a_scheme(word);
         if out.len() > MAX_MESSAGE_CHARS * 4 {
             break;
         }
@@ -59,6 +62,12 @@ pub fn sanitize(message: &str) -> String {
         }
         None => out,
     }
+}
+
+/// `Bearer`, `Basic` (any case, punctuation around them ignored).
+fn names_a_scheme(word: &str) -> bool {
+    let word = word.trim_matches(|c: char| !c.is_ascii_alphanumeric());
+    word.eq_ignore_ascii_case("bearer") || word.eq_ignore_ascii_case("basic")
 }
 
 fn looks_secret_or_url(word: &str) -> bool {
@@ -99,7 +108,7 @@ mod tests {
             ),
             (
                 r#"{"error":{"message":"bad key:\nsk-abc123 and\tBearer\r\nxyz"}}"#,
-                Some("bad key: [redacted] and [redacted] xyz"),
+                Some("bad key: [redacted] and [redacted] [redacted]"),
             ),
             (
                 r#"{"error":{"message":"upstream\thttp://10.0.0.3/v1\u001bfailed"}}"#,

@@ -102,10 +102,10 @@ impl Breaker {
     /// Asks to call the backend. Closed: yes. Open: only once its delay passed, and then as the
     /// one probe; every other caller is refused until the probe's outcome is recorded.
     pub fn try_acquire(&self) -> Option<Permit> {
-        let permit = |kind| Permit {
-            kind,
-            generation: self.generation.load(Ordering::Acquire),
-        };
+        // The generation is read before the state and bumped after the state is set to Open,
+        // so a permit seen as Closed can only carry an older generation, never the new one.
+        let generation = self.generation.load(Ordering::Acquire);
+        let permit = |kind| Permit { kind, generation };
         if self.state() == BreakerState::Closed {
             return Some(permit(PermitKind::Normal));
         }
@@ -165,8 +165,8 @@ impl Instrument for Mirror {
     fn on_call_rejected(&self) {}
 
     fn on_open(&self) {
-        self.generation.fetch_add(1, Ordering::AcqRel);
         self.set(BreakerState::Open);
+        self.generation.fetch_add(1, Ordering::AcqRel);
     }
 
     fn on_half_open(&self) {

@@ -10,7 +10,8 @@ fn the_backend_key_is_not_printable_through_debug() {
     assert!(key.len() > 4, "a recognisable value");
     let yaml = "models: [{name: m, backends: [\
         {name: plain, kind: openai, base_url: 'http://127.0.0.1:9/v1', api_key_env: PATH}, \
-        {name: tls, kind: openai, base_url: 'https://127.0.0.1:9/v1', api_key_env: PATH}]}]";
+        {name: tls, kind: openai, base_url: 'https://127.0.0.1:9/v1', api_key_env: PATH}]}]\n\
+        redis: {url: 'redis://:hunter2-redis-password@127.0.0.1:9'}";
     let config = sluicegate::config::parse(yaml).expect("valid config");
     let gateway = Gateway::build(&config).expect("gateway builds");
     // Also as the numbers of a byte list, which is how `Vec<u8>` prints.

@@ -59,7 +59,8 @@ async fn upstream_500_is_502_without_upstream_details() {
 
 #[tokio::test]
 async fn a_passed_through_4xx_masks_keys_and_urls_after_any_whitespace() {
-    let message = "invalid request:\nsk-live-0123456789 sent to\thttp://10.1.2.3:8000/v1\r\nretry";
+    let message = "invalid request:\nsk-live-0123456789 sent to\thttp://10.1.2.3:8000/v1\r\nwith \
+                   'Authorization: bearer\tmy-short-key'; retry";
     let body = serde_json::json!({"error": {"message": message}}).to_string();
     let upstream = MockUpstream::reply(status(400, &body, vec![]))
         .start()
@@ -68,7 +69,8 @@ async fn a_passed_through_4xx_masks_keys_and_urls_after_any_whitespace() {
     let (code, body) = error_of(post_chat(&gateway.url(""), KEY, &chat_body(false)).await).await;
     assert_eq!(code, 400);
     assert_eq!(
-        body["error"]["message"], "invalid request: [redacted] sent to [redacted] retry",
+        body["error"]["message"],
+        "invalid request: [redacted] sent to [redacted] with 'Authorization: bearer [redacted] retry",
         "masked, and the words around the line breaks kept apart"
     );
 }

@@ -17,7 +17,6 @@
 mod health;
 mod reply;
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use fred::prelude::*;
@@ -58,8 +57,6 @@ pub struct RedisLimiter {
     on_error: OnRedisError,
     fallback: LocalLimiter,
     health: Health,
-    lease_seed: u64,
-    next_lease: AtomicU64,
     /// Settlements and undos in flight, awaited (bounded) at shutdown.
     tasks: TaskTracker,
 }
@@ -78,7 +75,6 @@ impl RedisLimiter {
             // bound is settlement's, which may wait longer off the request path.
             .with_performance_config(|p| p.default_command_timeout = SETTLE_TIMEOUT)
             .set_policy(ReconnectPolicy::new_exponential(0, 100, 2_000, 2));
-        let seed = std::collections::hash_map::RandomState::new();
         Ok(Self {
             pool: builder.build_pool(config.pool_size.get())?,
             admit: Script::from_lua(ADMIT_LUA),
@@ -89,11 +85,6 @@ impl RedisLimiter {
             on_error: config.on_error,
             fallback: LocalLimiter::new(lease_ttl),
             health: Health::new(),
-            // 22 random bits of this process above 31 bits of a counter: ids stay unique
-            // across replicas and below 2^53, where the scripts' numbers are exact.
-            lease_seed: (std::hash::BuildHasher::hash_one(&seed, std::process::id()) & 0x3f_ffff)
-                << 31,
-            next_lease: AtomicU64::new(1),
             tasks: TaskTracker::new(),
         })
     }
@@ -135,9 +126,9 @@ impl RedisLimiter {
         }
         let limits = ask.limits;
         let tracked = limits.tokens_per_minute.is_some() || limits.concurrent_streams.is_some();
-        let id = tracked.then(|| {
-            self.lease_seed | (self.next_lease.fetch_add(1, Ordering::Relaxed) & 0x7fff_ffff)
-        });
+        // 53 random bits per admission, whatever replica takes it: ids of one key's admissions
+        // in flight do not collide, and stay below 2^53, where the scripts' numbers are exact.
+        let id = tracked.then(|| fastrand::u64(1..=MAX_SCRIPT_NUMBER));
         let args: Vec<i64> = [
             limits.requests_per_minute.map_or(0, |n| u64::from(n.get())),
             limits.tokens_per_minute.map_or(0, |n| n.get()),
