@@ -85,6 +85,28 @@ async fn a_u64_max_output_cap_is_refused_and_the_shared_budget_survives() {
 }
 
 #[tokio::test]
+async fn a_tier_without_an_output_cap_still_bounds_what_a_request_reserves() {
+    let upstream = MockUpstream::stream(1).start().await;
+    let config = GatewayConfig::openai(&upstream.base_url()).tier("{tokens_per_minute: 10000000}");
+    let gateway = TestGateway::start(&config).await;
+    let mut body = chat_body(true);
+    body["max_tokens"] = json!((1u64 << 31) - 1);
+    let response = post_chat(&gateway.url(""), KEY, &body).await;
+    assert_eq!(response.status(), 200);
+    let reserved = 10_000_000 - remaining_tokens(&response);
+    assert!(
+        reserved <= 131_072 + 100,
+        "the output reserved is the default ceiling, not 2^31: {reserved}"
+    );
+    let _ = response.text().await;
+    assert_eq!(
+        upstream.requests()[0].body["max_tokens"],
+        131_072,
+        "and that ceiling is what the backend is told"
+    );
+}
+
+#[tokio::test]
 async fn the_scripts_refuse_negative_and_fractional_numbers_without_changing_anything() {
     let redis = RedisServer::spawn().await;
     let admit = include_str!("../../src/limits/redis/admit.lua");
