@@ -73,6 +73,9 @@ pub enum GatewayError {
     Overloaded { retry_after: Duration },
     #[error("the gateway is shutting down; retry on another instance")]
     ShuttingDown,
+    /// The client did not take the stream's next bytes within the stall timeout.
+    #[error("the stream was not read for {}s and was ended", .timeout.as_secs())]
+    ClientStalled { timeout: Duration },
     #[error("the upstream model backend could not be reached")]
     UpstreamUnavailable,
     #[error("no backend of this model is available right now; retry shortly")]
@@ -115,7 +118,7 @@ impl GatewayError {
             Self::InvalidRequest { .. } | Self::InvalidJson { .. } => StatusCode::BAD_REQUEST,
             Self::UnsupportedContentType => StatusCode::BAD_REQUEST,
             Self::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            Self::BodyTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
+            Self::BodyTimeout { .. } | Self::ClientStalled { .. } => StatusCode::REQUEST_TIMEOUT,
             Self::ModelNotFound { .. } | Self::UnknownRoute { .. } => StatusCode::NOT_FOUND,
             Self::MissingApiKey | Self::InvalidApiKey => StatusCode::UNAUTHORIZED,
             Self::ModelNotAllowed { .. } => StatusCode::FORBIDDEN,
@@ -143,6 +146,7 @@ impl GatewayError {
             | Self::UnsupportedContentType
             | Self::BodyTooLarge { .. }
             | Self::BodyTimeout { .. }
+            | Self::ClientStalled { .. }
             | Self::ModelNotFound { .. }
             | Self::MissingApiKey
             | Self::InvalidApiKey
@@ -181,6 +185,7 @@ impl GatewayError {
             Self::UnsupportedContentType => Some("unsupported_content_type"),
             Self::BodyTooLarge { .. } => Some("request_too_large"),
             Self::BodyTimeout { .. } => Some("request_timeout"),
+            Self::ClientStalled { .. } => Some("client_stall_timeout"),
             Self::ModelNotFound { .. } => Some("model_not_found"),
             Self::MissingApiKey | Self::InvalidApiKey => Some("invalid_api_key"),
             Self::ModelNotAllowed { .. } => Some("model_not_allowed"),
@@ -215,6 +220,7 @@ impl GatewayError {
             | Self::UnsupportedContentType
             | Self::BodyTooLarge { .. }
             | Self::BodyTimeout { .. }
+            | Self::ClientStalled { .. }
             | Self::MissingApiKey
             | Self::InvalidApiKey
             | Self::UnknownRoute { .. }
@@ -241,6 +247,7 @@ impl GatewayError {
             | Self::UnsupportedContentType
             | Self::BodyTooLarge { .. }
             | Self::BodyTimeout { .. }
+            | Self::ClientStalled { .. }
             | Self::ModelNotFound { .. }
             | Self::MissingApiKey
             | Self::InvalidApiKey
@@ -270,6 +277,7 @@ impl GatewayError {
             Self::UnsupportedContentType => "unsupported_content_type",
             Self::BodyTooLarge { .. } => "body_too_large",
             Self::BodyTimeout { .. } => "body_timeout",
+            Self::ClientStalled { .. } => "client_stalled",
             Self::ModelNotFound { .. } => "model_not_found",
             Self::MissingApiKey => "missing_api_key",
             Self::InvalidApiKey => "invalid_api_key",
@@ -314,6 +322,7 @@ impl GatewayError {
             | Self::UnsupportedContentType
             | Self::BodyTooLarge { .. }
             | Self::BodyTimeout { .. }
+            | Self::ClientStalled { .. }
             | Self::ModelNotFound { .. }
             | Self::MissingApiKey
             | Self::InvalidApiKey
@@ -343,6 +352,7 @@ impl GatewayError {
             | Self::InvalidJson { .. }
             | Self::UnsupportedContentType
             | Self::BodyTimeout { .. }
+            | Self::ClientStalled { .. }
             | Self::BodyTooLarge { .. }
             | Self::ModelNotFound { .. }
             | Self::MissingApiKey
@@ -379,6 +389,7 @@ impl GatewayError {
             | Self::InvalidJson { .. }
             | Self::UnsupportedContentType
             | Self::BodyTimeout { .. }
+            | Self::ClientStalled { .. }
             | Self::BodyTooLarge { .. }
             | Self::ModelNotFound { .. }
             | Self::MissingApiKey

@@ -33,7 +33,7 @@ pub async fn handle(request: Request<Incoming>, state: Arc<AppState>) -> Respons
     parts
         .headers
         .insert(request_id::HEADER, request_id.header_value());
-    let body = guard.attach(parts.status, body);
+    let body = guard.attach(parts.status, body, &state.stalls);
     Response::from_parts(parts, body)
 }
 

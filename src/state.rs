@@ -8,6 +8,7 @@ use crate::config::{Config, ServerConfig, StreamConfig, UpstreamConfig};
 use crate::limits::{Limiter, LocalLimiter, RedisLimiter};
 use crate::server::admission::Admission;
 use crate::server::shutdown::Drain;
+use crate::settle::StallWatch;
 use crate::upstream::http_client;
 use crate::upstream::pool::ModelTable;
 
@@ -21,6 +22,8 @@ pub struct AppState {
     pub admission: Admission,
     pub limiter: Arc<Limiter>,
     pub drain: Drain,
+    /// Streams in flight, swept for clients that stopped reading.
+    pub stalls: StallWatch,
     /// Unix seconds at start; the `created` of every listed model.
     pub started_unix: u64,
 }
@@ -46,6 +49,7 @@ impl AppState {
             admission: Admission::new(config.server.max_concurrent_requests.get()),
             limiter: Arc::new(limiter(config)?),
             drain: Drain::default(),
+            stalls: StallWatch::new(config.stream.client_stall_timeout),
             started_unix: SystemTime::now()
                 .duration_since(UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs()),

@@ -26,7 +26,7 @@ use stall::StallTimeoutIo;
 const FINAL_EVENT_WINDOW: Duration = Duration::from_secs(5);
 /// Pause after an accept error (such as EMFILE) so the loop does not spin.
 const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(50);
-/// The longest pause between two sweeps of the idle upstream connections.
+/// The longest pause between two housekeeping sweeps.
 const REAP_EVERY: Duration = Duration::from_secs(1);
 /// Concurrent streams per HTTP/2 connection.
 const H2_MAX_CONCURRENT_STREAMS: u32 = 256;
@@ -38,7 +38,7 @@ pub async fn serve(
     shutdown: impl Future<Output = ()>,
 ) -> io::Result<()> {
     state.limiter.start().await;
-    let reaper = IdleReaper::start(&state);
+    let housekeeping = Housekeeping::start(&state);
     let builder = connection_builder(&state);
     let graceful = GracefulShutdown::new();
     let mut shutdown = pin!(shutdown);
@@ -74,7 +74,7 @@ pub async fn serve(
         });
     }
     drop(listener);
-    drop(reaper);
+    drop(housekeeping);
     state.drain.begin();
     tracing::info!(grace = ?state.server.shutdown_grace, "draining");
     drain(graceful, &state).await;
@@ -82,30 +82,32 @@ pub async fn serve(
     Ok(())
 }
 
-/// Closes backends' idle pooled connections once they pass `pool_idle_timeout`, so a quiet
-/// gateway does not hold sockets its backends already closed. Stops when dropped.
-struct IdleReaper(tokio::task::JoinHandle<()>);
+/// Once a second (or each `pool_idle_timeout`, when shorter): closes backends' idle pooled
+/// connections past that age, so a quiet gateway does not hold sockets its backends already
+/// closed, and cuts streams whose clients stopped reading. Stops when dropped.
+struct Housekeeping(tokio::task::JoinHandle<()>);
 
-impl IdleReaper {
+impl Housekeeping {
     fn start(state: &Arc<AppState>) -> Self {
         let state = state.clone();
         let every = state.upstream.pool_idle_timeout.min(REAP_EVERY);
         #[expect(
             clippy::disallowed_methods,
-            reason = "the reaper runs for the server's lifetime and is aborted when it stops"
+            reason = "housekeeping runs for the server's lifetime and is aborted when it stops"
         )]
         let task = tokio::spawn(async move {
             let mut ticks = tokio::time::interval(every);
             loop {
                 ticks.tick().await;
                 state.models.reap_idle_connections();
+                state.stalls.sweep();
             }
         });
         Self(task)
     }
 }
 
-impl Drop for IdleReaper {
+impl Drop for Housekeeping {
     fn drop(&mut self) {
         self.0.abort();
     }

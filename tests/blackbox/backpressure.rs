@@ -136,6 +136,49 @@ async fn a_client_that_stops_reading_is_cut_off_after_the_stall_timeout() {
 }
 
 #[tokio::test]
+async fn an_http2_stream_its_client_stops_reading_is_cut_off_after_the_stall_timeout() {
+    // Over HTTP/2 a client can stop one stream (its flow-control window stays shut) while the
+    // connection stays healthy, so no socket write ever stalls: the stream itself must be cut.
+    let upstream = MockUpstream::stream(100_000).start().await;
+    let config = GatewayConfig::openai(&upstream.base_url())
+        .stream("{heartbeat_interval: 10s, client_stall_timeout: 1s}")
+        .upstream("{first_byte_timeout: 5s, idle_timeout: 30s, total_timeout: 60s}");
+    let gateway = TestGateway::start(&config).await;
+    let client = reqwest::Client::builder()
+        .no_proxy()
+        .http2_prior_knowledge()
+        .build()
+        .expect("client");
+    let response = client
+        .post(gateway.url("/v1/chat/completions"))
+        .bearer_auth(KEY)
+        .json(&chat_body(true))
+        .send()
+        .await
+        .expect("h2c answer");
+    assert_eq!(response.version(), reqwest::Version::HTTP_2);
+    // Hold the response without reading it: its window fills and is never opened again.
+    let closed = within(
+        Duration::from_secs(10),
+        "the gateway to release the upstream of the stalled stream",
+        upstream.closed(0),
+    )
+    .await;
+    let written = upstream.connections()[0].bytes_written();
+    assert!(
+        written < 40 * 1024 * 1024,
+        "released while stalled, after {written} bytes"
+    );
+    let ready = http()
+        .get(gateway.url("/healthz"))
+        .send()
+        .await
+        .expect("healthz");
+    assert_eq!(ready.status(), 200);
+    drop((response, closed));
+}
+
+#[tokio::test]
 async fn heartbeats_flow_while_the_upstream_is_slow_to_start() {
     let upstream = MockUpstream::stream(2).first_delay(ms(1500)).start().await;
     let config = GatewayConfig::openai(&upstream.base_url()).stream("{heartbeat_interval: 200ms}");

@@ -3,13 +3,12 @@
 //! one access-log line. The guard rides inside the response body, so it drops when hyper is
 //! done with the body, not when the handler returns.
 
-use std::pin::Pin;
-use std::sync::{Arc, OnceLock};
-use std::task::{Context, Poll};
+mod body;
+mod stall;
 
-use bytes::Bytes;
+use std::sync::{Arc, OnceLock};
+
 use http::{Method, StatusCode};
-use http_body::{Body as HttpBody, Frame, SizeHint};
 use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::Instant;
 
@@ -19,6 +18,9 @@ use crate::limits::{Admission, Limiter};
 use crate::openai::chunk::MeterSlot;
 use crate::openai::{Metering, Reservation};
 use crate::request_id::RequestId;
+use body::GuardedBody;
+
+pub use stall::StallWatch;
 
 /// The name of the backend that answered, recorded once.
 pub type BackendSlot = Arc<OnceLock<Arc<str>>>;
@@ -37,6 +39,7 @@ pub struct RequestGuard {
     model: Option<String>,
     backend: BackendSlot,
     stream: bool,
+    /// Written by the body that carries the guard.
     bytes_out: u64,
     completed: bool,
     metering: MeterSlot,
@@ -130,13 +133,17 @@ impl RequestGuard {
         let _ = self.failure.set((error.kind(), error.blame()));
     }
 
-    /// Wraps a response body so this guard settles when the body is finished or dropped.
-    pub fn attach(mut self, status: StatusCode, body: Body) -> Body {
+    /// Wraps a response body so this guard settles when the body is finished or dropped. A
+    /// stream is also watched: one whose client stops taking frames is cut after the stall
+    /// timeout, even where no socket write stalls (an HTTP/2 stream whose window stays shut).
+    pub fn attach(mut self, status: StatusCode, body: Body, stalls: &StallWatch) -> Body {
         self.status = status;
-        Body::new(GuardedBody {
-            inner: body,
-            guard: self,
-        })
+        let stream = self.stream;
+        let (body, shared) = GuardedBody::new(body, self);
+        if stream {
+            stalls.watch(&shared);
+        }
+        Body::new(body)
     }
 }
 
@@ -190,44 +197,5 @@ impl Settlement {
             0 if self.dispatched && !failed => self.reserved.usage.prompt_tokens,
             used => used,
         }
-    }
-}
-
-/// A body that carries its request's guard and counts the bytes it gives hyper.
-struct GuardedBody {
-    inner: Body,
-    guard: RequestGuard,
-}
-
-impl HttpBody for GuardedBody {
-    type Data = Bytes;
-    type Error = std::convert::Infallible;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
-        let polled = Pin::new(&mut self.inner).poll_frame(cx);
-        match &polled {
-            Poll::Ready(Some(Ok(frame))) => {
-                self.guard.bytes_out += frame.data_ref().map_or(0, |d| d.len() as u64);
-                // hyper stops polling a body that reports its end, so note the end here too.
-                if self.inner.is_end_stream() {
-                    self.guard.completed = true;
-                }
-            }
-            Poll::Ready(None) => self.guard.completed = true,
-            Poll::Ready(Some(Err(never))) => match *never {},
-            Poll::Pending => {}
-        }
-        polled
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
     }
 }
