@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use http::{Method, Request, Response};
+use http::{Method, Request, Response, Version};
 use hyper::body::Incoming;
 use tracing::Instrument;
 
@@ -18,6 +18,7 @@ use crate::state::AppState;
 /// Handles one request; never fails: every error becomes an OpenAI-shaped response.
 pub async fn handle(request: Request<Incoming>, state: Arc<AppState>) -> Response<Body> {
     let request_id = RequestId::from_headers(request.headers());
+    let http2 = request.version() == Version::HTTP_2;
     let span = tracing::info_span!("request", request_id = %request_id);
     let mut guard = RequestGuard::start(
         request_id.clone(),
@@ -33,7 +34,7 @@ pub async fn handle(request: Request<Incoming>, state: Arc<AppState>) -> Respons
     parts
         .headers
         .insert(request_id::HEADER, request_id.header_value());
-    let body = guard.attach(parts.status, body, &state.stalls);
+    let body = guard.attach(parts.status, body, http2.then_some(&state.stalls));
     Response::from_parts(parts, body)
 }
 

@@ -134,13 +134,14 @@ impl RequestGuard {
     }
 
     /// Wraps a response body so this guard settles when the body is finished or dropped. A
-    /// stream is also watched: one whose client stops taking frames is cut after the stall
-    /// timeout, even where no socket write stalls (an HTTP/2 stream whose window stays shut).
-    pub fn attach(mut self, status: StatusCode, body: Body, stalls: &StallWatch) -> Body {
+    /// stream given `stalls` is also watched: cut after the stall timeout once its client stops
+    /// taking frames, which matters where no socket write stalls (an HTTP/2 stream whose window
+    /// stays shut; over HTTP/1.1 the connection's own stall timeout sees it).
+    pub fn attach(mut self, status: StatusCode, body: Body, stalls: Option<&StallWatch>) -> Body {
         self.status = status;
         let stream = self.stream;
         let (body, shared) = GuardedBody::new(body, self);
-        if stream {
+        if let Some(stalls) = stalls.filter(|_| stream) {
             stalls.watch(&shared);
         }
         Body::new(body)

@@ -1,8 +1,7 @@
-//! The stall watch: the streams in flight, swept every second by the server, so a stream
-//! whose client stopped taking frames is cut after `stream.client_stall_timeout` whatever the
-//! transport. Over HTTP/1.1 a stalled client also stalls its socket (caught by
-//! `server::stall`); over HTTP/2 one stream's window can stay shut on a healthy connection,
-//! and then only this notices.
+//! The stall watch: the HTTP/2 streams in flight, swept every second by the server, so a
+//! stream whose client stopped taking frames is cut after `stream.client_stall_timeout`. Over
+//! HTTP/1.1 a stalled client stalls its socket, which `server::stall` already catches; over
+//! HTTP/2 one stream's window can stay shut on a healthy connection, and only this notices.
 
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
