@@ -266,19 +266,7 @@ async fn probes_answer_without_a_key() {
 async fn streams_over_h2c_too() {
     let upstream = MockUpstream::stream(3).start().await;
     let gateway = TestGateway::start(&GatewayConfig::openai(&upstream.base_url())).await;
-    let client = reqwest::Client::builder()
-        .no_proxy()
-        .http2_prior_knowledge()
-        .build()
-        .expect("client");
-    let response = client
-        .post(gateway.url("/v1/chat/completions"))
-        .bearer_auth(KEY)
-        .json(&chat_body(true))
-        .send()
-        .await
-        .expect("h2c answer");
-    assert_eq!(response.version(), reqwest::Version::HTTP_2);
+    let response = post_chat_h2(&gateway.url(""), &chat_body(true)).await;
     assert_eq!(response.headers()["content-type"], "text/event-stream");
     let body = response.text().await.expect("body");
     assert_eq!(content_of(&body), "tok0 tok1 tok2 ");

@@ -34,6 +34,24 @@ pub async fn post_chat(base: &str, key: &str, body: &Value) -> reqwest::Response
         .expect("gateway answers")
 }
 
+/// Posts a chat request over HTTP/2 without upgrade (h2c prior knowledge).
+pub async fn post_chat_h2(base: &str, body: &Value) -> reqwest::Response {
+    let client = reqwest::Client::builder()
+        .no_proxy()
+        .http2_prior_knowledge()
+        .build()
+        .expect("client builds");
+    let response = client
+        .post(format!("{base}/v1/chat/completions"))
+        .bearer_auth(super::KEY)
+        .json(body)
+        .send()
+        .await
+        .expect("h2c answer");
+    assert_eq!(response.version(), reqwest::Version::HTTP_2);
+    response
+}
+
 /// Posts a chat request and reads the whole answer as text.
 pub async fn chat_text(base: &str, key: &str, body: &Value) -> String {
     post_chat(base, key, body)
