@@ -68,6 +68,8 @@ pub struct Gateway {
 
 impl Gateway {
     pub fn build(config: &Config) -> Result<Self, BuildError> {
+        // Installed before anything records, so no early series is lost.
+        telemetry::metrics::exporter();
         Ok(Self {
             state: state::AppState::build(config)?,
         })

@@ -24,6 +24,7 @@ pub async fn handle(request: Request<Incoming>, state: Arc<AppState>) -> Respons
         request_id.clone(),
         request.method().clone(),
         request.uri().path(),
+        Route::of(request.uri().path()).label(),
     );
     let result = dispatch(request, &state, &mut guard).instrument(span).await;
     let response = result.unwrap_or_else(|error| {
@@ -47,6 +48,7 @@ async fn dispatch(
     let read = method == Method::GET || method == Method::HEAD;
     match Route::of(request.uri().path()) {
         Route::Health if read => Ok(probes::health()),
+        Route::Metrics if read => Ok(probes::metrics()),
         Route::Ready if read => Ok(probes::ready(state)),
         Route::ChatCompletions if method == Method::POST => {
             guard.hold(state.admission.try_admit()?);
@@ -66,12 +68,15 @@ async fn dispatch(
             method: method.to_string(),
             path: shortened(request.uri().path()),
         }),
-        Route::Health | Route::Ready | Route::ChatCompletions | Route::Models | Route::Model(_) => {
-            Err(GatewayError::MethodNotAllowed {
-                method: method.to_string(),
-                path: shortened(request.uri().path()),
-            })
-        }
+        Route::Health
+        | Route::Ready
+        | Route::Metrics
+        | Route::ChatCompletions
+        | Route::Models
+        | Route::Model(_) => Err(GatewayError::MethodNotAllowed {
+            method: method.to_string(),
+            path: shortened(request.uri().path()),
+        }),
     }
 }
 
@@ -85,16 +90,31 @@ enum Route {
     Model(String),
     Health,
     Ready,
+    Metrics,
     Unknown,
 }
 
 impl Route {
+    /// The route's name in metric labels: a fixed set, whatever the path.
+    fn label(&self) -> &'static str {
+        match self {
+            Self::ChatCompletions => "chat_completions",
+            Self::Models => "models",
+            Self::Model(_) => "model",
+            Self::Health => "healthz",
+            Self::Ready => "readyz",
+            Self::Metrics => "metrics",
+            Self::Unknown => "unknown",
+        }
+    }
+
     fn of(path: &str) -> Self {
         match path {
             "/v1/chat/completions" => Self::ChatCompletions,
             "/v1/models" => Self::Models,
             "/healthz" => Self::Health,
             "/readyz" => Self::Ready,
+            "/metrics" => Self::Metrics,
             _ => match path.strip_prefix("/v1/models/") {
                 Some(id) if !id.is_empty() => Self::Model(id.to_owned()),
                 _ => Self::Unknown,

@@ -1,11 +1,23 @@
-//! `/healthz` (the process is alive) and `/readyz` (it should get traffic: not draining, some
-//! model has a usable backend, and the limiter can decide; Redis state is reported).
+//! `/healthz` (the process is alive), `/readyz` (it should get traffic: not draining, some
+//! model has a usable backend, and the limiter can decide; Redis state is reported) and
+//! `/metrics` (Prometheus).
 
-use http::{Response, StatusCode};
+use http::{HeaderValue, Response, StatusCode, header};
 
 use super::json::json_response;
-use crate::body::Body;
+use crate::body::{Body, full};
 use crate::state::AppState;
+use crate::telemetry;
+
+/// The Prometheus text exposition; no key needed, like the probes.
+pub fn metrics() -> Response<Body> {
+    let mut response = Response::new(full(telemetry::metrics::render()));
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+    );
+    response
+}
 
 pub fn health() -> Response<Body> {
     json_response(r#"{"status":"ok"}"#)

@@ -84,7 +84,8 @@ pub async fn serve(
 
 /// Once a second (or each `pool_idle_timeout`, when shorter): closes backends' idle pooled
 /// connections past that age, so a quiet gateway does not hold sockets its backends already
-/// closed, and cuts streams whose clients stopped reading. Stops when dropped.
+/// closed, cuts streams whose clients stopped reading, and runs the metrics exporter's upkeep.
+/// Stops when dropped.
 struct Housekeeping(tokio::task::JoinHandle<()>);
 
 impl Housekeeping {
@@ -101,6 +102,7 @@ impl Housekeeping {
                 ticks.tick().await;
                 state.models.reap_idle_connections();
                 state.stalls.sweep();
+                crate::telemetry::metrics::upkeep();
             }
         });
         Self(task)

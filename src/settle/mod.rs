@@ -18,6 +18,7 @@ use crate::limits::{Admission, Limiter};
 use crate::openai::chunk::MeterSlot;
 use crate::openai::{Metering, Reservation};
 use crate::request_id::RequestId;
+use crate::telemetry::metrics;
 use body::GuardedBody;
 
 pub use stall::StallWatch;
@@ -33,6 +34,7 @@ pub struct RequestGuard {
     request_id: RequestId,
     method: Method,
     path: String,
+    route: &'static str,
     started: Instant,
     status: StatusCode,
     key_id: Option<Arc<str>>,
@@ -49,11 +51,13 @@ pub struct RequestGuard {
 }
 
 impl RequestGuard {
-    pub fn start(request_id: RequestId, method: Method, path: &str) -> Self {
+    /// `route` names the route in metrics (a fixed set).
+    pub fn start(request_id: RequestId, method: Method, path: &str, route: &'static str) -> Self {
         Self {
             request_id,
             method,
             path: path.chars().take(256).collect(),
+            route,
             started: Instant::now(),
             status: StatusCode::OK,
             key_id: None,
@@ -157,6 +161,12 @@ impl Drop for RequestGuard {
         }
         let usage = metering.usage;
         let failure = self.failure.get();
+        metrics::record_request(
+            self.route,
+            self.model.as_deref().unwrap_or_default(),
+            self.status.as_u16(),
+            self.started.elapsed(),
+        );
         tracing::info!(
             target: "sluicegate::access",
             request_id = %self.request_id,

@@ -1,11 +1,66 @@
-//! Metric names and typed recorders. Labels are low-cardinality by construction: tier names and
-//! limit kinds come from the configuration, never from requests. Without an installed recorder
-//! (the exporter arrives with the observability work) every call is a no-op.
+//! Metric names, typed recorders and the Prometheus exporter. Labels are low-cardinality by
+//! construction: tier, model and backend names come from the configuration, routes and limit
+//! kinds are fixed sets; never a key id, a request id or user text. Recording is the `metrics`
+//! facade (an atomic per series); rendering happens only when `/metrics` is scraped.
+
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 use crate::limits::LimitKind;
 
-pub const LIMIT_ADMISSIONS: &str = "sluicegate_limit_admissions_total";
-pub const LIMIT_REJECTIONS: &str = "sluicegate_limit_rejections_total";
+/// Buckets of every `*_seconds` histogram: fine enough below a millisecond to resolve what the
+/// gateway itself adds, wide enough for whole answers.
+const SECONDS_BUCKETS: [f64; 20] = [
+    0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0, 30.0, 60.0, 120.0, 300.0,
+];
+
+static EXPORTER: OnceLock<PrometheusHandle> = OnceLock::new();
+
+/// The process-wide exporter, installed as the `metrics` recorder on first use. If another
+/// recorder was installed first, this one renders what it has (nothing).
+pub fn exporter() -> &'static PrometheusHandle {
+    EXPORTER.get_or_init(|| {
+        let recorder = PrometheusBuilder::new()
+            .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &SECONDS_BUCKETS)
+            .expect("invariant: the bucket list is not empty")
+            .build_recorder();
+        let handle = recorder.handle();
+        if metrics::set_global_recorder(recorder).is_ok() {
+            metrics::gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
+        }
+        handle
+    })
+}
+
+/// The Prometheus text exposition of every series.
+pub fn render() -> String {
+    exporter().render()
+}
+
+/// Periodic maintenance the exporter needs (histogram buffers drained); the server's
+/// housekeeping calls it.
+pub fn upkeep() {
+    exporter().run_upkeep();
+}
+
+pub const BUILD_INFO: &str = "sluicegate_build_info";
+pub const REQUESTS: &str = "sluicegate_requests_total";
+pub const REQUEST_DURATION: &str = "sluicegate_request_duration_seconds";
+
+/// One finished request: its route (a fixed name), its model (configured names only, empty
+/// when there was none) and status.
+pub fn record_request(route: &'static str, model: &str, status: u16, took: Duration) {
+    metrics::counter!(REQUESTS, "route" => route, "model" => model.to_owned(), "status" => status.to_string())
+        .increment(1);
+    metrics::histogram!(REQUEST_DURATION, "route" => route, "model" => model.to_owned())
+        .record(took.as_secs_f64());
+}
+
+pub const LIMIT_ADMISSIONS: &str = "sluicegate_admissions_total";
+pub const LIMIT_REJECTIONS: &str = "sluicegate_rate_limited_total";
 
 pub fn record_admission(tier: &str) {
     metrics::counter!(LIMIT_ADMISSIONS, "tier" => tier.to_owned()).increment(1);
@@ -20,10 +75,10 @@ pub fn record_rejection(tier: &str, kind: LimitKind) {
     metrics::counter!(LIMIT_REJECTIONS, "tier" => tier.to_owned(), "limit" => limit).increment(1);
 }
 
-pub const BACKEND_BREAKER_STATE: &str = "sluicegate_backend_breaker_state";
+pub const BACKEND_BREAKER_STATE: &str = "sluicegate_breaker_state";
 pub const UPSTREAM_ERRORS: &str = "sluicegate_upstream_errors_total";
 
-/// The breaker state of a backend: 0 closed, 1 open, 2 half-open.
+/// The breaker state of a backend: 0 closed, 1 half-open, 2 open.
 pub fn record_breaker_state(backend: &str, state: u8) {
     metrics::gauge!(BACKEND_BREAKER_STATE, "backend" => backend.to_owned()).set(f64::from(state));
 }

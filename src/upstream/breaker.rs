@@ -157,7 +157,12 @@ struct Mirror {
 impl Mirror {
     fn set(&self, state: BreakerState) {
         self.state.store(state as u8, Ordering::Release);
-        metrics::record_breaker_state(&self.backend, state as u8);
+        let exported = match state {
+            BreakerState::Closed => 0,
+            BreakerState::HalfOpen => 1,
+            BreakerState::Open => 2,
+        };
+        metrics::record_breaker_state(&self.backend, exported);
     }
 }
 

@@ -13,6 +13,7 @@ mod cli;
 mod hostile_upstream;
 mod limits;
 mod limits_integrity;
+mod metrics;
 mod routing;
 mod sdk;
 mod secrets;

@@ -1,0 +1,137 @@
+//! `GET /metrics`: the Prometheus exposition after a scripted mix of requests, read from the
+//! real binary (its own process, so the counters are exactly this test's).
+
+use crate::support::binary::RunningBinary;
+use crate::support::*;
+
+/// The value of the sample `name{labels}` whose label set is exactly `labels`.
+fn sample(exposition: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    exposition.lines().find_map(|line| {
+        let rest = line.strip_prefix(name)?;
+        let (label_text, value) = match rest.strip_prefix('{') {
+            Some(rest) => rest.split_once("} ")?,
+            None => ("", rest.strip_prefix(' ')?),
+        };
+        let mut found: Vec<(String, String)> = label_text
+            .split(',')
+            .filter(|pair| !pair.is_empty())
+            .filter_map(|pair| pair.split_once('='))
+            .map(|(k, v)| (k.to_owned(), v.trim_matches('"').to_owned()))
+            .collect();
+        let mut wanted: Vec<(String, String)> = labels
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        found.sort();
+        wanted.sort();
+        (found == wanted).then(|| value.trim().parse().ok())?
+    })
+}
+
+#[tokio::test]
+async fn metrics_count_exactly_what_happened() {
+    let yaml = format!(
+        "server: {{listen: '127.0.0.1:0'}}\nlog: {{format: json, level: info}}\n\
+         tiers: {{basic: {{requests_per_minute: 2}}}}\n\
+         models: [{{name: test-model, backends: [{{name: mock, kind: mock, mock: {{tokens: 3, pace: 1ms}}}}]}}]\n\
+         api_keys: [{{id: full, sha256: {}, tier: basic}}]\n",
+        sluicegate::auth::hash_key(KEY)
+    );
+    let gateway = RunningBinary::start(&yaml).await;
+    let base = gateway.base();
+    for stream in [true, false] {
+        assert_eq!(
+            post_chat(&base, KEY, &chat_body(stream)).await.status(),
+            200
+        );
+    }
+    assert_eq!(post_chat(&base, KEY, &chat_body(false)).await.status(), 429);
+    assert_eq!(
+        post_chat(&base, "sk-wrong", &chat_body(false))
+            .await
+            .status(),
+        401
+    );
+    let unknown = http()
+        .get(format!("{base}/v1/nothing"))
+        .send()
+        .await
+        .expect("answer");
+    assert_eq!(unknown.status(), 404);
+
+    let response = http()
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .expect("metrics");
+    assert_eq!(response.status(), 200);
+    assert!(
+        response.headers()["content-type"]
+            .to_str()
+            .expect("ascii")
+            .starts_with("text/plain; version=0.0.4"),
+        "Prometheus text format"
+    );
+    let text = response.text().await.expect("exposition");
+    let requests = |model: &str, status: &str, route: &str| {
+        sample(
+            &text,
+            "sluicegate_requests_total",
+            &[("route", route), ("model", model), ("status", status)],
+        )
+    };
+    assert_eq!(
+        requests("test-model", "200", "chat_completions"),
+        Some(2.0),
+        "{text}"
+    );
+    assert_eq!(requests("test-model", "429", "chat_completions"), Some(1.0));
+    assert_eq!(requests("", "401", "chat_completions"), Some(1.0));
+    assert_eq!(requests("", "404", "unknown"), Some(1.0));
+    assert_eq!(
+        sample(
+            &text,
+            "sluicegate_request_duration_seconds_count",
+            &[("route", "chat_completions"), ("model", "test-model")]
+        ),
+        Some(3.0),
+        "the histogram moved"
+    );
+    assert!(
+        sample(
+            &text,
+            "sluicegate_request_duration_seconds_bucket",
+            &[
+                ("route", "chat_completions"),
+                ("model", "test-model"),
+                ("le", "0.0001")
+            ]
+        )
+        .is_some(),
+        "a bucket below a millisecond: {text}"
+    );
+    assert_eq!(
+        sample(&text, "sluicegate_admissions_total", &[("tier", "basic")]),
+        Some(2.0)
+    );
+    assert_eq!(
+        sample(
+            &text,
+            "sluicegate_rate_limited_total",
+            &[("tier", "basic"), ("limit", "requests")]
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        sample(
+            &text,
+            "sluicegate_build_info",
+            &[("version", env!("CARGO_PKG_VERSION"))]
+        ),
+        Some(1.0)
+    );
+    assert!(
+        !text.contains(KEY) && !text.contains("full"),
+        "no key and no key id in any label"
+    );
+}
