@@ -34,6 +34,7 @@ pub async fn chat_completions(
 ) -> Result<Response<Body>, GatewayError> {
     let principal = auth::authenticate(request.headers(), &state.keys)?;
     guard.set_key(principal.key_id.clone());
+    guard.set_tier(&principal.tier);
     require_json(request.headers())?;
     let (parts, body) = request.into_parts();
     let body = read_capped(
@@ -82,7 +83,9 @@ pub async fn chat_completions(
     let request_for = upstream_request(chat.clone(), output_cap, guard.request_id().as_arc());
     guard.mark_dispatched();
     let mut response = if chat.stream {
-        stream_reply(state, plan, request_for, &chat, guard).await?
+        let response = stream_reply(state, plan, request_for, &chat, guard).await?;
+        guard.mark_stream_open();
+        response
     } else {
         let (response, usage) =
             complete_reply(state, plan, request_for, &chat.model, guard).await?;
@@ -90,6 +93,7 @@ pub async fn chat_completions(
         let metering = Metering {
             usage: Some(usage.unwrap_or(reserved.usage)),
             chunks: 0,
+            reported: usage.is_some(),
         };
         *guard.meter_slot().lock().unwrap_or_else(|p| p.into_inner()) = metering;
         response

@@ -66,6 +66,7 @@ impl Rewrite for ChunkRewriter {
         let hide_usage = usage.is_some() && !self.include_usage;
         if usage.is_some() {
             self.metering.usage = usage;
+            self.metering.reported = true;
         }
         if hide_usage && usage_only {
             return Ok(Step::Skip);

@@ -56,6 +56,8 @@ impl Reservation {
 pub struct Metering {
     pub usage: Option<Usage>,
     pub chunks: u64,
+    /// `usage` is the upstream's report, not a stand-in the gateway charges instead.
+    pub reported: bool,
 }
 
 impl Metering {
@@ -152,8 +154,14 @@ mod tests {
     fn the_charge_is_bounded_by_what_the_request_could_use() {
         let reserved = Reservation::new(10, 30, 100, 2);
         assert_eq!(reserved.usage.total_tokens, 210);
-        let metered =
-            |usage: Option<Usage>, chunks| Metering { usage, chunks }.used_tokens(&reserved);
+        let metered = |usage: Option<Usage>, chunks| {
+            Metering {
+                usage,
+                chunks,
+                reported: true,
+            }
+            .used_tokens(&reserved)
+        };
         let report = |prompt_tokens, completion_tokens, total_tokens| {
             Some(Usage {
                 prompt_tokens,
@@ -226,7 +234,10 @@ mod tests {
                 let usage: Usage = serde_json::from_str(&json).expect("usage always parses");
                 let reserved = Reservation::new(prompt, prompt * 3, cap, choices);
                 let ceiling = prompt * 3 + cap * choices;
-                for metering in [Metering { usage: Some(usage), chunks }, Metering { usage: None, chunks }] {
+                for metering in [
+                    Metering { usage: Some(usage), chunks, reported: true },
+                    Metering { usage: None, chunks, reported: false },
+                ] {
                     prop_assert!(metering.used_tokens(&reserved) <= ceiling);
                 }
             }

@@ -38,7 +38,9 @@ pub struct RequestGuard {
     started: Instant,
     status: StatusCode,
     key_id: Option<Arc<str>>,
+    tier: Option<String>,
     model: Option<String>,
+    stream_open: bool,
     backend: BackendSlot,
     stream: bool,
     /// Written by the body that carries the guard.
@@ -61,7 +63,9 @@ impl RequestGuard {
             started: Instant::now(),
             status: StatusCode::OK,
             key_id: None,
+            tier: None,
             model: None,
+            stream_open: false,
             backend: BackendSlot::default(),
             stream: false,
             bytes_out: 0,
@@ -83,6 +87,19 @@ impl RequestGuard {
 
     pub fn set_key(&mut self, key_id: Arc<str>) {
         self.key_id = Some(key_id);
+    }
+
+    /// The caller's tier, for the token metrics.
+    pub fn set_tier(&mut self, tier: &str) {
+        self.tier = Some(tier.to_owned());
+    }
+
+    /// A stream to the client has begun; it counts as open until the guard drops.
+    pub fn mark_stream_open(&mut self) {
+        if let Some(model) = &self.model {
+            metrics::record_stream_open(model, 1.0);
+            self.stream_open = true;
+        }
     }
 
     pub fn set_route(&mut self, model: &str, stream: bool) {
@@ -161,12 +178,7 @@ impl Drop for RequestGuard {
         }
         let usage = metering.usage;
         let failure = self.failure.get();
-        metrics::record_request(
-            self.route,
-            self.model.as_deref().unwrap_or_default(),
-            self.status.as_u16(),
-            self.started.elapsed(),
-        );
+        self.record_metrics(&metering);
         tracing::info!(
             target: "sluicegate::access",
             request_id = %self.request_id,
@@ -186,6 +198,32 @@ impl Drop for RequestGuard {
             blame = failure.map(|f| format!("{:?}", f.1).to_lowercase()),
             "request"
         );
+    }
+}
+
+impl RequestGuard {
+    /// The request's series: its count and duration, and for a model's answer the stream that
+    /// closes, the client that left early and the tokens reported.
+    fn record_metrics(&self, metering: &Metering) {
+        let model = self.model.as_deref().unwrap_or_default();
+        metrics::record_request(
+            self.route,
+            model,
+            self.status.as_u16(),
+            self.started.elapsed(),
+        );
+        if self.model.is_none() {
+            return;
+        }
+        if self.stream_open {
+            metrics::record_stream_open(model, -1.0);
+        }
+        if !self.completed {
+            metrics::record_client_disconnect(model);
+        }
+        if let (Some(usage), Some(tier), true) = (metering.usage, &self.tier, metering.reported) {
+            metrics::record_tokens(model, tier, usage.prompt_tokens, usage.completion_tokens);
+        }
     }
 }
 

@@ -16,6 +16,7 @@ use tokio::time::{Instant, MissedTickBehavior, interval_at, sleep_until};
 
 use super::decoder::{DecodeError, Decoder, Event};
 use super::encoder::HEARTBEAT;
+use crate::telemetry::metrics;
 
 /// What the caller does with one upstream event.
 #[derive(Debug)]
@@ -136,7 +137,10 @@ where
                     upstream = Some(stream);
                 }
                 Wake::Bytes(bytes) => decoder.feed(&bytes),
-                Wake::Heartbeat => yield Ok(HEARTBEAT),
+                Wake::Heartbeat => {
+                    metrics::record_heartbeat();
+                    yield Ok(HEARTBEAT);
+                }
                 Wake::Fail(e) => {
                     yield Err(e);
                     return;

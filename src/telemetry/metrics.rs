@@ -96,3 +96,69 @@ pub const UPSTREAM_RESENDS: &str = "sluicegate_upstream_resends_total";
 pub fn record_upstream_resend(backend: &str) {
     metrics::counter!(UPSTREAM_RESENDS, "backend" => backend.to_owned()).increment(1);
 }
+
+pub const UPSTREAM_ATTEMPTS: &str = "sluicegate_upstream_attempts_total";
+
+/// One attempt on a backend ended with `outcome` (`success`, `failure` or `neutral`, as its
+/// breaker counted it).
+pub fn record_attempt(backend: &str, outcome: &'static str) {
+    metrics::counter!(UPSTREAM_ATTEMPTS, "backend" => backend.to_owned(), "outcome" => outcome)
+        .increment(1);
+}
+
+pub const HEDGES: &str = "sluicegate_hedges_total";
+
+/// A hedge was sent to `backend`; `result` is `won` when its answer was used, else `lost`.
+pub fn record_hedge(backend: &str, result: &'static str) {
+    metrics::counter!(HEDGES, "backend" => backend.to_owned(), "result" => result).increment(1);
+}
+
+pub const STREAMS_OPEN: &str = "sluicegate_streams_open";
+pub const CLIENT_DISCONNECTS: &str = "sluicegate_client_disconnects_total";
+pub const HEARTBEATS: &str = "sluicegate_heartbeats_total";
+
+/// A stream to a client opened (`+1`) or ended (`-1`).
+pub fn record_stream_open(model: &str, delta: f64) {
+    metrics::gauge!(STREAMS_OPEN, "model" => model.to_owned()).increment(delta);
+}
+
+/// A client left before its answer was complete.
+pub fn record_client_disconnect(model: &str) {
+    metrics::counter!(CLIENT_DISCONNECTS, "model" => model.to_owned()).increment(1);
+}
+
+/// A heartbeat comment was sent while an upstream was slow to start.
+pub fn record_heartbeat() {
+    metrics::counter!(HEARTBEATS).increment(1);
+}
+
+pub const TOKENS: &str = "sluicegate_tokens_total";
+
+/// Tokens an upstream reported for a request: `input` (prompt) and `output` (completion).
+pub fn record_tokens(model: &str, tier: &str, input: u64, output: u64) {
+    let labels = |kind: &'static str| {
+        [
+            ("model", model.to_owned()),
+            ("tier", tier.to_owned()),
+            ("type", kind.to_owned()),
+        ]
+    };
+    metrics::counter!(TOKENS, &labels("input")).increment(input);
+    metrics::counter!(TOKENS, &labels("output")).increment(output);
+}
+
+pub const REDIS_CALLS: &str = "sluicegate_redis_calls_total";
+pub const REDIS_DURATION: &str = "sluicegate_redis_duration_seconds";
+pub const REDIS_UP: &str = "sluicegate_redis_up";
+
+/// One call of a limiter script (`admit`, `settle`, `undo`): `ok`, `error` (an error reply) or
+/// `unreachable` (a timeout or a broken connection), and how long it took.
+pub fn record_redis_call(script: &'static str, result: &'static str, took: Duration) {
+    metrics::counter!(REDIS_CALLS, "script" => script, "result" => result).increment(1);
+    metrics::histogram!(REDIS_DURATION, "script" => script).record(took.as_secs_f64());
+}
+
+/// Whether the limiter's breaker lets calls through to Redis (1) or not (0).
+pub fn record_redis_up(up: bool) {
+    metrics::gauge!(REDIS_UP).set(if up { 1.0 } else { 0.0 });
+}

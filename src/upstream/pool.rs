@@ -12,6 +12,7 @@ use super::Backend;
 use super::breaker::{Outcome, Permit, PermitKind};
 use crate::config::{Model, UpstreamConfig};
 use crate::error::GatewayError;
+use crate::telemetry::metrics;
 
 /// How far apart (requests per unit of weight) two backends' totals may be for the lower one to
 /// win a tie.
@@ -86,6 +87,12 @@ impl Attempt {
             self.finished = true;
             self.backend.health.breaker.record(self.permit, outcome);
             self.backend.health.leave();
+            let label = match outcome {
+                Outcome::Success => "success",
+                Outcome::Failure => "failure",
+                Outcome::Neutral => "neutral",
+            };
+            metrics::record_attempt(&self.backend.name, label);
         }
     }
 }

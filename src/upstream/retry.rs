@@ -123,12 +123,13 @@ async fn call_hedged(
         return settle(first, first_call.await);
     };
     tried.push(second.index);
+    let hedge = second.backend.clone();
     let mut second_call = pin!(call(
         plan,
         second.backend.clone(),
         request_for(&second.backend)
     ));
-    tokio::select! {
+    let answer = tokio::select! {
         result = &mut first_call => match settle(first, result) {
             Ok(won) => {
                 second.finish(Outcome::Neutral);
@@ -145,7 +146,10 @@ async fn call_hedged(
             }
             Err(_) => settle(first, first_call.await),
         },
-    }
+    };
+    let won = matches!(&answer, Ok((_, attempt)) if Arc::ptr_eq(&attempt.backend, &hedge));
+    metrics::record_hedge(&hedge.name, if won { "won" } else { "lost" });
+    answer
 }
 
 /// Pairs a successful answer with its attempt, or records the failure (and any cool-down).

@@ -130,6 +130,41 @@ async fn metrics_count_exactly_what_happened() {
         ),
         Some(1.0)
     );
+    assert_eq!(
+        sample(&text, "sluicegate_streams_open", &[("model", "test-model")]),
+        Some(0.0),
+        "the stream opened and closed"
+    );
+    assert_eq!(
+        sample(
+            &text,
+            "sluicegate_upstream_attempts_total",
+            &[("backend", "mock"), ("outcome", "success")]
+        ),
+        Some(2.0)
+    );
+    // The mock reports 3 completion tokens and 2 prompt tokens ("hello") per answer.
+    for (kind, tokens) in [("output", 6.0), ("input", 4.0)] {
+        let reported = sample(
+            &text,
+            "sluicegate_tokens_total",
+            &[("model", "test-model"), ("tier", "basic"), ("type", kind)],
+        );
+        assert_eq!(
+            reported,
+            Some(tokens),
+            "{kind} tokens as the upstream reported"
+        );
+    }
+    assert_eq!(
+        sample(
+            &text,
+            "sluicegate_client_disconnects_total",
+            &[("model", "test-model")]
+        ),
+        None,
+        "every client read its answer"
+    );
     assert!(
         !text.contains(KEY) && !text.contains("full"),
         "no key and no key id in any label"

@@ -7,6 +7,8 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+use crate::telemetry::metrics;
+
 /// Consecutive failures that open the breaker.
 const FAILURES_TO_OPEN: u32 = 3;
 /// How long an open breaker waits between probes.
@@ -21,6 +23,7 @@ pub struct Health {
 
 impl Health {
     pub fn new() -> Self {
+        metrics::record_redis_up(true);
         Self {
             failures: AtomicU32::new(0),
             next_probe_ms: AtomicU64::new(0),
@@ -56,7 +59,9 @@ impl Health {
     }
 
     pub fn succeeded(&self) {
-        self.failures.store(0, Ordering::Release);
+        if self.failures.swap(0, Ordering::AcqRel) >= FAILURES_TO_OPEN {
+            metrics::record_redis_up(true);
+        }
     }
 
     pub fn failed(&self) {
@@ -68,6 +73,7 @@ impl Health {
             .unwrap_or(u32::MAX)
             .saturating_add(1);
         if failures == FAILURES_TO_OPEN {
+            metrics::record_redis_up(false);
             self.next_probe_ms.store(
                 self.now_ms().saturating_add(PROBE_EVERY.as_millis() as u64),
                 Ordering::Release,

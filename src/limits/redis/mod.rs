@@ -21,11 +21,13 @@ use std::time::Duration;
 
 use fred::prelude::*;
 use fred::types::scripts::Script;
+use tokio::time::Instant;
 use tokio_util::task::TaskTracker;
 
 use super::local::LocalLimiter;
 use super::{Admission, Ask, DecidedBy, RateState, Refusal};
 use crate::config::{OnRedisError, RedisConfig};
+use crate::telemetry::metrics;
 use health::Health;
 use reply::{Failure, classify, decide};
 
@@ -148,9 +150,11 @@ impl RedisLimiter {
         let call = self
             .admit
             .evalsha_with_reload::<Vec<i64>, _, _>(&client, keys.to_vec(), args);
+        let started = Instant::now();
         let failure = match tokio::time::timeout(self.timeout, call).await {
             Ok(Ok(reply)) => match <[i64; 8]>::try_from(reply) {
                 Ok(reply) => {
+                    metrics::record_redis_call("admit", "ok", started.elapsed());
                     self.health.succeeded();
                     return decide(reply, ask, id).map_err(SharedError::Refused);
                 }
@@ -159,6 +163,7 @@ impl RedisLimiter {
             Ok(Err(error)) => classify(&error),
             Err(_) => Failure::Unreachable,
         };
+        metrics::record_redis_call("admit", failure.label(), started.elapsed());
         match failure {
             Failure::Unreachable => self.health.failed(),
             Failure::Rejected => {
@@ -190,11 +195,14 @@ impl RedisLimiter {
             adjustment,
             id,
         );
+        let started = Instant::now();
         let failed = match tokio::time::timeout(SETTLE_TIMEOUT, call).await {
             Ok(Ok(_)) => None,
             Ok(Err(error)) => Some(classify(&error)),
             Err(_) => Some(Failure::Unreachable),
         };
+        let result = failed.map_or("ok", Failure::label);
+        metrics::record_redis_call("settle", result, started.elapsed());
         if failed == Some(Failure::Unreachable) {
             self.health.failed();
         }
@@ -236,7 +244,13 @@ impl RedisLimiter {
         };
         let call = settle_call(self.settle.clone(), client, keys, tpm, refund, id);
         self.spawn(async move {
-            let _ = tokio::time::timeout(SETTLE_TIMEOUT, call).await;
+            let started = Instant::now();
+            let result = match tokio::time::timeout(SETTLE_TIMEOUT, call).await {
+                Ok(Ok(_)) => "ok",
+                Ok(Err(error)) => classify(&error).label(),
+                Err(_) => Failure::Unreachable.label(),
+            };
+            metrics::record_redis_call("undo", result, started.elapsed());
         });
     }
 

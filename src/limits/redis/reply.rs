@@ -18,6 +18,16 @@ pub enum Failure {
     Rejected,
 }
 
+impl Failure {
+    /// The `result` label of the Redis call metrics.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Unreachable => "unreachable",
+            Self::Rejected => "error",
+        }
+    }
+}
+
 /// Sorts a fred error. Error replies from the server arrive as `Unknown` and its relatives;
 /// a server that is loading, busy or out of memory is treated as unreachable, as is anything
 /// about the connection itself.
