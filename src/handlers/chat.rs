@@ -92,8 +92,8 @@ pub async fn chat_completions(
         // Without a usage report the whole reservation stays charged.
         let metering = Metering {
             usage: Some(usage.unwrap_or(reserved.usage)),
-            chunks: 0,
             reported: usage.is_some(),
+            ..Metering::default()
         };
         *guard.meter_slot().lock().unwrap_or_else(|p| p.into_inner()) = metering;
         response

@@ -4,6 +4,7 @@
 use std::sync::{Arc, Mutex};
 
 use bytes::{Bytes, BytesMut};
+use tokio::time::Instant;
 
 use super::sanitize::in_band_error;
 use super::usage::Metering;
@@ -73,6 +74,9 @@ impl Rewrite for ChunkRewriter {
         }
         if !usage_only && !view.has_no_choices() {
             self.metering.chunks = self.metering.chunks.saturating_add(1);
+            let now = Instant::now();
+            self.metering.first_token_at.get_or_insert(now);
+            self.metering.last_token_at = Some(now);
         }
         let mut out = BytesMut::with_capacity(event.data.len() + self.model_json.len() + 8);
         if memchr::memchr(b'\n', &event.data).is_none() {

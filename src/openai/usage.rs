@@ -7,6 +7,7 @@
 
 use serde::{Deserialize, Deserializer};
 use serde_json::Value;
+use tokio::time::Instant;
 
 use super::request::MAX_OUTPUT_TOKENS;
 
@@ -58,6 +59,9 @@ pub struct Metering {
     pub chunks: u64,
     /// `usage` is the upstream's report, not a stand-in the gateway charges instead.
     pub reported: bool,
+    /// When the first and the latest chunk with choices went to the client.
+    pub first_token_at: Option<Instant>,
+    pub last_token_at: Option<Instant>,
 }
 
 impl Metering {
@@ -159,6 +163,7 @@ mod tests {
                 usage,
                 chunks,
                 reported: true,
+                ..Metering::default()
             }
             .used_tokens(&reserved)
         };
@@ -235,8 +240,8 @@ mod tests {
                 let reserved = Reservation::new(prompt, prompt * 3, cap, choices);
                 let ceiling = prompt * 3 + cap * choices;
                 for metering in [
-                    Metering { usage: Some(usage), chunks, reported: true },
-                    Metering { usage: None, chunks, reported: false },
+                    Metering { usage: Some(usage), chunks, reported: true, ..Metering::default() },
+                    Metering { usage: None, chunks, ..Metering::default() },
                 ] {
                     prop_assert!(metering.used_tokens(&reserved) <= ceiling);
                 }

@@ -192,6 +192,9 @@ impl Drop for RequestGuard {
             duration_ms = self.started.elapsed().as_secs_f64() * 1000.0,
             bytes_out = self.bytes_out,
             client_closed = !self.completed,
+            ttft_ms = metering
+                .first_token_at
+                .map(|at| at.saturating_duration_since(self.started).as_secs_f64() * 1000.0),
             prompt_tokens = usage.map(|u| u.prompt_tokens),
             completion_tokens = usage.map(|u| u.completion_tokens),
             error_kind = failure.map(|f| f.0),
@@ -220,6 +223,21 @@ impl RequestGuard {
         }
         if !self.completed {
             metrics::record_client_disconnect(model);
+        }
+        if let Some(first) = metering.first_token_at {
+            let output = match metering.usage {
+                Some(usage) if metering.reported => usage.completion_tokens,
+                _ => metering.chunks,
+            };
+            let per_token = metering.last_token_at.filter(|_| output > 1).map(|last| {
+                last.saturating_duration_since(first)
+                    / output.saturating_sub(1).min(u64::from(u32::MAX)) as u32
+            });
+            metrics::record_token_timing(
+                model,
+                first.saturating_duration_since(self.started),
+                per_token,
+            );
         }
         if let (Some(usage), Some(tier), true) = (metering.usage, &self.tier, metering.reported) {
             metrics::record_tokens(model, tier, usage.prompt_tokens, usage.completion_tokens);

@@ -162,3 +162,18 @@ pub fn record_redis_call(script: &'static str, result: &'static str, took: Durat
 pub fn record_redis_up(up: bool) {
     metrics::gauge!(REDIS_UP).set(if up { 1.0 } else { 0.0 });
 }
+
+pub const TIME_TO_FIRST_TOKEN: &str = "gen_ai_server_time_to_first_token_seconds";
+pub const TIME_PER_OUTPUT_TOKEN: &str = "gen_ai_server_time_per_output_token_seconds";
+
+/// A streamed answer's time to its first token (from the request's arrival) and, when it had
+/// more than one, the mean time between its output tokens (the OpenTelemetry GenAI server
+/// metrics, in Prometheus spelling).
+pub fn record_token_timing(model: &str, first: Duration, per_token: Option<Duration>) {
+    metrics::histogram!(TIME_TO_FIRST_TOKEN, "model" => model.to_owned())
+        .record(first.as_secs_f64());
+    if let Some(per_token) = per_token {
+        metrics::histogram!(TIME_PER_OUTPUT_TOKEN, "model" => model.to_owned())
+            .record(per_token.as_secs_f64());
+    }
+}

@@ -156,6 +156,16 @@ async fn metrics_count_exactly_what_happened() {
             "{kind} tokens as the upstream reported"
         );
     }
+    for name in [
+        "gen_ai_server_time_to_first_token_seconds_count",
+        "gen_ai_server_time_per_output_token_seconds_count",
+    ] {
+        assert_eq!(
+            sample(&text, name, &[("model", "test-model")]),
+            Some(1.0),
+            "{name}: the one streamed answer"
+        );
+    }
     assert_eq!(
         sample(
             &text,
