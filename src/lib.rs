@@ -76,12 +76,32 @@ impl Gateway {
     }
 
     /// Serves `listener` until `shutdown` resolves, then drains open requests for the grace
-    /// period and returns.
+    /// period and returns. With `telemetry.metrics_listen` set, `/metrics` is served on that
+    /// address, bound here.
     pub async fn serve(
         self,
         listener: TcpListener,
         shutdown: impl Future<Output = ()>,
     ) -> std::io::Result<()> {
-        server::serve(listener, self.state, shutdown).await
+        let metrics = match self.state.metrics_listen {
+            Some(addr) => {
+                let listener = TcpListener::bind(addr).await?;
+                tracing::info!(addr = %listener.local_addr()?, "metrics listening");
+                Some(listener)
+            }
+            None => None,
+        };
+        self.serve_with_metrics(listener, metrics, shutdown).await
+    }
+
+    /// As `serve`, with the metrics listener bound by the caller (`None`: `/metrics` on the
+    /// main listener).
+    pub async fn serve_with_metrics(
+        self,
+        listener: TcpListener,
+        metrics: Option<TcpListener>,
+        shutdown: impl Future<Output = ()>,
+    ) -> std::io::Result<()> {
+        server::serve(listener, metrics, self.state, shutdown).await
     }
 }

@@ -48,7 +48,11 @@ async fn dispatch(
     let read = method == Method::GET || method == Method::HEAD;
     match Route::of(request.uri().path()) {
         Route::Health if read => Ok(probes::health()),
-        Route::Metrics if read => Ok(probes::metrics()),
+        Route::Metrics if read && state.metrics_listen.is_none() => Ok(probes::metrics()),
+        Route::Metrics if read => Err(GatewayError::UnknownRoute {
+            method: method.to_string(),
+            path: shortened(request.uri().path()),
+        }),
         Route::Ready if read => Ok(probes::ready(state)),
         Route::ChatCompletions if method == Method::POST => {
             guard.hold(state.admission.try_admit()?);

@@ -24,6 +24,8 @@ pub struct AppState {
     pub drain: Drain,
     /// Streams in flight, swept for clients that stopped reading.
     pub stalls: StallWatch,
+    /// `/metrics` is served on this address instead of the main listener.
+    pub metrics_listen: Option<std::net::SocketAddr>,
     /// Unix seconds at start; the `created` of every listed model.
     pub started_unix: u64,
 }
@@ -50,6 +52,7 @@ impl AppState {
             limiter: Arc::new(limiter(config)?),
             drain: Drain::default(),
             stalls: StallWatch::new(config.stream.client_stall_timeout),
+            metrics_listen: config.telemetry.metrics_listen,
             started_unix: SystemTime::now()
                 .duration_since(UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs()),

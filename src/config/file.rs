@@ -17,6 +17,14 @@ pub struct ConfigFile {
     pub upstream: UpstreamFile,
     pub stream: StreamFile,
     pub redis: Option<RedisFile>,
+    pub telemetry: TelemetryFile,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TelemetryFile {
+    /// Serve `/metrics` on this address instead of the main listener.
+    pub metrics_listen: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -29,7 +29,14 @@ pub struct Config {
     pub upstream: UpstreamConfig,
     pub stream: StreamConfig,
     pub redis: Option<RedisConfig>,
+    pub telemetry: TelemetryConfig,
     pub source: ConfigSource,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct TelemetryConfig {
+    /// When set, `/metrics` is served here (and nothing else), and not on the main listener.
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -11,7 +11,7 @@ use super::file::{BreakerFile, ConfigFile, RedisFile, ServerFile, StreamFile, Up
 use super::models::{fallbacks, model};
 use super::{
     BreakerConfig, Config, ConfigError, ConfigSource, FailureRate, LogConfig, LogFormat,
-    OnRedisError, RedisConfig, ServerConfig, StreamConfig, UpstreamConfig,
+    OnRedisError, RedisConfig, ServerConfig, StreamConfig, TelemetryConfig, UpstreamConfig,
 };
 
 /// The longest any duration setting may be: far beyond any sensible timeout, and small enough
@@ -56,6 +56,20 @@ pub fn validate(file: ConfigFile) -> Result<Config, ConfigError> {
         upstream: upstream(file.upstream)?,
         stream: stream(file.stream)?,
         redis: file.redis.map(redis).transpose()?,
+        telemetry: TelemetryConfig {
+            metrics_listen: file
+                .telemetry
+                .metrics_listen
+                .map(|addr| {
+                    addr.parse().map_err(|_| {
+                        ConfigError::invalid(
+                            "telemetry.metrics_listen",
+                            "must be an address such as 0.0.0.0:9090",
+                        )
+                    })
+                })
+                .transpose()?,
+        },
         source: ConfigSource::Development,
     })
 }

@@ -3,6 +3,7 @@
 //! open requests for `shutdown_grace`, then tells open streams to end.
 
 pub mod admission;
+mod metrics_listener;
 pub mod shutdown;
 mod stall;
 
@@ -26,17 +27,26 @@ use stall::StallTimeoutIo;
 const FINAL_EVENT_WINDOW: Duration = Duration::from_secs(5);
 /// Pause after an accept error (such as EMFILE) so the loop does not spin.
 const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(50);
+/// How long a metrics connection may take to send a request head, or sit idle between two.
+const METRICS_HEADER_TIMEOUT: Duration = Duration::from_secs(30);
 /// The longest pause between two housekeeping sweeps.
 const REAP_EVERY: Duration = Duration::from_secs(1);
 /// Concurrent streams per HTTP/2 connection.
 const H2_MAX_CONCURRENT_STREAMS: u32 = 256;
 
-/// Serves `listener` until `shutdown` resolves, then drains.
+/// Serves `listener` (and `metrics` apart, when given) until `shutdown` resolves, then drains.
 pub async fn serve(
     listener: TcpListener,
+    metrics: Option<TcpListener>,
     state: Arc<AppState>,
     shutdown: impl Future<Output = ()>,
 ) -> io::Result<()> {
+    #[expect(
+        clippy::disallowed_methods,
+        reason = "the metrics listener runs for the server's lifetime and is aborted when it stops"
+    )]
+    let metrics =
+        metrics.map(|listener| AbortOnDrop(tokio::spawn(metrics_listener::serve(listener))));
     state.limiter.start().await;
     let housekeeping = Housekeeping::start(&state);
     let builder = connection_builder(&state);
@@ -75,6 +85,7 @@ pub async fn serve(
     }
     drop(listener);
     drop(housekeeping);
+    drop(metrics);
     state.drain.begin();
     tracing::info!(grace = ?state.server.shutdown_grace, "draining");
     drain(graceful, &state).await;
@@ -82,14 +93,23 @@ pub async fn serve(
     Ok(())
 }
 
+/// A background task that stops when this is dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// Once a second (or each `pool_idle_timeout`, when shorter): closes backends' idle pooled
 /// connections past that age, so a quiet gateway does not hold sockets its backends already
 /// closed, cuts streams whose clients stopped reading, and runs the metrics exporter's upkeep.
 /// Stops when dropped.
-struct Housekeeping(tokio::task::JoinHandle<()>);
+struct Housekeeping;
 
 impl Housekeeping {
-    fn start(state: &Arc<AppState>) -> Self {
+    fn start(state: &Arc<AppState>) -> AbortOnDrop {
         let state = state.clone();
         let every = state.upstream.pool_idle_timeout.min(REAP_EVERY);
         #[expect(
@@ -105,13 +125,7 @@ impl Housekeeping {
                 crate::telemetry::metrics::upkeep();
             }
         });
-        Self(task)
-    }
-}
-
-impl Drop for Housekeeping {
-    fn drop(&mut self) {
-        self.0.abort();
+        AbortOnDrop(task)
     }
 }
 

@@ -180,3 +180,53 @@ async fn metrics_count_exactly_what_happened() {
         "no key and no key id in any label"
     );
 }
+
+#[tokio::test]
+async fn a_separate_metrics_listener_serves_metrics_and_nothing_else() {
+    let yaml =
+        GatewayConfig::mock(1, "1ms").yaml() + "telemetry: {metrics_listen: '127.0.0.1:0'}\n";
+    let config = sluicegate::config::parse(&yaml).expect("valid config");
+    let gateway = sluicegate::Gateway::build(&config).expect("gateway builds");
+    let api = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let metrics = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let (api_addr, metrics_addr) = (
+        api.local_addr().expect("addr"),
+        metrics.local_addr().expect("addr"),
+    );
+    #[expect(
+        clippy::disallowed_methods,
+        reason = "the gateway runs for the whole test"
+    )]
+    let serving =
+        tokio::spawn(gateway.serve_with_metrics(api, Some(metrics), std::future::pending()));
+
+    let get = |url: String| async move { http().get(url).send().await.expect("answer") };
+    let scraped = get(format!("http://{metrics_addr}/metrics")).await;
+    assert_eq!(scraped.status(), 200);
+    assert!(
+        scraped
+            .text()
+            .await
+            .expect("text")
+            .contains("sluicegate_build_info")
+    );
+    for path in ["/v1/models", "/healthz", "/readyz"] {
+        let response = get(format!("http://{metrics_addr}{path}")).await;
+        assert_eq!(
+            response.status(),
+            404,
+            "only /metrics on the metrics listener: {path}"
+        );
+    }
+    let (status, body) = error_of(get(format!("http://{api_addr}/metrics")).await).await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (404, Some("unknown_url")),
+        "not exposed with the API when it has a listener of its own"
+    );
+    serving.abort();
+}
