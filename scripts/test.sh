@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs every sluicegate test. On a fresh Debian machine it first installs what the tests need:
-# redis-server (the shared-limits tests), a Python venv with the current major of the official
+# redis-server (the shared-limits tests), prometheus (a real scrape of /metrics), a Python venv
+# with the current major of the official
 # OpenAI SDK and the Node SDK with the Node.js it supports (the SDK tests), and the rustfmt/clippy
 # components (the lint gate).
 set -euo pipefail
@@ -11,11 +12,12 @@ command -v redis-server >/dev/null 2>&1 || apt_packages+=(redis-server)
 command -v python3 >/dev/null 2>&1 || apt_packages+=(python3)
 python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || apt_packages+=(python3-venv)
 command -v npm >/dev/null 2>&1 || apt_packages+=(nodejs npm)
+command -v prometheus >/dev/null 2>&1 || apt_packages+=(prometheus)
 if [ ${#apt_packages[@]} -gt 0 ]; then
   echo "installing: ${apt_packages[*]}"
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
-  apt-get install -y -qq "${apt_packages[@]}" >/dev/null
+  apt-get install -y -qq --no-install-recommends "${apt_packages[@]}" >/dev/null
 fi
 
 # The current major of the Python SDK (3.x).

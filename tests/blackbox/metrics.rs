@@ -230,3 +230,82 @@ async fn a_separate_metrics_listener_serves_metrics_and_nothing_else() {
     );
     serving.abort();
 }
+
+/// `text` percent-encoded for a query string.
+fn percent(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'_' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// A free loopback port.
+fn free_port() -> u16 {
+    let probe = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    probe.local_addr().expect("addr").port()
+}
+
+#[tokio::test]
+async fn a_real_prometheus_scrapes_the_gateway_and_answers_promql() {
+    let yaml = format!(
+        "server: {{listen: '127.0.0.1:0'}}\nlog: {{format: json, level: info}}\ntiers: {{basic: {{}}}}\n\
+         models: [{{name: test-model, backends: [{{name: mock, kind: mock, mock: {{tokens: 2, pace: 1ms}}}}]}}]\n\
+         api_keys: [{{id: full, sha256: {}, tier: basic}}]\n",
+        sluicegate::auth::hash_key(KEY)
+    );
+    let gateway = RunningBinary::start(&yaml).await;
+    for _ in 0..3 {
+        assert_eq!(
+            post_chat(&gateway.base(), KEY, &chat_body(true))
+                .await
+                .status(),
+            200
+        );
+    }
+
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = dir.path().join("prometheus.yml");
+    std::fs::write(
+        &config,
+        format!(
+            "global: {{scrape_interval: 1s}}\nscrape_configs:\n  - job_name: sluicegate\n    \
+             static_configs: [{{targets: ['{}']}}]\n",
+            gateway.addr
+        ),
+    )
+    .expect("write prometheus.yml");
+    let port = free_port();
+    let _prometheus = tokio::process::Command::new("prometheus")
+        .arg(format!("--config.file={}", config.display()))
+        .arg(format!(
+            "--storage.tsdb.path={}",
+            dir.path().join("data").display()
+        ))
+        .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("prometheus is installed (scripts/test.sh installs it)");
+
+    let query = "sum(sluicegate_requests_total{route=\"chat_completions\",status=\"200\"})";
+    let answered = within(ms(60_000), "Prometheus to scrape the gateway", async {
+        loop {
+            let url = format!(
+                "http://127.0.0.1:{port}/api/v1/query?query={}",
+                percent(query)
+            );
+            if let Ok(response) = http().get(&url).send().await
+                && let Ok(body) = response.json::<serde_json::Value>().await
+                && let Some(value) = body["data"]["result"][0]["value"][1].as_str()
+            {
+                return value.to_owned();
+            }
+            tokio::time::sleep(ms(250)).await;
+        }
+    })
+    .await;
+    assert_eq!(answered, "3", "PromQL over the scraped exposition");
+}
