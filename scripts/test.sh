@@ -1,9 +1,8 @@
 #!/usr/bin/env bash
 # Runs every sluicegate test. On a fresh Debian machine it first installs what the tests need:
 # redis-server (the shared-limits tests), prometheus (a real scrape of /metrics), a Python venv
-# with the current major of the official
-# OpenAI SDK and the Node SDK with the Node.js it supports (the SDK tests), and the rustfmt/clippy
-# components (the lint gate).
+# with the current major of the official OpenAI SDK and the Node SDK with the Node.js it
+# supports (the SDK tests), and the rustfmt/clippy components (the lint gate).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
