@@ -99,6 +99,13 @@ pub async fn chat_completions(
         response
     };
     limits::headers::put(response.headers_mut(), &rate);
+    if !chat.stream {
+        // As OpenAI sends it: the time the gateway took to produce the whole answer.
+        let took = u64::try_from(guard.elapsed().as_millis()).unwrap_or(u64::MAX);
+        response
+            .headers_mut()
+            .insert("openai-processing-ms", HeaderValue::from(took));
+    }
     if let Some(name) = guard
         .backend()
         .and_then(|name| HeaderValue::from_str(&name).ok())

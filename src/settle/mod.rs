@@ -77,6 +77,11 @@ impl RequestGuard {
         }
     }
 
+    /// Time since the request arrived.
+    pub fn elapsed(&self) -> std::time::Duration {
+        self.started.elapsed()
+    }
+
     pub fn request_id(&self) -> &RequestId {
         &self.request_id
     }

@@ -40,9 +40,18 @@ pub fn render() -> String {
     exporter().render()
 }
 
-/// Periodic maintenance the exporter needs (histogram buffers drained); the server's
-/// housekeeping calls it.
+/// Periodic maintenance the exporter needs (histogram buffers drained) and the process
+/// series (`process_resident_memory_bytes`, `process_open_fds`, `process_cpu_seconds_total`,
+/// ...) refreshed; the server's housekeeping calls it every second.
 pub fn upkeep() {
+    static PROCESS: OnceLock<metrics_process::Collector> = OnceLock::new();
+    PROCESS
+        .get_or_init(|| {
+            let collector = metrics_process::Collector::default();
+            collector.describe();
+            collector
+        })
+        .collect();
     exporter().run_upkeep();
 }
 

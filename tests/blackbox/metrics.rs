@@ -40,10 +40,15 @@ async fn metrics_count_exactly_what_happened() {
     let gateway = RunningBinary::start(&yaml).await;
     let base = gateway.base();
     for stream in [true, false] {
+        let response = post_chat(&base, KEY, &chat_body(stream)).await;
+        assert_eq!(response.status(), 200);
+        let processing = response.headers().get("openai-processing-ms");
         assert_eq!(
-            post_chat(&base, KEY, &chat_body(stream)).await.status(),
-            200
+            processing.is_some_and(|v| v.to_str().is_ok_and(|v| v.parse::<u64>().is_ok())),
+            !stream,
+            "openai-processing-ms on non-streamed answers, as OpenAI sends it"
         );
+        let _ = response.text().await;
     }
     assert_eq!(post_chat(&base, KEY, &chat_body(false)).await.status(), 429);
     assert_eq!(
@@ -175,6 +180,12 @@ async fn metrics_count_exactly_what_happened() {
         None,
         "every client read its answer"
     );
+    let resident = sample(&text, "process_resident_memory_bytes", &[]);
+    assert!(
+        resident.is_some_and(|bytes| bytes > 1e6),
+        "process metrics: {resident:?}"
+    );
+    assert!(sample(&text, "process_open_fds", &[]).is_some_and(|fds| fds > 0.0));
     assert!(
         !text.contains(KEY) && !text.contains("full"),
         "no key and no key id in any label"
