@@ -29,3 +29,70 @@ fn the_backend_key_is_not_printable_through_debug() {
         );
     }
 }
+
+#[tokio::test]
+async fn no_log_line_carries_a_key_a_prompt_or_a_completion() {
+    use crate::support::binary::RunningBinary;
+    use crate::support::*;
+
+    let backend_key = "sk-backend-secret-7f3a9c";
+    let upstream = MockUpstream::stream_tokens(&["zanzibar ", "completion "])
+        .keep_alive()
+        .start()
+        .await;
+    let yaml = format!(
+        "server: {{listen: '127.0.0.1:0'}}\nlog: {{format: json, level: debug}}\ntiers: {{basic: {{}}}}\n\
+         models: [{{name: test-model, backends: [{{name: up, kind: openai, base_url: '{}', \
+         api_key_env: SLUICEGATE_TEST_BACKEND_KEY}}]}}]\n\
+         api_keys: [{{id: full, sha256: {}, tier: basic}}]\n",
+        upstream.base_url(),
+        sluicegate::auth::hash_key(KEY)
+    );
+    let gateway =
+        RunningBinary::start_with_env(&yaml, &[("SLUICEGATE_TEST_BACKEND_KEY", backend_key)]).await;
+    let mut body = chat_body(true);
+    body["messages"][0]["content"] = "the quokka prompt words".into();
+    let answer = chat_text(&gateway.base(), KEY, &body).await;
+    assert!(answer.contains("zanzibar"), "the answer came through");
+    let refused = post_chat(&gateway.base(), "sk-wrong-key-5d1e", &body).await;
+    assert_eq!(refused.status(), 401);
+    assert_eq!(
+        upstream.requests()[0].header("authorization"),
+        Some(format!("Bearer {backend_key}").as_str()),
+        "the backend got its key"
+    );
+
+    let logs = within(ms(5_000), "the access log line", async {
+        loop {
+            let logs = gateway.logs();
+            if logs
+                .iter()
+                .filter(|l| l.contains("sluicegate::access"))
+                .count()
+                >= 2
+            {
+                return logs;
+            }
+            tokio::time::sleep(ms(20)).await;
+        }
+    })
+    .await;
+    let text = logs.join("\n");
+    assert!(
+        text.contains(r#""key_id":"full""#),
+        "the key id is logged: {text}"
+    );
+    for secret in [
+        KEY,
+        backend_key,
+        "sk-wrong-key-5d1e",
+        &sluicegate::auth::hash_key(KEY),
+        "quokka",
+        "zanzibar",
+    ] {
+        assert!(
+            !text.contains(secret),
+            "{secret:?} reached the log:\n{text}"
+        );
+    }
+}

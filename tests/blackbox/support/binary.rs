@@ -4,6 +4,7 @@
 use std::io::Write;
 use std::net::SocketAddr;
 use std::process::Stdio;
+use std::sync::{Arc, Mutex};
 
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
@@ -13,17 +14,25 @@ pub const BINARY: &str = env!("CARGO_BIN_EXE_sluicegate");
 pub struct RunningBinary {
     pub child: Child,
     pub addr: SocketAddr,
+    /// Every line the process wrote to stdout (its log) so far.
+    logs: Arc<Mutex<Vec<String>>>,
     _config: tempfile::NamedTempFile,
 }
 
 impl RunningBinary {
     /// Starts `sluicegate --config` with `yaml` (listening on port 0) and waits until it listens.
     pub async fn start(yaml: &str) -> Self {
+        Self::start_with_env(yaml, &[]).await
+    }
+
+    /// As `start`, with extra environment variables for the process.
+    pub async fn start_with_env(yaml: &str, env: &[(&str, &str)]) -> Self {
         let mut config = tempfile::NamedTempFile::new().expect("temp file");
         config.write_all(yaml.as_bytes()).expect("write config");
         let mut child = Command::new(BINARY)
             .arg("--config")
             .arg(config.path())
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .kill_on_drop(true)
@@ -31,12 +40,14 @@ impl RunningBinary {
             .expect("binary starts");
         let stdout = child.stdout.take().expect("stdout is piped");
         let mut lines = BufReader::new(stdout).lines();
+        let logs = Arc::new(Mutex::new(Vec::new()));
         let addr = loop {
             let line = lines
                 .next_line()
                 .await
                 .expect("read log")
                 .expect("binary logs before exiting");
+            logs.lock().expect("lock").push(line.clone());
             let Ok(entry) = serde_json::from_str::<serde_json::Value>(&line) else {
                 continue;
             };
@@ -47,16 +58,27 @@ impl RunningBinary {
                 break addr.parse().expect("addr parses");
             }
         };
+        let collected = logs.clone();
         #[expect(
             clippy::disallowed_methods,
             reason = "drains the child's log so it never blocks on a full pipe"
         )]
-        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        tokio::spawn(async move {
+            while let Ok(Some(line)) = lines.next_line().await {
+                collected.lock().expect("lock").push(line);
+            }
+        });
         Self {
             child,
             addr,
+            logs,
             _config: config,
         }
+    }
+
+    /// The log lines written so far.
+    pub fn logs(&self) -> Vec<String> {
+        self.logs.lock().expect("lock").clone()
     }
 
     pub fn base(&self) -> String {
