@@ -17,11 +17,11 @@ use crate::limits::{self, Ask};
 use crate::openai::chunk::ChunkRewriter;
 use crate::openai::response::rewrite_completion;
 use crate::openai::{ChatRequest, Metering, Reservation, Usage};
-use crate::settle::RequestGuard;
+use crate::settle::{RequestGuard, Served};
 use crate::sse::relay::{RelayOptions, relay};
 use crate::state::AppState;
 use crate::upstream::pool::Verdict;
-use crate::upstream::retry::{self, Plan};
+use crate::upstream::retry::{self, Plan, Routed};
 use crate::upstream::{Backend, ByteStream, UpstreamRequest};
 
 /// The most a non-streamed upstream answer may hold.
@@ -160,7 +160,7 @@ async fn stream_reply(
     };
     let connect = async move {
         let routed = retry::send(plan, request_for).await?;
-        let _ = backend_slot.set(routed.backend.name.as_str().into());
+        let _ = backend_slot.set(served(&routed));
         let _ = verdict_slot.set(routed.verdict);
         Ok(routed.body)
     };
@@ -197,9 +197,7 @@ async fn complete_reply(
 ) -> Result<(Response<Body>, Option<Usage>), GatewayError> {
     let deadline = plan.deadline;
     let mut routed = retry::send(plan, request_for).await?;
-    let _ = guard
-        .backend_slot()
-        .set(routed.backend.name.as_str().into());
+    let _ = guard.backend_slot().set(served(&routed));
     // The upstream body stays alive until the answer is judged, so a failure found in it
     // reaches the backend's breaker before its attempt ends.
     let answer = collect_capped(&mut routed.body, state, deadline)
@@ -243,6 +241,15 @@ fn timeout_error(at: Instant, deadline: Instant, phase: TimeoutPhase) -> Gateway
         phase
     };
     GatewayError::UpstreamTimeout { phase }
+}
+
+/// What the access log says of the backend that answered.
+fn served(routed: &Routed) -> Served {
+    Served {
+        backend: routed.backend.name.as_str().into(),
+        attempts: routed.attempts,
+        hedged: routed.hedged,
+    }
 }
 
 /// Accepts `application/json` (with parameters) or no content-type at all.

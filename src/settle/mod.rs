@@ -23,8 +23,16 @@ use body::GuardedBody;
 
 pub use stall::StallWatch;
 
-/// The name of the backend that answered, recorded once.
-pub type BackendSlot = Arc<OnceLock<Arc<str>>>;
+/// Which backend answered and how it was reached, recorded once.
+pub type BackendSlot = Arc<OnceLock<Served>>;
+
+/// The backend that answered, the calls it took (hedges included) and whether one was a hedge.
+#[derive(Debug, Clone)]
+pub struct Served {
+    pub backend: Arc<str>,
+    pub attempts: u32,
+    pub hedged: bool,
+}
 
 /// The kind and blame of a failure, recorded once.
 pub type FailureSlot = Arc<OnceLock<(&'static str, Blame)>>;
@@ -119,7 +127,7 @@ impl RequestGuard {
 
     /// The backend that answered, once known.
     pub fn backend(&self) -> Option<Arc<str>> {
-        self.backend.get().cloned()
+        self.backend.get().map(|served| served.backend.clone())
     }
 
     /// Shared with the response rewriter, which leaves what was generated in it.
@@ -192,7 +200,9 @@ impl Drop for RequestGuard {
             status = self.status.as_u16(),
             key_id = self.key_id.as_deref(),
             model = self.model.as_deref(),
-            backend = self.backend.get().map(|b| &**b),
+            backend = self.backend.get().map(|s| &*s.backend),
+            attempts = self.backend.get().map(|s| s.attempts),
+            hedged = self.backend.get().is_some_and(|s| s.hedged),
             stream = self.stream,
             duration_ms = self.started.elapsed().as_secs_f64() * 1000.0,
             bytes_out = self.bytes_out,

@@ -43,6 +43,10 @@ pub struct Routed {
     /// Set by the consumer when the answer fails after its first bytes (the relay's idle
     /// timeout, an in-band error, an end without `[DONE]`): that reaches the backend's breaker.
     pub verdict: Verdict,
+    /// Calls sent to backends for this answer, hedges included.
+    pub attempts: u32,
+    /// A hedge was sent.
+    pub hedged: bool,
 }
 
 impl std::fmt::Debug for Routed {
@@ -61,6 +65,8 @@ pub async fn send(
 ) -> Result<Routed, GatewayError> {
     let mut last_error = None;
     let mut attempts = 0u32;
+    // Calls sent in earlier pools, hedges included.
+    let mut calls_before = 0usize;
     for pool in &plan.pools {
         let mut tried = Vec::new();
         while tried.len() < plan.max_attempts as usize {
@@ -82,16 +88,20 @@ pub async fn send(
                 Ok((body, attempt)) => {
                     let backend = attempt.backend.clone();
                     let verdict = attempt.verdict();
+                    let calls = u32::try_from(calls_before + tried.len()).unwrap_or(u32::MAX);
                     return Ok(Routed {
                         body: Box::pin(Watched { body, attempt }),
                         backend,
                         verdict,
+                        attempts: calls,
+                        hedged: calls > attempts,
                     });
                 }
                 Err(error) if !error.is_retryable_before_first_byte() => return Err(error),
                 Err(error) => last_error = Some(error),
             }
         }
+        calls_before += tried.len();
     }
     Err(last_error.unwrap_or(GatewayError::NoUsableBackend))
 }

@@ -82,6 +82,23 @@ async fn no_log_line_carries_a_key_a_prompt_or_a_completion() {
         text.contains(r#""key_id":"full""#),
         "the key id is logged: {text}"
     );
+    let access: serde_json::Value = logs
+        .iter()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .find(|line| line["target"] == "sluicegate::access" && line["fields"]["status"] == 200)
+        .expect("the streamed request's access line");
+    let fields = &access["fields"];
+    assert_eq!(fields["backend"], "up");
+    assert_eq!(fields["attempts"], 1);
+    assert_eq!(fields["hedged"], false);
+    assert!(
+        fields["ttft_ms"].as_f64().is_some(),
+        "time to first token: {access}"
+    );
+    assert!(
+        fields["completion_tokens"].as_u64().is_some(),
+        "tokens: {access}"
+    );
     for secret in [
         KEY,
         backend_key,
