@@ -2,10 +2,14 @@
 //! permit, guard, error rendering. Unknown paths are 404 and wrong methods 405, both as
 //! OpenAI errors.
 
+use std::future::{Future, poll_fn};
+use std::pin::pin;
 use std::sync::Arc;
+use std::time::Duration;
 
 use http::{Method, Request, Response, Version};
 use hyper::body::Incoming;
+use tokio::time::Instant;
 use tracing::Instrument;
 
 use crate::body::Body;
@@ -26,7 +30,20 @@ pub async fn handle(request: Request<Incoming>, state: Arc<AppState>) -> Respons
         request.uri().path(),
         Route::of(request.uri().path()).label(),
     );
-    let result = dispatch(request, &state, &mut guard).instrument(span).await;
+    // The time spent inside the handler's polls is the gateway's own work; waits on the
+    // upstream or the client are not (`sluicegate_overhead_seconds`).
+    let mut busy = Duration::ZERO;
+    let result = {
+        let mut handler = pin!(dispatch(request, &state, &mut guard).instrument(span));
+        poll_fn(|cx| {
+            let started = Instant::now();
+            let polled = handler.as_mut().poll(cx);
+            busy += started.elapsed();
+            polled
+        })
+        .await
+    };
+    guard.add_busy(busy);
     let response = result.unwrap_or_else(|error| {
         guard.record_failure(&error);
         error.into_response()

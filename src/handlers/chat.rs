@@ -69,7 +69,11 @@ pub async fn chat_completions(
         limits: &principal.limits,
         tokens: reserved.usage.total_tokens,
     };
-    let admission = state.limiter.admit(ask).await?;
+    // Waiting on Redis is the gateway's own time (the handler's polls count only the work).
+    let admitting = Instant::now();
+    let admission = state.limiter.admit(ask).await;
+    guard.add_busy(admitting.elapsed());
+    let admission = admission?;
     let rate = admission.state;
     guard.settle_with(state.limiter.clone(), admission, reserved);
     let plan = Plan {

@@ -121,7 +121,9 @@ impl HttpBody for GuardedBody {
                 return Poll::Ready(event.take().map(|event| Ok(Frame::data(event))));
             }
         };
+        let started = Instant::now();
         let polled = Pin::new(&mut *inner).poll_frame(cx);
+        guard.busy = guard.busy.saturating_add(started.elapsed());
         match &polled {
             Poll::Ready(Some(Ok(frame))) => {
                 let sent = frame.data_ref().map_or(0, |d| d.len() as u64);

@@ -51,6 +51,8 @@ pub struct RequestGuard {
     stream_open: bool,
     backend: BackendSlot,
     stream: bool,
+    /// Time spent inside the handler's and the body's polls: the gateway's own work.
+    busy: std::time::Duration,
     /// Written by the body that carries the guard.
     bytes_out: u64,
     completed: bool,
@@ -76,6 +78,7 @@ impl RequestGuard {
             stream_open: false,
             backend: BackendSlot::default(),
             stream: false,
+            busy: std::time::Duration::ZERO,
             bytes_out: 0,
             completed: false,
             metering: MeterSlot::default(),
@@ -83,6 +86,11 @@ impl RequestGuard {
             failure: FailureSlot::default(),
             _permit: None,
         }
+    }
+
+    /// Adds time the gateway spent working on this request (not waiting on anyone).
+    pub fn add_busy(&mut self, busy: std::time::Duration) {
+        self.busy = self.busy.saturating_add(busy);
     }
 
     /// Time since the request arrived.
@@ -233,6 +241,7 @@ impl RequestGuard {
         if self.model.is_none() {
             return;
         }
+        metrics::record_overhead(model, self.busy);
         if self.stream_open {
             metrics::record_stream_open(model, -1.0);
         }

@@ -186,3 +186,12 @@ pub fn record_token_timing(model: &str, first: Duration, per_token: Option<Durat
             .record(per_token.as_secs_f64());
     }
 }
+
+pub const OVERHEAD: &str = "sluicegate_overhead_seconds";
+
+/// The gateway's own time in one answer of `model`: the time spent inside the handler's and
+/// the response body's polls plus the admission's wait on Redis, which leaves out every wait on
+/// the upstream and on the client socket.
+pub fn record_overhead(model: &str, busy: Duration) {
+    metrics::histogram!(OVERHEAD, "model" => model.to_owned()).record(busy.as_secs_f64());
+}

@@ -161,6 +161,15 @@ async fn metrics_count_exactly_what_happened() {
             "{kind} tokens as the upstream reported"
         );
     }
+    assert_eq!(
+        sample(
+            &text,
+            "sluicegate_overhead_seconds_count",
+            &[("model", "test-model")]
+        ),
+        Some(3.0),
+        "the gateway's own time, for each of the three answers"
+    );
     for name in [
         "gen_ai_server_time_to_first_token_seconds_count",
         "gen_ai_server_time_per_output_token_seconds_count",
