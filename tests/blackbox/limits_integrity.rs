@@ -338,8 +338,8 @@ async fn shutdown_waits_for_settlements_still_on_their_way() {
     let mut response = post_chat(&gateway.url(""), KEY, &chat_body(true)).await;
     assert_eq!(response.status(), 200);
     let _first = response.chunk().await.expect("first chunk");
-    // Writes (the settlement script among them) wait 700 ms; reads such as ZCARD do not.
-    redis.command(&["CLIENT", "PAUSE", "700", "WRITE"]).await;
+    // Writes (the settlement script among them) wait 1.5 s; reads such as ZCARD do not.
+    redis.command(&["CLIENT", "PAUSE", "1500", "WRITE"]).await;
     let body = response.text().await.expect("the rest of the stream");
     assert!(body.ends_with("[DONE]\n\n"));
     let inflight = || redis.command(&["ZCARD", "sluicegate:{full}:inflight"]);
