@@ -329,3 +329,62 @@ async fn a_real_prometheus_scrapes_the_gateway_and_answers_promql() {
     .await;
     assert_eq!(answered, "3", "PromQL over the scraped exposition");
 }
+
+#[test]
+fn the_dashboard_queries_only_series_the_gateway_exports() {
+    use sluicegate::telemetry::metrics as m;
+
+    let exported = [
+        m::REQUESTS,
+        m::REQUEST_DURATION,
+        m::OVERHEAD,
+        m::TIME_TO_FIRST_TOKEN,
+        m::TIME_PER_OUTPUT_TOKEN,
+        m::TOKENS,
+        m::STREAMS_OPEN,
+        m::CLIENT_DISCONNECTS,
+        m::HEARTBEATS,
+        m::UPSTREAM_ATTEMPTS,
+        m::UPSTREAM_ERRORS,
+        m::UPSTREAM_RESENDS,
+        m::BACKEND_BREAKER_STATE,
+        m::HEDGES,
+        m::LIMIT_ADMISSIONS,
+        m::LIMIT_REJECTIONS,
+        m::REDIS_CALLS,
+        m::REDIS_DURATION,
+        m::REDIS_UP,
+        m::BUILD_INFO,
+    ];
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/deploy/grafana/sluicegate.json"
+    );
+    let dashboard: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(path).expect("dashboard")).expect("JSON");
+    let mut queried = Vec::new();
+    for panel in dashboard["panels"].as_array().expect("panels") {
+        for target in panel["targets"].as_array().expect("targets") {
+            let expr = target["expr"].as_str().expect("a PromQL expression");
+            for word in expr.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
+                if word.starts_with("sluicegate_") || word.starts_with("gen_ai_") {
+                    queried.push(word.to_owned());
+                }
+            }
+        }
+    }
+    assert!(
+        queried.len() >= 10,
+        "the panels query the gateway: {queried:?}"
+    );
+    for name in queried {
+        let base = ["_bucket", "_count", "_sum"]
+            .iter()
+            .find_map(|suffix| name.strip_suffix(suffix))
+            .unwrap_or(&name);
+        assert!(
+            exported.contains(&base),
+            "the dashboard queries {name}, which is not exported"
+        );
+    }
+}
