@@ -24,17 +24,18 @@ pub async fn handle(request: Request<Incoming>, state: Arc<AppState>) -> Respons
     let request_id = RequestId::from_headers(request.headers());
     let http2 = request.version() == Version::HTTP_2;
     let span = tracing::info_span!("request", request_id = %request_id);
+    let route = Route::of(request.uri().path());
     let mut guard = RequestGuard::start(
         request_id.clone(),
         request.method().clone(),
         request.uri().path(),
-        Route::of(request.uri().path()).label(),
+        route.label(),
     );
     // The time spent inside the handler's polls is the gateway's own work; waits on the
     // upstream or the client are not (`sluicegate_overhead_seconds`).
     let mut busy = Duration::ZERO;
     let result = {
-        let mut handler = pin!(dispatch(request, &state, &mut guard).instrument(span));
+        let mut handler = pin!(dispatch(request, route, &state, &mut guard).instrument(span));
         poll_fn(|cx| {
             let started = Instant::now();
             let polled = handler.as_mut().poll(cx);
@@ -58,12 +59,13 @@ pub async fn handle(request: Request<Incoming>, state: Arc<AppState>) -> Respons
 
 async fn dispatch(
     request: Request<Incoming>,
+    route: Route,
     state: &Arc<AppState>,
     guard: &mut RequestGuard,
 ) -> Result<Response<Body>, GatewayError> {
     let method = request.method().clone();
     let read = method == Method::GET || method == Method::HEAD;
-    match Route::of(request.uri().path()) {
+    match route {
         Route::Health if read => Ok(probes::health()),
         Route::Metrics if read && state.metrics_listen.is_none() => Ok(probes::metrics()),
         Route::Metrics if read => Err(GatewayError::UnknownRoute {
