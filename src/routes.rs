@@ -18,6 +18,7 @@ use crate::handlers::{chat, models, probes};
 use crate::request_id::{self, RequestId};
 use crate::settle::RequestGuard;
 use crate::state::AppState;
+use crate::telemetry::traces::TraceCx;
 
 /// Handles one request; never fails: every error becomes an OpenAI-shaped response.
 pub async fn handle(request: Request<Incoming>, state: Arc<AppState>) -> Response<Body> {
@@ -25,11 +26,18 @@ pub async fn handle(request: Request<Incoming>, state: Arc<AppState>) -> Respons
     let http2 = request.version() == Version::HTTP_2;
     let span = tracing::info_span!("request", request_id = %request_id);
     let route = Route::of(request.uri().path());
+    let trace = TraceCx::start_request(
+        state.tracing.as_ref(),
+        request.headers(),
+        request.method().as_str(),
+        route.template(),
+    );
     let mut guard = RequestGuard::start(
         request_id.clone(),
         request.method().clone(),
         request.uri().path(),
         route.label(),
+        trace,
     );
     // The time spent inside the handler's polls is the gateway's own work; waits on the
     // upstream or the client are not (`sluicegate_overhead_seconds`).
@@ -127,6 +135,19 @@ impl Route {
             Self::Health => "healthz",
             Self::Ready => "readyz",
             Self::Metrics => "metrics",
+            Self::Unknown => "unknown",
+        }
+    }
+
+    /// The route as a path template, as HTTP spans name it.
+    fn template(&self) -> &'static str {
+        match self {
+            Self::ChatCompletions => "/v1/chat/completions",
+            Self::Models => "/v1/models",
+            Self::Model(_) => "/v1/models/{model}",
+            Self::Health => "/healthz",
+            Self::Ready => "/readyz",
+            Self::Metrics => "/metrics",
             Self::Unknown => "unknown",
         }
     }

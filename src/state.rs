@@ -9,6 +9,7 @@ use crate::limits::{Limiter, LocalLimiter, RedisLimiter};
 use crate::server::admission::Admission;
 use crate::server::shutdown::Drain;
 use crate::settle::StallWatch;
+use crate::telemetry::traces::{ExporterError, Tracing};
 use crate::upstream::http_client;
 use crate::upstream::pool::ModelTable;
 
@@ -24,6 +25,8 @@ pub struct AppState {
     pub drain: Drain,
     /// Streams in flight, swept for clients that stopped reading.
     pub stalls: StallWatch,
+    /// Span export, when `telemetry.otlp_endpoint` is set.
+    pub tracing: Option<Tracing>,
     /// `/metrics` is served on this address instead of the main listener.
     pub metrics_listen: Option<std::net::SocketAddr>,
     /// Unix seconds at start; the `created` of every listed model.
@@ -37,6 +40,8 @@ pub enum BuildError {
     HttpClient(#[from] reqwest::Error),
     #[error("cannot build the Redis client: {0}")]
     Redis(#[from] fred::error::Error),
+    #[error(transparent)]
+    Traces(#[from] ExporterError),
 }
 
 impl AppState {
@@ -52,6 +57,12 @@ impl AppState {
             limiter: Arc::new(limiter(config)?),
             drain: Drain::default(),
             stalls: StallWatch::new(config.stream.client_stall_timeout),
+            tracing: config
+                .telemetry
+                .traces
+                .as_ref()
+                .map(Tracing::start)
+                .transpose()?,
             metrics_listen: config.telemetry.metrics_listen,
             started_unix: SystemTime::now()
                 .duration_since(UNIX_EPOCH)

@@ -20,11 +20,33 @@ pub struct ConfigFile {
     pub telemetry: TelemetryFile,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TelemetryFile {
-    /// Serve `/metrics` on this address instead of the main listener.
+    /// Serve `/metrics` and `/usage` on this address instead of the main listener.
     pub metrics_listen: Option<String>,
+    /// An OTLP/HTTP collector (`http://host:4318`) or its full traces URL; no traces without it.
+    pub otlp_endpoint: Option<String>,
+    #[serde(with = "humantime_serde")]
+    pub otlp_timeout: Duration,
+    pub trace_sample_ratio: f64,
+    pub trace_queue_size: usize,
+    /// How long daily per-key usage totals are kept in Redis, such as `35d`.
+    #[serde(with = "humantime_serde")]
+    pub usage_retention: Duration,
+}
+
+impl Default for TelemetryFile {
+    fn default() -> Self {
+        Self {
+            metrics_listen: None,
+            otlp_endpoint: None,
+            otlp_timeout: Duration::from_secs(5),
+            trace_sample_ratio: 1.0,
+            trace_queue_size: 2048,
+            usage_retention: Duration::from_secs(35 * 24 * 60 * 60),
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]

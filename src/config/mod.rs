@@ -7,6 +7,7 @@ mod access;
 mod dev;
 mod file;
 mod models;
+mod telemetry;
 mod validate;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -17,6 +18,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub use dev::{DEV_API_KEY, development};
+pub use telemetry::{TelemetryConfig, TracesConfig};
 
 /// The whole validated configuration.
 #[derive(Debug, Clone)]
@@ -31,12 +33,6 @@ pub struct Config {
     pub redis: Option<RedisConfig>,
     pub telemetry: TelemetryConfig,
     pub source: ConfigSource,
-}
-
-#[derive(Debug, Clone, Default)]
-pub struct TelemetryConfig {
-    /// When set, `/metrics` is served here (and nothing else), and not on the main listener.
-    pub metrics_listen: Option<SocketAddr>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

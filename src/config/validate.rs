@@ -9,9 +9,10 @@ use std::time::Duration;
 use super::access::{api_keys, tiers};
 use super::file::{BreakerFile, ConfigFile, RedisFile, ServerFile, StreamFile, UpstreamFile};
 use super::models::{fallbacks, model};
+use super::telemetry::telemetry;
 use super::{
     BreakerConfig, Config, ConfigError, ConfigSource, FailureRate, LogConfig, LogFormat,
-    OnRedisError, RedisConfig, ServerConfig, StreamConfig, TelemetryConfig, UpstreamConfig,
+    OnRedisError, RedisConfig, ServerConfig, StreamConfig, UpstreamConfig,
 };
 
 /// The longest any duration setting may be: far beyond any sensible timeout, and small enough
@@ -56,20 +57,7 @@ pub fn validate(file: ConfigFile) -> Result<Config, ConfigError> {
         upstream: upstream(file.upstream)?,
         stream: stream(file.stream)?,
         redis: file.redis.map(redis).transpose()?,
-        telemetry: TelemetryConfig {
-            metrics_listen: file
-                .telemetry
-                .metrics_listen
-                .map(|addr| {
-                    addr.parse().map_err(|_| {
-                        ConfigError::invalid(
-                            "telemetry.metrics_listen",
-                            "must be an address such as 0.0.0.0:9090",
-                        )
-                    })
-                })
-                .transpose()?,
-        },
+        telemetry: telemetry(file.telemetry)?,
         source: ConfigSource::Development,
     })
 }

@@ -6,6 +6,7 @@ use bytes::{Bytes, BytesMut};
 use futures_util::{StreamExt, stream};
 use http::{HeaderMap, HeaderValue, Request, Response, header};
 use hyper::body::Incoming;
+use opentelemetry::KeyValue;
 use tokio::time::{Instant, timeout_at};
 
 use super::json::{json_response, sse_response};
@@ -20,6 +21,7 @@ use crate::openai::{ChatRequest, Metering, Reservation, Usage};
 use crate::settle::{RequestGuard, Served};
 use crate::sse::relay::{RelayOptions, relay};
 use crate::state::AppState;
+use crate::telemetry::traces::TraceHeaders;
 use crate::upstream::pool::Verdict;
 use crate::upstream::retry::{self, Plan, Routed};
 use crate::upstream::{Backend, ByteStream, UpstreamRequest};
@@ -32,7 +34,9 @@ pub async fn chat_completions(
     state: &Arc<AppState>,
     guard: &mut RequestGuard,
 ) -> Result<Response<Body>, GatewayError> {
+    let authenticating = guard.trace().step("auth");
     let principal = auth::authenticate(request.headers(), &state.keys)?;
+    drop(authenticating);
     guard.set_key(principal.key_id.clone());
     guard.set_tier(&principal.tier);
     require_json(request.headers())?;
@@ -56,6 +60,10 @@ pub async fn chat_completions(
     }
     guard.set_route(&pool.name, chat.stream);
     let output_cap = principal.output.effective(chat.max_output_tokens);
+    guard.trace().record([KeyValue::new(
+        "gen_ai.request.max_tokens",
+        i64::try_from(output_cap).unwrap_or(i64::MAX),
+    )]);
     let prompt_estimate = chat.prompt_tokens_estimate();
     let reserved = Reservation::new(
         prompt_estimate,
@@ -71,7 +79,12 @@ pub async fn chat_completions(
     };
     // Waiting on Redis is the gateway's own time (the handler's polls count only the work).
     let admitting = Instant::now();
+    let admission_span = guard.trace().step("admission");
     let admission = state.limiter.admit(ask).await;
+    if let Err(error) = &admission {
+        admission_span.record(KeyValue::new("error.type", error.kind()));
+    }
+    drop(admission_span);
     guard.add_busy(admitting.elapsed());
     let admission = admission?;
     let rate = admission.state;
@@ -83,6 +96,7 @@ pub async fn chat_completions(
         first_byte_timeout: state.upstream.first_byte_timeout,
         deadline: Instant::now() + state.upstream.total_timeout,
         may_hedge: chat.is_safe_to_duplicate(),
+        trace: guard.trace().clone(),
     };
     let request_for = upstream_request(chat.clone(), output_cap, guard.request_id().as_arc());
     guard.mark_dispatched();
@@ -130,6 +144,7 @@ fn upstream_request(
         stream: chat.stream,
         request_id: request_id.clone(),
         replayable: chat.is_safe_to_duplicate(),
+        trace: TraceHeaders::default(),
     }
 }
 

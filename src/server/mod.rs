@@ -31,6 +31,8 @@ const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(50);
 const METRICS_HEADER_TIMEOUT: Duration = Duration::from_secs(30);
 /// The longest pause between two housekeeping sweeps.
 const REAP_EVERY: Duration = Duration::from_secs(1);
+/// How long the spans still queued at shutdown may take to leave.
+const TRACE_FLUSH_TIMEOUT: Duration = Duration::from_secs(2);
 /// Concurrent streams per HTTP/2 connection.
 const H2_MAX_CONCURRENT_STREAMS: u32 = 256;
 
@@ -90,6 +92,10 @@ pub async fn serve(
     tracing::info!(grace = ?state.server.shutdown_grace, "draining");
     drain(graceful, &state).await;
     state.limiter.finish_settling().await;
+    if let Some(tracing) = state.tracing.clone() {
+        // Exporting blocks on the collector (bounded by its timeout): off the runtime's threads.
+        let _ = tokio::task::spawn_blocking(move || tracing.shutdown(TRACE_FLUSH_TIMEOUT)).await;
+    }
     Ok(())
 }
 

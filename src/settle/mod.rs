@@ -19,7 +19,9 @@ use crate::openai::chunk::MeterSlot;
 use crate::openai::{Metering, Reservation};
 use crate::request_id::RequestId;
 use crate::telemetry::metrics;
+use crate::telemetry::traces::{StepSpan, TraceCx};
 use body::GuardedBody;
+use opentelemetry::KeyValue;
 
 pub use stall::StallWatch;
 
@@ -59,12 +61,21 @@ pub struct RequestGuard {
     metering: MeterSlot,
     settlement: Option<Settlement>,
     failure: FailureSlot,
+    trace: TraceCx,
+    /// The span of the stream to the client, from its first event to its end.
+    stream_span: Option<StepSpan>,
     _permit: Option<OwnedSemaphorePermit>,
 }
 
 impl RequestGuard {
     /// `route` names the route in metrics (a fixed set).
-    pub fn start(request_id: RequestId, method: Method, path: &str, route: &'static str) -> Self {
+    pub fn start(
+        request_id: RequestId,
+        method: Method,
+        path: &str,
+        route: &'static str,
+        trace: TraceCx,
+    ) -> Self {
         Self {
             request_id,
             method,
@@ -84,6 +95,8 @@ impl RequestGuard {
             metering: MeterSlot::default(),
             settlement: None,
             failure: FailureSlot::default(),
+            trace,
+            stream_span: None,
             _permit: None,
         }
     }
@@ -115,8 +128,14 @@ impl RequestGuard {
         self.tier = Some(tier.to_owned());
     }
 
+    /// The request's trace, for its steps' spans and the upstream's `traceparent`.
+    pub fn trace(&self) -> &TraceCx {
+        &self.trace
+    }
+
     /// A stream to the client has begun; it counts as open until the guard drops.
     pub fn mark_stream_open(&mut self) {
+        self.stream_span = Some(self.trace.step("stream"));
         if let Some(model) = &self.model {
             metrics::record_stream_open(model, 1.0);
             self.stream_open = true;
@@ -197,6 +216,7 @@ impl Drop for RequestGuard {
             let used = settlement.used_tokens(&metering, self.failure.get().is_some());
             settlement.limiter.settle(settlement.admission, used);
         }
+        self.end_trace(&metering);
         let usage = metering.usage;
         let failure = self.failure.get();
         self.record_metrics(&metering);
@@ -212,6 +232,7 @@ impl Drop for RequestGuard {
             attempts = self.backend.get().map(|s| s.attempts),
             hedged = self.backend.get().is_some_and(|s| s.hedged),
             stream = self.stream,
+            trace_id = self.trace.trace_id(),
             duration_ms = self.started.elapsed().as_secs_f64() * 1000.0,
             bytes_out = self.bytes_out,
             client_closed = !self.completed,
@@ -228,6 +249,61 @@ impl Drop for RequestGuard {
 }
 
 impl RequestGuard {
+    /// Ends the stream's and the request's spans with what the access log says, in the
+    /// OpenTelemetry GenAI attributes where one exists.
+    fn end_trace(&mut self, metering: &Metering) {
+        if !self.trace.is_on() {
+            return;
+        }
+        if let (Some(span), Some(usage)) = (self.stream_span.take(), metering.usage) {
+            span.record(KeyValue::new(
+                "sluicegate.chunks",
+                clamp_i64(metering.chunks),
+            ));
+            span.record(KeyValue::new(
+                "gen_ai.usage.output_tokens",
+                clamp_i64(usage.completion_tokens),
+            ));
+        }
+        let mut attributes = vec![KeyValue::new(
+            "sluicegate.request_id",
+            self.request_id.as_arc().to_string(),
+        )];
+        if let Some(key_id) = &self.key_id {
+            attributes.push(KeyValue::new("sluicegate.key_id", key_id.to_string()));
+        }
+        if let Some(tier) = &self.tier {
+            attributes.push(KeyValue::new("sluicegate.tier", tier.clone()));
+        }
+        if let Some(model) = &self.model {
+            attributes.extend([
+                KeyValue::new("gen_ai.operation.name", "chat"),
+                KeyValue::new("gen_ai.request.model", model.clone()),
+                KeyValue::new("gen_ai.response.model", model.clone()),
+                KeyValue::new("sluicegate.stream", self.stream),
+            ]);
+        }
+        if let Some(served) = self.backend.get() {
+            attributes.extend([
+                KeyValue::new("sluicegate.backend", served.backend.to_string()),
+                KeyValue::new("sluicegate.attempts", i64::from(served.attempts)),
+                KeyValue::new("sluicegate.hedged", served.hedged),
+            ]);
+        }
+        if let Some(usage) = metering.usage {
+            attributes.extend([
+                KeyValue::new("gen_ai.usage.input_tokens", clamp_i64(usage.prompt_tokens)),
+                KeyValue::new(
+                    "gen_ai.usage.output_tokens",
+                    clamp_i64(usage.completion_tokens),
+                ),
+            ]);
+        }
+        self.trace.record(attributes);
+        self.trace
+            .end(self.status.as_u16(), self.failure.get().map(|f| f.0));
+    }
+
     /// The request's series: its count and duration, and for a model's answer the stream that
     /// closes, the client that left early and the tokens reported.
     fn record_metrics(&self, metering: &Metering) {
@@ -267,6 +343,11 @@ impl RequestGuard {
             metrics::record_tokens(model, tier, usage.prompt_tokens, usage.completion_tokens);
         }
     }
+}
+
+/// A count as an OpenTelemetry integer attribute.
+fn clamp_i64(count: u64) -> i64 {
+    i64::try_from(count).unwrap_or(i64::MAX)
 }
 
 /// What settling an admitted request needs.

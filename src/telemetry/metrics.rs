@@ -195,3 +195,11 @@ pub const OVERHEAD: &str = "sluicegate_overhead_seconds";
 pub fn record_overhead(model: &str, busy: Duration) {
     metrics::histogram!(OVERHEAD, "model" => model.to_owned()).record(busy.as_secs_f64());
 }
+
+pub const TRACE_SPANS_DROPPED: &str = "sluicegate_trace_spans_dropped_total";
+
+/// Finished spans that were not exported: `queue_full` (the collector is slower than the
+/// traffic) or `export_failed` (the collector refused them or could not be reached).
+pub fn record_spans_dropped(reason: &'static str, spans: u64) {
+    metrics::counter!(TRACE_SPANS_DROPPED, "reason" => reason).increment(spans);
+}

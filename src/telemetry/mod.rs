@@ -2,6 +2,7 @@
 //! Every request writes one access-log line (target `sluicegate::access`) when it settles.
 
 pub mod metrics;
+pub mod traces;
 
 use std::io::IsTerminal;
 

@@ -72,6 +72,9 @@ impl HttpsBackend {
         if let Some(authorization) = &self.authorization {
             call = call.header(header::AUTHORIZATION, authorization.clone());
         }
+        for (name, value) in request.trace.iter() {
+            call = call.header(name, value.clone());
+        }
         let response = call.send().await.map_err(send_error)?;
         if response.status().is_success() {
             return Ok(Box::pin(

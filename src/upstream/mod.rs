@@ -20,6 +20,7 @@ use futures_util::Stream;
 
 use crate::config::{BackendConfig, BackendKind, UpstreamConfig};
 use crate::error::GatewayError;
+use crate::telemetry::traces::TraceHeaders;
 
 pub use https::http_client;
 
@@ -37,6 +38,8 @@ pub struct UpstreamRequest {
     /// Sending it twice costs only the work (not `store: true`): it may then be resent after a
     /// pooled connection closed right after the write.
     pub replayable: bool,
+    /// `traceparent`/`tracestate` of this call, set per attempt.
+    pub trace: TraceHeaders,
 }
 
 /// A configured backend of a model.

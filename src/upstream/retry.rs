@@ -22,6 +22,7 @@ use super::pool::{Attempt, Pool, Verdict};
 use super::{Backend, ByteStream, UpstreamRequest};
 use crate::error::{GatewayError, TimeoutPhase};
 use crate::telemetry::metrics;
+use crate::telemetry::traces::TraceCx;
 
 /// Where and how a request may be sent.
 #[derive(Debug)]
@@ -34,6 +35,8 @@ pub struct Plan {
     pub deadline: Instant,
     /// Whether a stalled attempt may be duplicated on a second backend (`hedge_after`).
     pub may_hedge: bool,
+    /// Each call gets a span in this trace, and the backend its `traceparent`.
+    pub trace: TraceCx,
 }
 
 /// A successful upstream answer, the backend that gave it, and where to say how it ended.
@@ -84,7 +87,8 @@ pub async fn send(
             };
             tried.push(attempt.index);
             attempts += 1;
-            match call_hedged(&plan, pool, &mut tried, attempt, &request_for).await {
+            let number = u32::try_from(calls_before + tried.len()).unwrap_or(u32::MAX);
+            match call_hedged(&plan, pool, &mut tried, attempt, number, &request_for).await {
                 Ok((body, attempt)) => {
                     let backend = attempt.backend.clone();
                     let verdict = attempt.verdict();
@@ -115,12 +119,14 @@ async fn call_hedged(
     pool: &Pool,
     tried: &mut Vec<usize>,
     first: Attempt,
+    number: u32,
     request_for: &(impl Fn(&Backend) -> UpstreamRequest + Sync),
 ) -> Result<(ByteStream, Attempt), GatewayError> {
     let mut first_call = pin!(call(
         plan,
         first.backend.clone(),
-        request_for(&first.backend)
+        request_for(&first.backend),
+        number,
     ));
     let Some(hedge_after) = pool.hedge_after.filter(|_| plan.may_hedge) else {
         return settle(first, first_call.await);
@@ -137,7 +143,8 @@ async fn call_hedged(
     let mut second_call = pin!(call(
         plan,
         second.backend.clone(),
-        request_for(&second.backend)
+        request_for(&second.backend),
+        number.saturating_add(1),
     ));
     let answer = tokio::select! {
         result = &mut first_call => match settle(first, result) {
@@ -183,12 +190,31 @@ fn settle(
     }
 }
 
-/// One call, bounded by the first-byte timeout and the total deadline. It succeeds only once the
-/// first bytes of the body arrived, so a backend that answers 200 and then fails before sending
-/// anything is still retried: nothing of it can have reached the client.
+/// One call (the `number`th of the request), bounded by the first-byte timeout and the total
+/// deadline, with its own span. It succeeds only once the first bytes of the body arrived, so a
+/// backend that answers 200 and then fails before sending anything is still retried: nothing
+/// of it can have reached the client.
 async fn call(
     plan: &Plan,
     backend: Arc<Backend>,
+    mut request: UpstreamRequest,
+    number: u32,
+) -> Result<ByteStream, GatewayError> {
+    let mut span = plan
+        .trace
+        .attempt(&backend.name, &backend.upstream_model, number);
+    request.trace = span.headers();
+    let result = first_bytes(plan, &backend, request).await;
+    match &result {
+        Ok(_) => span.finish("answered", false),
+        Err(error) => span.finish(error.kind(), true),
+    }
+    result
+}
+
+async fn first_bytes(
+    plan: &Plan,
+    backend: &Backend,
     request: UpstreamRequest,
 ) -> Result<ByteStream, GatewayError> {
     let until = (Instant::now() + plan.first_byte_timeout).min(plan.deadline);

@@ -19,5 +19,6 @@ mod sdk;
 mod secrets;
 mod shared_limits;
 mod shutdown;
+mod traces;
 mod upstream_connections;
 mod upstream_failures;

@@ -52,7 +52,18 @@ async fn no_log_line_carries_a_key_a_prompt_or_a_completion() {
         RunningBinary::start_with_env(&yaml, &[("SLUICEGATE_TEST_BACKEND_KEY", backend_key)]).await;
     let mut body = chat_body(true);
     body["messages"][0]["content"] = "the quokka prompt words".into();
-    let answer = chat_text(&gateway.base(), KEY, &body).await;
+    let trace_id = "0af7651916cd43dd8448eb211c80319c";
+    let answer = http()
+        .post(format!("{}/v1/chat/completions", gateway.base()))
+        .bearer_auth(KEY)
+        .header("traceparent", format!("00-{trace_id}-b7ad6b7169203331-01"))
+        .json(&body)
+        .send()
+        .await
+        .expect("gateway answers")
+        .text()
+        .await
+        .expect("body");
     assert!(answer.contains("zanzibar"), "the answer came through");
     let refused = post_chat(&gateway.base(), "sk-wrong-key-5d1e", &body).await;
     assert_eq!(refused.status(), 401);
@@ -91,6 +102,7 @@ async fn no_log_line_carries_a_key_a_prompt_or_a_completion() {
     assert_eq!(fields["backend"], "up");
     assert_eq!(fields["attempts"], 1);
     assert_eq!(fields["hedged"], false);
+    assert_eq!(fields["trace_id"], trace_id, "the caller's trace: {access}");
     assert!(
         fields["ttft_ms"].as_f64().is_some(),
         "time to first token: {access}"

@@ -162,12 +162,20 @@ impl Http1Backend {
         wire.extend_from_slice(prefix);
         wire.extend_from_slice(
             format!(
-                "accept: {accept}\r\nx-request-id: {}\r\ncontent-length: {}\r\n\r\n",
+                "accept: {accept}\r\nx-request-id: {}\r\ncontent-length: {}\r\n",
                 request.request_id,
                 request.body.len()
             )
             .as_bytes(),
         );
+        // Header values cannot hold CR or LF, so nothing here can end the head early.
+        for (name, value) in request.trace.iter() {
+            wire.extend_from_slice(name.as_str().as_bytes());
+            wire.extend_from_slice(b": ");
+            wire.extend_from_slice(value.as_bytes());
+            wire.extend_from_slice(b"\r\n");
+        }
+        wire.extend_from_slice(b"\r\n");
         wire.extend_from_slice(&request.body);
         wire
     }

@@ -25,6 +25,8 @@ pub struct GatewayConfig {
     pub fallback_backend: Option<String>,
     /// `test-model`'s `hedge_after`.
     pub hedge_after: Option<String>,
+    /// The `telemetry` section.
+    pub telemetry: String,
 }
 
 impl GatewayConfig {
@@ -84,6 +86,7 @@ impl GatewayConfig {
             redis: None,
             fallback_backend: None,
             hedge_after: None,
+            telemetry: "{}".into(),
         }
     }
 
@@ -102,6 +105,11 @@ impl GatewayConfig {
         self
     }
 
+    pub fn telemetry(mut self, yaml: &str) -> Self {
+        self.telemetry = yaml.into();
+        self
+    }
+
     pub fn tier(mut self, yaml: &str) -> Self {
         self.tier = yaml.into();
         self
@@ -115,13 +123,14 @@ impl GatewayConfig {
 
     pub fn yaml(&self) -> String {
         format!(
-            "server: {server}\nlog: {{format: json, level: warn}}\nupstream: {upstream}\nstream: {stream}\n\
+            "server: {server}\nlog: {{format: json, level: warn}}\nupstream: {upstream}\nstream: {stream}\ntelemetry: {telemetry}\n\
              tiers: {{basic: {tier}}}\n\
              models:\n  - {{name: test-model, backends: [{backend}], fallbacks: [{fallbacks}]{hedge}}}\n  - {{name: other-model, backends: [{other}]}}\n\
              api_keys:\n  - {{id: full, sha256: {full}, tier: basic}}\n  - {{id: limited, sha256: {limited}, tier: basic, models: [other-model]}}\n",
             server = self.server,
             upstream = self.upstream,
             stream = self.stream,
+            telemetry = self.telemetry,
             backend = self.backend,
             fallbacks = if self.fallback_backend.is_some() {
                 "other-model"

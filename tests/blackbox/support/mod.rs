@@ -4,6 +4,7 @@
 pub mod binary;
 pub mod client;
 pub mod gateway;
+pub mod otlp;
 pub mod raw_upstream;
 pub mod redis;
 pub mod upstream;
