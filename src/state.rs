@@ -1,6 +1,7 @@
 //! `AppState`: the immutable, `Arc`-shared runtime every request reads.
 
 use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::auth::KeyIndex;
@@ -29,6 +30,8 @@ pub struct AppState {
     pub tracing: Option<Tracing>,
     /// `/metrics` is served on this address instead of the main listener.
     pub metrics_listen: Option<std::net::SocketAddr>,
+    /// The models' tokenizers are loaded (`/readyz` waits for it).
+    pub tokenizers_warm: AtomicBool,
     /// Unix seconds at start; the `created` of every listed model.
     pub started_unix: u64,
 }
@@ -64,6 +67,7 @@ impl AppState {
                 .map(Tracing::start)
                 .transpose()?,
             metrics_listen: config.telemetry.metrics_listen,
+            tokenizers_warm: AtomicBool::new(false),
             started_unix: SystemTime::now()
                 .duration_since(UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs()),

@@ -150,6 +150,10 @@ pub struct ModelFile {
     /// Send the request to a second backend too when the first has not answered by then.
     #[serde(default, with = "humantime_serde")]
     pub hedge_after: Option<Duration>,
+    /// The encoding tokens are counted with when a backend reports no usage, such as
+    /// `o200k_base`; by default the one OpenAI uses for the model's name.
+    #[serde(default)]
+    pub tokenizer: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

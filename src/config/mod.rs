@@ -17,6 +17,8 @@ use std::num::{NonZeroU32, NonZeroU64, NonZeroUsize};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+pub use tiktoken_rs::tokenizer::Tokenizer;
+
 pub use dev::{DEV_API_KEY, development};
 pub use telemetry::{TelemetryConfig, TracesConfig};
 
@@ -161,6 +163,8 @@ pub struct Model {
     /// When set, a request not answered by then also goes to a second backend; the first
     /// answer wins and the other call is cancelled (its connection closed).
     pub hedge_after: Option<Duration>,
+    /// Counts tokens when a backend reports no usage.
+    pub tokenizer: Tokenizer,
 }
 
 #[derive(Debug, Clone)]

@@ -4,7 +4,9 @@ use std::num::NonZeroU32;
 
 use super::file::{BackendFile, BackendKindFile, ModelFile};
 use super::validate::{MAX_DURATION, at_most, non_zero, positive, unique};
-use super::{BackendConfig, BackendKind, ConfigError, MockConfig, Model, Secret};
+use tiktoken_rs::tokenizer::get_tokenizer;
+
+use super::{BackendConfig, BackendKind, ConfigError, MockConfig, Model, Secret, Tokenizer};
 
 pub(super) fn model(file: ModelFile, path: &str) -> Result<Model, ConfigError> {
     if file.name.is_empty() {
@@ -31,7 +33,9 @@ pub(super) fn model(file: ModelFile, path: &str) -> Result<Model, ConfigError> {
         &format!("{path}.backends"),
         "name",
     )?;
+    let tokenizer = tokenizer(file.tokenizer.as_deref(), &file.name, &backends, path)?;
     Ok(Model {
+        tokenizer,
         name: file.name,
         backends,
         fallbacks: file.fallbacks,
@@ -39,6 +43,38 @@ pub(super) fn model(file: ModelFile, path: &str) -> Result<Model, ConfigError> {
             .hedge_after
             .map(|after| positive(after, &format!("{path}.hedge_after")))
             .transpose()?,
+    })
+}
+
+/// The configured encoding, else the one OpenAI uses for the model's name or its first
+/// backend's upstream model, else `o200k_base` (today's OpenAI models).
+fn tokenizer(
+    configured: Option<&str>,
+    name: &str,
+    backends: &[BackendConfig],
+    path: &str,
+) -> Result<Tokenizer, ConfigError> {
+    let Some(configured) = configured else {
+        return Ok(get_tokenizer(name)
+            .or_else(|| {
+                backends
+                    .first()
+                    .and_then(|b| get_tokenizer(&b.upstream_model))
+            })
+            .unwrap_or(Tokenizer::O200kBase));
+    };
+    Ok(match configured {
+        "o200k_base" => Tokenizer::O200kBase,
+        "o200k_harmony" => Tokenizer::O200kHarmony,
+        "cl100k_base" => Tokenizer::Cl100kBase,
+        "p50k_base" => Tokenizer::P50kBase,
+        "r50k_base" => Tokenizer::R50kBase,
+        _ => {
+            return Err(ConfigError::invalid(
+                format!("{path}.tokenizer"),
+                "must be o200k_base, o200k_harmony, cl100k_base, p50k_base or r50k_base",
+            ));
+        }
     })
 }
 

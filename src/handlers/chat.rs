@@ -17,7 +17,8 @@ use crate::error::{GatewayError, TimeoutPhase};
 use crate::limits::{self, Ask};
 use crate::openai::chunk::ChunkRewriter;
 use crate::openai::response::rewrite_completion;
-use crate::openai::{ChatRequest, Metering, Reservation, Usage};
+use crate::openai::tokens::{TokenCounter, completion_tokens};
+use crate::openai::{ChatRequest, Metering, Reservation};
 use crate::settle::{RequestGuard, Served};
 use crate::sse::relay::{RelayOptions, relay};
 use crate::state::AppState;
@@ -59,6 +60,8 @@ pub async fn chat_completions(
         ));
     }
     guard.set_route(&pool.name, chat.stream);
+    let counter = TokenCounter::new(pool.tokenizer);
+    guard.count_prompt_with(body, counter);
     let output_cap = principal.output.effective(chat.max_output_tokens);
     guard.trace().record([KeyValue::new(
         "gen_ai.request.max_tokens",
@@ -101,18 +104,12 @@ pub async fn chat_completions(
     let request_for = upstream_request(chat.clone(), output_cap, guard.request_id().as_arc());
     guard.mark_dispatched();
     let mut response = if chat.stream {
-        let response = stream_reply(state, plan, request_for, &chat, guard).await?;
+        let response = stream_reply(state, plan, request_for, &chat, counter, guard).await?;
         guard.mark_stream_open();
         response
     } else {
-        let (response, usage) =
-            complete_reply(state, plan, request_for, &chat.model, guard).await?;
-        // Without a usage report the whole reservation stays charged.
-        let metering = Metering {
-            usage: Some(usage.unwrap_or(reserved.usage)),
-            reported: usage.is_some(),
-            ..Metering::default()
-        };
+        let (response, metering) =
+            complete_reply(state, plan, request_for, &chat.model, counter, guard).await?;
         *guard.meter_slot().lock().unwrap_or_else(|p| p.into_inner()) = metering;
         response
     };
@@ -155,9 +152,10 @@ async fn stream_reply(
     plan: Plan,
     request_for: impl Fn(&Backend) -> UpstreamRequest + Send + Sync + 'static,
     chat: &ChatRequest,
+    counter: TokenCounter,
     guard: &RequestGuard,
 ) -> Result<Response<Body>, GatewayError> {
-    let rewriter = ChunkRewriter::new(&chat.model, chat.include_usage, guard.meter_slot());
+    let rewriter = ChunkRewriter::new(&chat.model, chat.include_usage, counter, guard.meter_slot());
     let options = RelayOptions {
         heartbeat_interval: state.stream.heartbeat_interval,
         first_byte_timeout: state.upstream.first_byte_timeout,
@@ -206,14 +204,16 @@ async fn stream_reply(
     )))
 }
 
-/// Waits for the whole answer, then sends it as one JSON body.
+/// Waits for the whole answer, then sends it as one JSON body. Without a usage report its
+/// completion is counted with the model's tokenizer.
 async fn complete_reply(
     state: &AppState,
     plan: Plan,
     request_for: impl Fn(&Backend) -> UpstreamRequest + Sync,
     model: &str,
+    counter: TokenCounter,
     guard: &RequestGuard,
-) -> Result<(Response<Body>, Option<Usage>), GatewayError> {
+) -> Result<(Response<Body>, Metering), GatewayError> {
     let deadline = plan.deadline;
     let mut routed = retry::send(plan, request_for).await?;
     let _ = guard.backend_slot().set(served(&routed));
@@ -226,7 +226,13 @@ async fn complete_reply(
         let _ = routed.verdict.set(error.breaker_outcome_mid_answer());
     }
     let (body, usage) = answer?;
-    Ok((json_response(body), usage))
+    let metering = Metering {
+        usage,
+        reported: usage.is_some(),
+        counted_completion: usage.is_none().then(|| completion_tokens(&body, counter)),
+        ..Metering::default()
+    };
+    Ok((json_response(body), metering))
 }
 
 async fn collect_capped(

@@ -2,6 +2,8 @@
 //! model has a usable backend, and the limiter can decide; Redis state is reported) and
 //! `/metrics` (Prometheus).
 
+use std::sync::atomic::Ordering;
+
 use http::{HeaderValue, Response, StatusCode, header};
 
 use super::json::json_response;
@@ -23,12 +25,14 @@ pub fn health() -> Response<Body> {
     json_response(r#"{"status":"ok"}"#)
 }
 
-/// Ready unless draining or without a usable backend. Redis being down is reported but fails
+/// Ready unless draining, still loading tokenizers, or without a usable backend. Redis being down is reported but fails
 /// readiness only with `on_error: deny`, where it means every request is refused.
 pub fn ready(state: &AppState) -> Response<Body> {
     let redis = state.limiter.redis_up();
     let status = if state.drain.is_draining() {
         "draining"
+    } else if !state.tokenizers_warm.load(Ordering::Relaxed) {
+        "warming"
     } else if !state.models.any_usable() {
         "no_usable_backend"
     } else if redis == Some(false) && state.limiter.denies_without_redis() {

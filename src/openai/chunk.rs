@@ -7,6 +7,7 @@ use bytes::{Bytes, BytesMut};
 use tokio::time::Instant;
 
 use super::sanitize::in_band_error;
+use super::tokens::{CompletionTally, TokenCounter};
 use super::usage::Metering;
 use super::view::ObjectView;
 use crate::error::GatewayError;
@@ -26,18 +27,22 @@ pub struct ChunkRewriter {
     model_json: Bytes,
     include_usage: bool,
     metering: Metering,
+    /// What was generated, counted only if no usage report arrives.
+    tally: CompletionTally,
     slot: MeterSlot,
 }
 
 impl ChunkRewriter {
-    /// `model` is the client-facing name written into every chunk.
-    pub fn new(model: &str, include_usage: bool, slot: MeterSlot) -> Self {
+    /// `model` is the client-facing name written into every chunk; `counter` counts the
+    /// answer when the upstream reports no usage.
+    pub fn new(model: &str, include_usage: bool, counter: TokenCounter, slot: MeterSlot) -> Self {
         Self {
             model_json: serde_json::to_vec(model)
                 .expect("invariant: a string serialises")
                 .into(),
             include_usage,
             metering: Metering::default(),
+            tally: CompletionTally::new(counter),
             slot,
         }
     }
@@ -77,6 +82,9 @@ impl Rewrite for ChunkRewriter {
             let now = Instant::now();
             self.metering.first_token_at.get_or_insert(now);
             self.metering.last_token_at = Some(now);
+            if let Some(choices) = view.choices() {
+                self.tally.push_choices(choices);
+            }
         }
         let mut out = BytesMut::with_capacity(event.data.len() + self.model_json.len() + 8);
         if memchr::memchr(b'\n', &event.data).is_none() {
@@ -96,6 +104,9 @@ impl Rewrite for ChunkRewriter {
 impl Drop for ChunkRewriter {
     /// Leaves the metering for the request guard, which settles after the body is dropped.
     fn drop(&mut self) {
+        if !self.metering.reported && self.metering.chunks > 0 {
+            self.metering.counted_completion = Some(self.tally.total());
+        }
         *self.slot.lock().unwrap_or_else(|p| p.into_inner()) = self.metering;
     }
 }
@@ -106,11 +117,15 @@ mod tests {
     use crate::openai::Usage;
     use crate::sse::Decoder;
 
+    fn o200k() -> TokenCounter {
+        TokenCounter::new(crate::config::Tokenizer::O200kBase)
+    }
+
     fn run(golden: &str, include_usage: bool) -> (Vec<Result<String, String>>, Option<Usage>) {
         let slot = MeterSlot::default();
         let bytes = std::fs::read(format!("{}/proto/{golden}", env!("CARGO_MANIFEST_DIR")))
             .expect("golden exists");
-        let mut rewriter = ChunkRewriter::new("alias", include_usage, slot.clone());
+        let mut rewriter = ChunkRewriter::new("alias", include_usage, o200k(), slot.clone());
         let mut decoder = Decoder::new(1 << 20);
         decoder.feed(&bytes);
         let mut out = Vec::new();
@@ -191,7 +206,7 @@ mod tests {
 
             #[test]
             fn arbitrary_event_data_never_panics(data in prop::collection::vec(any::<u8>(), 0..200)) {
-                let mut rewriter = ChunkRewriter::new("alias", false, MeterSlot::default());
+                let mut rewriter = ChunkRewriter::new("alias", false, o200k(), MeterSlot::default());
                 let event = Event { name: Bytes::new(), data: data.into() };
                 if let Ok(Step::Send(out) | Step::Finish(out)) = rewriter.on_event(event) {
                     prop_assert!(out.starts_with(b"data: ") && out.ends_with(b"\n\n"));
@@ -213,7 +228,7 @@ mod tests {
                     chunk["usage"] = json!({"prompt_tokens": 1, "completion_tokens": 2, "total_tokens": 3});
                 }
                 let data = serde_json::to_vec(&chunk).expect("serialises");
-                let mut rewriter = ChunkRewriter::new("alias", include_usage, MeterSlot::default());
+                let mut rewriter = ChunkRewriter::new("alias", include_usage, o200k(), MeterSlot::default());
                 let event = Event { name: Bytes::new(), data: data.into() };
                 let Ok(Step::Send(out)) = rewriter.on_event(event) else {
                     return Err(TestCaseError::fail("a content chunk is sent"));

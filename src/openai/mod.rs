@@ -7,6 +7,7 @@ mod fields;
 pub mod request;
 pub mod response;
 pub mod sanitize;
+pub mod tokens;
 pub mod usage;
 pub mod view;
 

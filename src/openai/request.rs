@@ -8,6 +8,7 @@ use serde::ser::{Serialize, SerializeMap, Serializer};
 use serde_json::{Map, Value};
 
 use super::fields::{check_well_known, missing, wrong_type};
+use super::tokens::TokenCounter;
 use crate::error::GatewayError;
 
 const ROLES: [&str; 6] = [
@@ -110,24 +111,48 @@ impl ChatRequest {
     /// and `response_format`; `IMAGE_PART_TOKENS` per image; plus four per message and three
     /// for the reply's priming, as OpenAI's own accounting adds.
     pub fn prompt_tokens_estimate(&self) -> u64 {
+        let mut size = PromptSize::default();
+        let messages = self.walk_prompt(|piece| size.add(piece));
+        size.bytes
+            .div_ceil(3)
+            .saturating_add(size.images.saturating_mul(IMAGE_PART_TOKENS))
+            .saturating_add(overhead(messages))
+    }
+
+    /// The prompt's tokens counted with the model's tokenizer (for when the upstream reports
+    /// none): the same pieces as the estimate, with the same allowances for images and
+    /// messages.
+    pub fn prompt_tokens_counted(&self, counter: TokenCounter) -> u64 {
+        let mut count = counter.budgeted();
+        let mut images = 0u64;
+        let messages = self.walk_prompt(|piece| match piece {
+            PromptPiece::Text(text) => count.add(text),
+            PromptPiece::Json(value) => count.add_json(value),
+            PromptPiece::Image => images = images.saturating_add(1),
+        });
+        count
+            .total()
+            .saturating_add(images.saturating_mul(IMAGE_PART_TOKENS))
+            .saturating_add(overhead(messages))
+    }
+
+    /// Visits everything the model reads as its prompt: message content, the other fields of
+    /// each message (tool calls, names), and the request's `tools`, `functions` and
+    /// `response_format`. Returns the number of messages.
+    fn walk_prompt(&self, mut visit: impl FnMut(PromptPiece<'_>)) -> usize {
         let messages = match self.fields.get("messages") {
             Some(Value::Array(messages)) => messages.as_slice(),
             _ => &[],
         };
-        let mut text = PromptSize::default();
         for message in messages {
-            text.add_message(message);
+            walk_message(message, &mut visit);
         }
         for field in PROMPT_FIELDS {
-            if let Some(value) = self.fields.get(field) {
-                text.add_json(value);
+            if let Some(value) = self.fields.get(field).filter(|v| !v.is_null()) {
+                visit(PromptPiece::Json(value));
             }
         }
-        let overhead = (messages.len() as u64).saturating_mul(4).saturating_add(3);
-        text.bytes
-            .div_ceil(3)
-            .saturating_add(text.images.saturating_mul(IMAGE_PART_TOKENS))
-            .saturating_add(overhead)
+        messages.len()
     }
 
     /// The most prompt tokens an upstream report is believed for, given the request's
@@ -158,7 +183,47 @@ impl std::io::Write for ByteCounter {
     }
 }
 
-/// What the model reads of a request: bytes of text and the number of images.
+/// Four tokens per message and three for the reply's priming, as OpenAI's own accounting adds.
+fn overhead(messages: usize) -> u64 {
+    (messages as u64).saturating_mul(4).saturating_add(3)
+}
+
+/// One piece of what the model reads of a request.
+enum PromptPiece<'a> {
+    Text(&'a str),
+    /// A structured field, read as its JSON text.
+    Json(&'a Value),
+    Image,
+}
+
+/// Content text is text, image parts are images, other parts (audio, files) and every other
+/// field of the message are read as JSON.
+fn walk_message<'a>(message: &'a Value, visit: &mut impl FnMut(PromptPiece<'a>)) {
+    let Value::Object(fields) = message else {
+        return;
+    };
+    for (name, value) in fields {
+        match (name.as_str(), value) {
+            ("role", _) | (_, Value::Null) => {}
+            ("content", Value::String(text)) => visit(PromptPiece::Text(text)),
+            ("content", Value::Array(parts)) => {
+                for part in parts {
+                    match (&part["type"], &part["text"]) {
+                        (_, Value::String(text)) => visit(PromptPiece::Text(text)),
+                        (Value::String(kind), _) if kind == "image_url" || kind == "image" => {
+                            visit(PromptPiece::Image);
+                        }
+                        _ => visit(PromptPiece::Json(part)),
+                    }
+                }
+            }
+            (_, value) => visit(PromptPiece::Json(value)),
+        }
+    }
+}
+
+/// The size of a prompt: bytes of text (JSON counted as it is written, without a copy) and
+/// the number of images.
 #[derive(Debug, Default)]
 struct PromptSize {
     bytes: u64,
@@ -166,42 +231,19 @@ struct PromptSize {
 }
 
 impl PromptSize {
-    /// Content text counts its bytes, image parts count as images, other parts (audio, files)
-    /// and every other field of the message count their JSON size.
-    fn add_message(&mut self, message: &Value) {
-        let Value::Object(fields) = message else {
-            return;
-        };
-        for (name, value) in fields {
-            match (name.as_str(), value) {
-                ("role", _) => {}
-                ("content", Value::String(text)) => self.add_bytes(text.len()),
-                ("content", Value::Array(parts)) => parts.iter().for_each(|p| self.add_part(p)),
-                (_, value) => self.add_json(value),
+    fn add(&mut self, piece: PromptPiece<'_>) {
+        let bytes = match piece {
+            PromptPiece::Text(text) => text.len(),
+            PromptPiece::Json(value) => {
+                let mut counter = ByteCounter(0);
+                let _ = serde_json::to_writer(&mut counter, value);
+                counter.0
             }
-        }
-    }
-
-    fn add_part(&mut self, part: &Value) {
-        match (&part["type"], &part["text"]) {
-            (_, Value::String(text)) => self.add_bytes(text.len()),
-            (Value::String(kind), _) if kind == "image_url" || kind == "image" => {
+            PromptPiece::Image => {
                 self.images = self.images.saturating_add(1);
+                0
             }
-            _ => self.add_json(part),
-        }
-    }
-
-    /// Adds the size of `value` as JSON, counted as it is written, without a copy.
-    fn add_json(&mut self, value: &Value) {
-        if !value.is_null() {
-            let mut counter = ByteCounter(0);
-            let _ = serde_json::to_writer(&mut counter, value);
-            self.add_bytes(counter.0);
-        }
-    }
-
-    fn add_bytes(&mut self, bytes: usize) {
+        };
         self.bytes = self.bytes.saturating_add(bytes as u64);
     }
 }

@@ -57,19 +57,24 @@ impl Reservation {
 pub struct Metering {
     pub usage: Option<Usage>,
     pub chunks: u64,
-    /// `usage` is the upstream's report, not a stand-in the gateway charges instead.
+    /// `usage` is the upstream's report.
     pub reported: bool,
+    /// Without a report: the completion tokens the gateway counted with the model's tokenizer.
+    pub counted_completion: Option<u64>,
+    /// Without a report: the prompt tokens counted with the model's tokenizer.
+    pub counted_prompt: Option<u64>,
     /// When the first and the latest chunk with choices went to the client.
     pub first_token_at: Option<Instant>,
     pub last_token_at: Option<Instant>,
 }
 
 impl Metering {
-    /// Tokens to charge for a request that reserved `reserved`: the reported usage, else about
-    /// one token a chunk plus the prompt estimate, else (nothing was generated) none. Whatever
-    /// the upstream claimed, the prompt part is at most the reservation's prompt ceiling and the
-    /// completion part at most the output reserved (the upstream was told that cap), and at
-    /// least a token for each chunk it sent.
+    /// Tokens to charge for a request that reserved `reserved`: the reported usage, else what
+    /// the gateway counted (the prompt estimate standing in for an uncounted prompt, a token a
+    /// chunk for an uncounted answer), else (nothing was generated) none. Whatever the upstream
+    /// claimed, the prompt part is at most the reservation's prompt ceiling and the completion
+    /// part at most the output reserved (the upstream was told that cap), and at least a token
+    /// for each chunk it sent.
     pub fn used_tokens(&self, reserved: &Reservation) -> u64 {
         let prompt_ceiling = reserved.prompt_ceiling;
         let completion_ceiling = reserved.usage.completion_tokens;
@@ -85,8 +90,55 @@ impl Metering {
                 );
                 usage.total_tokens.max(parts).min(ceiling)
             }
-            None if self.chunks == 0 => 0,
-            None => reserved.usage.prompt_tokens.saturating_add(streamed),
+            None if self.chunks == 0 && self.counted_completion.is_none() => 0,
+            None => self
+                .counted_prompt
+                .unwrap_or(reserved.usage.prompt_tokens)
+                .min(prompt_ceiling)
+                .saturating_add(
+                    self.counted_completion
+                        .unwrap_or(0)
+                        .max(streamed)
+                        .min(completion_ceiling),
+                ),
+        }
+    }
+
+    /// The usage to account: the report, else the gateway's own counts, else none.
+    pub fn accounted(&self) -> Option<(Usage, UsageSource)> {
+        if let (Some(usage), true) = (self.usage, self.reported) {
+            return Some((usage, UsageSource::Upstream));
+        }
+        if self.counted_completion.is_none() && self.counted_prompt.is_none() {
+            return None;
+        }
+        let completion = self.counted_completion.unwrap_or(0);
+        let prompt = self.counted_prompt.unwrap_or(0);
+        Some((
+            Usage {
+                prompt_tokens: prompt,
+                completion_tokens: completion,
+                total_tokens: prompt.saturating_add(completion),
+            },
+            UsageSource::Tokenizer,
+        ))
+    }
+}
+
+/// Where a request's token counts came from, as the access log says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UsageSource {
+    /// The upstream's `usage` report.
+    Upstream,
+    /// The gateway's count with the model's tokenizer.
+    Tokenizer,
+}
+
+impl UsageSource {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Upstream => "upstream",
+            Self::Tokenizer => "tokenizer",
         }
     }
 }

@@ -35,6 +35,11 @@ impl<'a> ObjectView<'a> {
         non_null(self.error).map(RawValue::get)
     }
 
+    /// The raw `choices` value, when present and not `null`.
+    pub fn choices(&self) -> Option<&'a str> {
+        non_null(self.choices).map(RawValue::get)
+    }
+
     /// True when `choices` is present and empty (OpenAI's usage-only chunk).
     pub fn has_no_choices(&self) -> bool {
         self.choices.is_some_and(|raw| {

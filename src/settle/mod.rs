@@ -8,6 +8,7 @@ mod stall;
 
 use std::sync::{Arc, OnceLock};
 
+use bytes::Bytes;
 use http::{Method, StatusCode};
 use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::Instant;
@@ -16,7 +17,8 @@ use crate::body::Body;
 use crate::error::{Blame, GatewayError};
 use crate::limits::{Admission, Limiter};
 use crate::openai::chunk::MeterSlot;
-use crate::openai::{Metering, Reservation};
+use crate::openai::tokens::TokenCounter;
+use crate::openai::{ChatRequest, Metering, Reservation};
 use crate::request_id::RequestId;
 use crate::telemetry::metrics;
 use crate::telemetry::traces::{StepSpan, TraceCx};
@@ -64,6 +66,8 @@ pub struct RequestGuard {
     trace: TraceCx,
     /// The span of the stream to the client, from its first event to its end.
     stream_span: Option<StepSpan>,
+    /// The request body and the model's tokenizer, to count the prompt if no usage arrives.
+    prompt: Option<(Bytes, TokenCounter)>,
     _permit: Option<OwnedSemaphorePermit>,
 }
 
@@ -97,6 +101,7 @@ impl RequestGuard {
             failure: FailureSlot::default(),
             trace,
             stream_span: None,
+            prompt: None,
             _permit: None,
         }
     }
@@ -126,6 +131,12 @@ impl RequestGuard {
     /// The caller's tier, for the token metrics.
     pub fn set_tier(&mut self, tier: &str) {
         self.tier = Some(tier.to_owned());
+    }
+
+    /// Keeps the request `body` so its prompt can be counted with `counter` should the upstream
+    /// report no usage (the count happens only then, when the request ends).
+    pub fn count_prompt_with(&mut self, body: Bytes, counter: TokenCounter) {
+        self.prompt = Some((body, counter));
     }
 
     /// The request's trace, for its steps' spans and the upstream's `traceparent`.
@@ -211,13 +222,21 @@ impl RequestGuard {
 
 impl Drop for RequestGuard {
     fn drop(&mut self) {
-        let metering: Metering = *self.metering.lock().unwrap_or_else(|p| p.into_inner());
+        let mut metering: Metering = *self.metering.lock().unwrap_or_else(|p| p.into_inner());
+        if self.prompt_count_needed(&metering) {
+            metering.counted_prompt = self.prompt.take().and_then(|(body, counter)| {
+                ChatRequest::parse(&body)
+                    .ok()
+                    .map(|chat| chat.prompt_tokens_counted(counter))
+            });
+        }
         if let Some(settlement) = self.settlement.take() {
             let used = settlement.used_tokens(&metering, self.failure.get().is_some());
             settlement.limiter.settle(settlement.admission, used);
         }
         self.end_trace(&metering);
-        let usage = metering.usage;
+        let accounted = metering.accounted();
+        let usage = accounted.map(|(usage, _)| usage);
         let failure = self.failure.get();
         self.record_metrics(&metering);
         tracing::info!(
@@ -241,6 +260,7 @@ impl Drop for RequestGuard {
                 .map(|at| at.saturating_duration_since(self.started).as_secs_f64() * 1000.0),
             prompt_tokens = usage.map(|u| u.prompt_tokens),
             completion_tokens = usage.map(|u| u.completion_tokens),
+            usage_source = accounted.map(|(_, source)| source.as_str()),
             error_kind = failure.map(|f| f.0),
             blame = failure.map(|f| format!("{:?}", f.1).to_lowercase()),
             "request"
@@ -249,13 +269,27 @@ impl Drop for RequestGuard {
 }
 
 impl RequestGuard {
+    /// Whether the prompt must be counted: no usage was reported, and something will be
+    /// charged or logged for it (an answer was counted, chunks went out, or the client left a
+    /// request the backend was already working on).
+    fn prompt_count_needed(&self, metering: &Metering) -> bool {
+        !metering.reported
+            && self.prompt.is_some()
+            && (metering.counted_completion.is_some()
+                || metering.chunks > 0
+                || self
+                    .settlement
+                    .as_ref()
+                    .is_some_and(|s| s.dispatched && self.failure.get().is_none()))
+    }
+
     /// Ends the stream's and the request's spans with what the access log says, in the
     /// OpenTelemetry GenAI attributes where one exists.
     fn end_trace(&mut self, metering: &Metering) {
         if !self.trace.is_on() {
             return;
         }
-        if let (Some(span), Some(usage)) = (self.stream_span.take(), metering.usage) {
+        if let (Some(span), Some((usage, _))) = (self.stream_span.take(), metering.accounted()) {
             span.record(KeyValue::new(
                 "sluicegate.chunks",
                 clamp_i64(metering.chunks),
@@ -290,7 +324,7 @@ impl RequestGuard {
                 KeyValue::new("sluicegate.hedged", served.hedged),
             ]);
         }
-        if let Some(usage) = metering.usage {
+        if let Some((usage, _)) = metering.accounted() {
             attributes.extend([
                 KeyValue::new("gen_ai.usage.input_tokens", clamp_i64(usage.prompt_tokens)),
                 KeyValue::new(
@@ -339,7 +373,7 @@ impl RequestGuard {
                 per_token,
             );
         }
-        if let (Some(usage), Some(tier), true) = (metering.usage, &self.tier, metering.reported) {
+        if let (Some((usage, _)), Some(tier)) = (metering.accounted(), &self.tier) {
             metrics::record_tokens(model, tier, usage.prompt_tokens, usage.completion_tokens);
         }
     }
@@ -366,7 +400,10 @@ impl Settlement {
     /// answered), so abandoning requests does not escape the tokens-per-minute limit.
     fn used_tokens(&self, metering: &Metering, failed: bool) -> u64 {
         match metering.used_tokens(&self.reserved) {
-            0 if self.dispatched && !failed => self.reserved.usage.prompt_tokens,
+            0 if self.dispatched && !failed => metering
+                .counted_prompt
+                .unwrap_or(self.reserved.usage.prompt_tokens)
+                .min(self.reserved.prompt_ceiling),
             used => used,
         }
     }

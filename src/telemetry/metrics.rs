@@ -143,7 +143,8 @@ pub fn record_heartbeat() {
 
 pub const TOKENS: &str = "sluicegate_tokens_total";
 
-/// Tokens an upstream reported for a request: `input` (prompt) and `output` (completion).
+/// Tokens of a request, as its upstream reported them or else as the gateway counted them:
+/// `input` (prompt) and `output` (completion).
 pub fn record_tokens(model: &str, tier: &str, input: u64, output: u64) {
     let labels = |kind: &'static str| {
         [

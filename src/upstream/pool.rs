@@ -10,7 +10,7 @@ use tokio::time::Instant;
 
 use super::Backend;
 use super::breaker::{Outcome, Permit, PermitKind};
-use crate::config::{Model, UpstreamConfig};
+use crate::config::{Model, Tokenizer, UpstreamConfig};
 use crate::error::GatewayError;
 use crate::telemetry::metrics;
 
@@ -25,6 +25,8 @@ pub struct Pool {
     backends: Vec<Arc<Backend>>,
     pub fallbacks: Vec<String>,
     pub hedge_after: Option<Duration>,
+    /// Counts this model's tokens when a backend reports no usage.
+    pub tokenizer: Tokenizer,
 }
 
 /// A call in progress on one backend: counted in flight, holding its breaker permit, and
@@ -255,6 +257,7 @@ impl ModelTable {
                     backends,
                     fallbacks: model.fallbacks.clone(),
                     hedge_after: model.hedge_after,
+                    tokenizer: model.tokenizer,
                 };
                 (model.name.clone(), Arc::new(pool))
             })
@@ -263,6 +266,17 @@ impl ModelTable {
             by_name,
             names: models.iter().map(|m| m.name.clone()).collect(),
         }
+    }
+
+    /// The tokenizers the models count with, each once.
+    pub fn tokenizers(&self) -> Vec<Tokenizer> {
+        let mut tokenizers: Vec<Tokenizer> = Vec::new();
+        for pool in self.by_name.values() {
+            if !tokenizers.contains(&pool.tokenizer) {
+                tokenizers.push(pool.tokenizer);
+            }
+        }
+        tokenizers
     }
 
     pub fn get(&self, name: &str) -> Result<&Arc<Pool>, GatewayError> {

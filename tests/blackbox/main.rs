@@ -22,3 +22,4 @@ mod shutdown;
 mod traces;
 mod upstream_connections;
 mod upstream_failures;
+mod usage;

@@ -203,8 +203,9 @@ async fn metrics_count_exactly_what_happened() {
 
 #[tokio::test]
 async fn a_separate_metrics_listener_serves_metrics_and_nothing_else() {
-    let yaml =
-        GatewayConfig::mock(1, "1ms").yaml() + "telemetry: {metrics_listen: '127.0.0.1:0'}\n";
+    let yaml = GatewayConfig::mock(1, "1ms")
+        .telemetry("{metrics_listen: '127.0.0.1:0'}")
+        .yaml();
     let config = sluicegate::config::parse(&yaml).expect("valid config");
     let gateway = sluicegate::Gateway::build(&config).expect("gateway builds");
     let api = tokio::net::TcpListener::bind("127.0.0.1:0")

@@ -103,6 +103,7 @@ async fn no_log_line_carries_a_key_a_prompt_or_a_completion() {
     assert_eq!(fields["attempts"], 1);
     assert_eq!(fields["hedged"], false);
     assert_eq!(fields["trace_id"], trace_id, "the caller's trace: {access}");
+    assert_eq!(fields["usage_source"], "upstream", "{access}");
     assert!(
         fields["ttft_ms"].as_f64().is_some(),
         "time to first token: {access}"

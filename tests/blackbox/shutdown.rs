@@ -112,15 +112,20 @@ async fn readyz_turns_503_as_soon_as_draining_starts() {
         &GatewayConfig::openai(&upstream.base_url()).server("{shutdown_grace: 10s}"),
     )
     .await;
-    assert_eq!(
-        http()
+    // Ready once the tokenizers are loaded.
+    within(ms(10_000), "/readyz to say ready", async {
+        while http()
             .get(gateway.url("/readyz"))
             .send()
             .await
             .expect("answer")
-            .status(),
-        200
-    );
+            .status()
+            != 200
+        {
+            tokio::time::sleep(ms(20)).await;
+        }
+    })
+    .await;
 
     // A request whose head is still arriving when the signal comes is answered on the same
     // connection, and /readyz then says the instance is draining.
