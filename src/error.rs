@@ -69,6 +69,9 @@ pub enum GatewayError {
     RateLimited(Box<Refusal>),
     #[error("the rate limiter is unavailable; retry shortly")]
     LimiterUnavailable,
+    /// The usage totals could not be read (Redis did not answer).
+    #[error("usage totals are unavailable; retry shortly")]
+    UsageUnavailable,
     #[error("the gateway is at its concurrent request limit; retry shortly")]
     Overloaded { retry_after: Duration },
     #[error("the gateway is shutting down; retry on another instance")]
@@ -124,9 +127,10 @@ impl GatewayError {
             Self::ModelNotAllowed { .. } => StatusCode::FORBIDDEN,
             Self::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             Self::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
-            Self::Overloaded { .. } | Self::ShuttingDown | Self::LimiterUnavailable => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            Self::Overloaded { .. }
+            | Self::ShuttingDown
+            | Self::LimiterUnavailable
+            | Self::UsageUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             Self::UpstreamUnavailable => StatusCode::BAD_GATEWAY,
             Self::NoUsableBackend => StatusCode::SERVICE_UNAVAILABLE,
             Self::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
@@ -157,9 +161,10 @@ impl GatewayError {
                 LimitKind::Requests | LimitKind::Streams => "requests",
                 LimitKind::Tokens => "tokens",
             },
-            Self::Overloaded { .. } | Self::ShuttingDown | Self::LimiterUnavailable => {
-                "server_error"
-            }
+            Self::Overloaded { .. }
+            | Self::ShuttingDown
+            | Self::LimiterUnavailable
+            | Self::UsageUnavailable => "server_error",
             Self::UpstreamUnavailable
             | Self::NoUsableBackend
             | Self::UpstreamTimeout { .. }
@@ -194,6 +199,7 @@ impl GatewayError {
             Self::RateLimited(_) => Some("rate_limit_exceeded"),
             Self::Overloaded { .. } => Some("overloaded"),
             Self::LimiterUnavailable => Some("limiter_unavailable"),
+            Self::UsageUnavailable => Some("usage_unavailable"),
             Self::ShuttingDown => Some("shutting_down"),
             Self::UpstreamUnavailable => Some("upstream_unavailable"),
             Self::NoUsableBackend => Some("no_usable_backend"),
@@ -229,6 +235,7 @@ impl GatewayError {
             | Self::Overloaded { .. }
             | Self::ShuttingDown
             | Self::LimiterUnavailable
+            | Self::UsageUnavailable
             | Self::UpstreamUnavailable
             | Self::NoUsableBackend
             | Self::UpstreamTimeout { .. }
@@ -256,9 +263,10 @@ impl GatewayError {
             | Self::MethodNotAllowed { .. }
             | Self::RateLimited(_)
             | Self::UpstreamRejected { .. } => Blame::Client,
-            Self::Overloaded { .. } | Self::ShuttingDown | Self::LimiterUnavailable => {
-                Blame::Gateway
-            }
+            Self::Overloaded { .. }
+            | Self::ShuttingDown
+            | Self::LimiterUnavailable
+            | Self::UsageUnavailable => Blame::Gateway,
             Self::UpstreamUnavailable
             | Self::NoUsableBackend
             | Self::UpstreamTimeout { .. }
@@ -291,6 +299,7 @@ impl GatewayError {
             },
             Self::Overloaded { .. } => "overloaded",
             Self::LimiterUnavailable => "limiter_unavailable",
+            Self::UsageUnavailable => "usage_unavailable",
             Self::ShuttingDown => "shutting_down",
             Self::UpstreamUnavailable => "upstream_unavailable",
             Self::NoUsableBackend => "no_usable_backend",
@@ -314,9 +323,10 @@ impl GatewayError {
             Self::Overloaded { retry_after } => Some(*retry_after),
             Self::RateLimited(refusal) => (!refusal.never_fits).then_some(refusal.retry_after),
             Self::UpstreamRejected { retry_after, .. } => *retry_after,
-            Self::ShuttingDown | Self::LimiterUnavailable | Self::NoUsableBackend => {
-                Some(Duration::from_secs(1))
-            }
+            Self::ShuttingDown
+            | Self::LimiterUnavailable
+            | Self::UsageUnavailable
+            | Self::NoUsableBackend => Some(Duration::from_secs(1)),
             Self::InvalidRequest { .. }
             | Self::InvalidJson { .. }
             | Self::UnsupportedContentType
@@ -362,6 +372,7 @@ impl GatewayError {
             | Self::MethodNotAllowed { .. }
             | Self::RateLimited(_)
             | Self::LimiterUnavailable
+            | Self::UsageUnavailable
             | Self::Overloaded { .. }
             | Self::ShuttingDown
             | Self::NoUsableBackend
@@ -399,6 +410,7 @@ impl GatewayError {
             | Self::MethodNotAllowed { .. }
             | Self::RateLimited(_)
             | Self::LimiterUnavailable
+            | Self::UsageUnavailable
             | Self::Overloaded { .. }
             | Self::ShuttingDown
             | Self::NoUsableBackend => Outcome::Neutral,

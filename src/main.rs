@@ -1,4 +1,5 @@
-//! The `sluicegate` command line: serve (default), check-config, hash-key, mock-upstream.
+//! The `sluicegate` command line: serve (default), check-config, hash-key, usage,
+//! mock-upstream.
 
 use std::io::Read;
 use std::net::SocketAddr;
@@ -29,6 +30,19 @@ enum Command {
     CheckConfig { file: PathBuf },
     /// Print the SHA-256 digest of an API key for `api_keys[].sha256` ("-" reads stdin).
     HashKey { key: String },
+    /// Print a day's usage per key: from Redis when the configuration has it, else from the
+    /// running gateway's `/usage`.
+    Usage {
+        /// Only this key id.
+        #[arg(long)]
+        key: Option<String>,
+        /// The UTC day, `YYYY-MM-DD` (default today).
+        #[arg(long)]
+        day: Option<String>,
+        /// JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Serve the mock model over HTTP as an OpenAI-compatible upstream.
     MockUpstream {
         #[arg(long, default_value_t = 9000)]
@@ -69,6 +83,20 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::HashKey { key } => {
             println!("{}", sluicegate::auth::hash_key(&read_key(key)?));
+            Ok(())
+        }
+        Command::Usage { key, day, json } => {
+            let config = load(cli.config.as_deref())?;
+            let usage = runtime(None)?.block_on(telemetry::usage::report::fetch(
+                &config,
+                day.as_deref(),
+                key.as_deref(),
+            ))?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&usage)?);
+            } else {
+                print!("{}", telemetry::usage::report::table(&usage));
+            }
             Ok(())
         }
         Command::MockUpstream {

@@ -14,7 +14,7 @@ use tracing::Instrument;
 
 use crate::body::Body;
 use crate::error::GatewayError;
-use crate::handlers::{chat, models, probes};
+use crate::handlers::{chat, models, probes, usage};
 use crate::request_id::{self, RequestId};
 use crate::settle::RequestGuard;
 use crate::state::AppState;
@@ -76,7 +76,10 @@ async fn dispatch(
     match route {
         Route::Health if read => Ok(probes::health()),
         Route::Metrics if read && state.metrics_listen.is_none() => Ok(probes::metrics()),
-        Route::Metrics if read => Err(GatewayError::UnknownRoute {
+        Route::Usage if read && state.metrics_listen.is_none() => {
+            usage::usage(request.uri(), state).await
+        }
+        Route::Metrics | Route::Usage if read => Err(GatewayError::UnknownRoute {
             method: method.to_string(),
             path: shortened(request.uri().path()),
         }),
@@ -102,6 +105,7 @@ async fn dispatch(
         Route::Health
         | Route::Ready
         | Route::Metrics
+        | Route::Usage
         | Route::ChatCompletions
         | Route::Models
         | Route::Model(_) => Err(GatewayError::MethodNotAllowed {
@@ -122,6 +126,7 @@ enum Route {
     Health,
     Ready,
     Metrics,
+    Usage,
     Unknown,
 }
 
@@ -135,6 +140,7 @@ impl Route {
             Self::Health => "healthz",
             Self::Ready => "readyz",
             Self::Metrics => "metrics",
+            Self::Usage => "usage",
             Self::Unknown => "unknown",
         }
     }
@@ -148,6 +154,7 @@ impl Route {
             Self::Health => "/healthz",
             Self::Ready => "/readyz",
             Self::Metrics => "/metrics",
+            Self::Usage => "/usage",
             Self::Unknown => "unknown",
         }
     }
@@ -159,6 +166,7 @@ impl Route {
             "/healthz" => Self::Health,
             "/readyz" => Self::Ready,
             "/metrics" => Self::Metrics,
+            "/usage" => Self::Usage,
             _ => match path.strip_prefix("/v1/models/") {
                 Some(id) if !id.is_empty() => Self::Model(id.to_owned()),
                 _ => Self::Unknown,

@@ -11,6 +11,8 @@ use crate::server::admission::Admission;
 use crate::server::shutdown::Drain;
 use crate::settle::StallWatch;
 use crate::telemetry::traces::{ExporterError, Tracing};
+use crate::telemetry::usage::UsageLedger;
+use crate::telemetry::usage::redis::RedisUsage;
 use crate::upstream::http_client;
 use crate::upstream::pool::ModelTable;
 
@@ -26,6 +28,8 @@ pub struct AppState {
     pub drain: Drain,
     /// Streams in flight, swept for clients that stopped reading.
     pub stalls: StallWatch,
+    /// Per-key usage totals per day.
+    pub usage: Arc<UsageLedger>,
     /// Span export, when `telemetry.otlp_endpoint` is set.
     pub tracing: Option<Tracing>,
     /// `/metrics` is served on this address instead of the main listener.
@@ -50,6 +54,14 @@ pub enum BuildError {
 impl AppState {
     pub fn build(config: &Config) -> Result<Arc<Self>, BuildError> {
         let http = http_client(&config.upstream)?;
+        let limiter = Arc::new(limiter(config)?);
+        let retention = config.telemetry.usage_retention;
+        let usage = match limiter.redis() {
+            Some((pool, prefix)) => {
+                UsageLedger::shared(RedisUsage::new(pool.clone(), prefix), retention)
+            }
+            None => UsageLedger::local(retention),
+        };
         Ok(Arc::new(Self {
             server: config.server.clone(),
             upstream: config.upstream.clone(),
@@ -57,7 +69,8 @@ impl AppState {
             keys: KeyIndex::new(&config.api_keys),
             models: ModelTable::new(&config.models, &http, &config.upstream),
             admission: Admission::new(config.server.max_concurrent_requests.get()),
-            limiter: Arc::new(limiter(config)?),
+            limiter,
+            usage: Arc::new(usage),
             drain: Drain::default(),
             stalls: StallWatch::new(config.stream.client_stall_timeout),
             tracing: config

@@ -92,6 +92,7 @@ pub async fn chat_completions(
     let admission = admission?;
     let rate = admission.state;
     guard.settle_with(state.limiter.clone(), admission, reserved);
+    guard.total_usage_in(state.usage.clone());
     let plan = Plan {
         pools: state.models.route(pool),
         max_attempts: state.upstream.max_attempts.get(),

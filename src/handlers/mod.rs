@@ -5,3 +5,4 @@ mod json;
 pub mod models;
 pub mod probes;
 mod request_body;
+pub mod usage;

@@ -163,6 +163,14 @@ impl Limiter {
         matches!(self, Self::Shared(shared) if shared.denies_when_down())
     }
 
+    /// The Redis pool and key prefix the limits use, for other state kept beside them.
+    pub fn redis(&self) -> Option<(&fred::clients::Pool, &str)> {
+        match self {
+            Self::Local(_) => None,
+            Self::Shared(shared) => Some(shared.pool_and_prefix()),
+        }
+    }
+
     /// `None` without Redis, else whether Redis is answering.
     pub fn redis_up(&self) -> Option<bool> {
         match self {

@@ -31,6 +31,8 @@ const FINAL_EVENT_WINDOW: Duration = Duration::from_secs(5);
 const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(50);
 /// How long a metrics connection may take to send a request head, or sit idle between two.
 const METRICS_HEADER_TIMEOUT: Duration = Duration::from_secs(30);
+/// How often usage totals are written out.
+const USAGE_FLUSH_EVERY: Duration = Duration::from_secs(1);
 /// The longest pause between two housekeeping sweeps.
 const REAP_EVERY: Duration = Duration::from_secs(1);
 /// How long the spans still queued at shutdown may take to leave.
@@ -61,11 +63,16 @@ pub async fn serve(
         clippy::disallowed_methods,
         reason = "the metrics listener runs for the server's lifetime and is aborted when it stops"
     )]
-    let metrics =
-        metrics.map(|listener| AbortOnDrop(tokio::spawn(metrics_listener::serve(listener))));
+    let metrics = metrics.map(|listener| {
+        AbortOnDrop(tokio::spawn(metrics_listener::serve(
+            listener,
+            state.clone(),
+        )))
+    });
     state.limiter.start().await;
     warm_tokenizers(&state);
     let housekeeping = Housekeeping::start(&state);
+    let usage_flusher = UsageFlusher::start(&state);
     let builder = connection_builder(&state);
     let graceful = GracefulShutdown::new();
     let mut shutdown = pin!(shutdown);
@@ -106,6 +113,7 @@ pub async fn serve(
     state.drain.begin();
     tracing::info!(grace = ?state.server.shutdown_grace, "draining");
     drain(graceful, &state).await;
+    usage_flusher.finish().await;
     state.limiter.finish_settling().await;
     if let Some(tracing) = state.tracing.clone() {
         // Exporting blocks on the collector (bounded by its timeout): off the runtime's threads.
@@ -147,6 +155,42 @@ impl Housekeeping {
             }
         });
         AbortOnDrop(task)
+    }
+}
+
+/// Writes the usage totals out every second, and a last time when the server stops. Never
+/// aborted mid-write: a flush holds deltas that exist nowhere else.
+struct UsageFlusher {
+    stop: Arc<tokio::sync::Notify>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl UsageFlusher {
+    fn start(state: &Arc<AppState>) -> Self {
+        let state = state.clone();
+        let stop = Arc::new(tokio::sync::Notify::new());
+        let stopped = stop.clone();
+        #[expect(
+            clippy::disallowed_methods,
+            reason = "runs for the server's lifetime; `finish` ends it after a last flush"
+        )]
+        let task = tokio::spawn(async move {
+            let mut ticks = tokio::time::interval(USAGE_FLUSH_EVERY);
+            let mut stopping = std::pin::pin!(stopped.notified());
+            loop {
+                tokio::select! {
+                    _ = ticks.tick() => state.usage.flush().await,
+                    () = &mut stopping => break,
+                }
+            }
+            state.usage.flush().await;
+        });
+        Self { stop, task }
+    }
+
+    async fn finish(self) {
+        self.stop.notify_one();
+        let _ = self.task.await;
     }
 }
 

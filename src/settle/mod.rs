@@ -22,6 +22,7 @@ use crate::openai::{ChatRequest, Metering, Reservation};
 use crate::request_id::RequestId;
 use crate::telemetry::metrics;
 use crate::telemetry::traces::{StepSpan, TraceCx};
+use crate::telemetry::usage::UsageLedger;
 use body::GuardedBody;
 use opentelemetry::KeyValue;
 
@@ -66,6 +67,8 @@ pub struct RequestGuard {
     trace: TraceCx,
     /// The span of the stream to the client, from its first event to its end.
     stream_span: Option<StepSpan>,
+    /// Where the key's usage is totalled, once the request was admitted.
+    usage: Option<Arc<UsageLedger>>,
     /// The request body and the model's tokenizer, to count the prompt if no usage arrives.
     prompt: Option<(Bytes, TokenCounter)>,
     _permit: Option<OwnedSemaphorePermit>,
@@ -102,6 +105,7 @@ impl RequestGuard {
             trace,
             stream_span: None,
             prompt: None,
+            usage: None,
             _permit: None,
         }
     }
@@ -131,6 +135,11 @@ impl RequestGuard {
     /// The caller's tier, for the token metrics.
     pub fn set_tier(&mut self, tier: &str) {
         self.tier = Some(tier.to_owned());
+    }
+
+    /// Adds the request to its key's usage totals in `ledger` when it ends.
+    pub fn total_usage_in(&mut self, ledger: Arc<UsageLedger>) {
+        self.usage = Some(ledger);
     }
 
     /// Keeps the request `body` so its prompt can be counted with `counter` should the upstream
@@ -237,6 +246,9 @@ impl Drop for RequestGuard {
         self.end_trace(&metering);
         let accounted = metering.accounted();
         let usage = accounted.map(|(usage, _)| usage);
+        if let (Some(ledger), Some(key_id)) = (&self.usage, &self.key_id) {
+            ledger.record(key_id, usage);
+        }
         let failure = self.failure.get();
         self.record_metrics(&metering);
         tracing::info!(

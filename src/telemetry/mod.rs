@@ -3,6 +3,7 @@
 
 pub mod metrics;
 pub mod traces;
+pub mod usage;
 
 use std::io::IsTerminal;
 

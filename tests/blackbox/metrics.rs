@@ -262,12 +262,6 @@ fn percent(text: &str) -> String {
         .collect()
 }
 
-/// A free loopback port.
-fn free_port() -> u16 {
-    let probe = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    probe.local_addr().expect("addr").port()
-}
-
 #[tokio::test]
 async fn a_real_prometheus_scrapes_the_gateway_and_answers_promql() {
     let yaml = format!(

@@ -1,6 +1,8 @@
 //! Usage accounting: what a request is charged and logged when its upstream reports usage, and
 //! when it does not (counted with the model's tokenizer).
 
+use std::io::Write;
+
 use serde_json::json;
 use sluicegate::config::Tokenizer;
 use sluicegate::openai::tokens::TokenCounter;
@@ -90,5 +92,137 @@ async fn a_stream_cut_short_without_usage_is_charged_the_tokenizers_count() {
     assert!(
         (expected - 10..=expected).contains(&charged),
         "charged {charged}, the tokenizer counted {expected} (a little refill allowed)"
+    );
+}
+
+/// `sluicegate usage --config FILE ARGS...`: (success, stdout, stderr).
+async fn usage_command(yaml: &str, args: &[&str]) -> (bool, String, String) {
+    let mut config = tempfile::NamedTempFile::new().expect("temp file");
+    config.write_all(yaml.as_bytes()).expect("write config");
+    let output = tokio::process::Command::new(crate::support::binary::BINARY)
+        .arg("usage")
+        .arg("--config")
+        .arg(config.path())
+        .args(args)
+        .output()
+        .await
+        .expect("binary runs");
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+/// The usage JSON once `key` shows `requests` (totals are written once a second).
+async fn usage_once(yaml: &str, key: &str, requests: u64) -> serde_json::Value {
+    within(ms(10_000), "the usage totals", async {
+        loop {
+            let (ok, stdout, stderr) = usage_command(yaml, &["--key", key, "--json"]).await;
+            assert!(ok, "usage runs: {stderr}");
+            let usage: serde_json::Value = serde_json::from_str(&stdout).expect("usage JSON");
+            if usage["keys"][0]["requests"] == requests {
+                return usage;
+            }
+            tokio::time::sleep(ms(100)).await;
+        }
+    })
+    .await
+}
+
+fn two_keys_yaml(upstream: &str, extra: &str) -> String {
+    format!(
+        "server: {{listen: '127.0.0.1:0'}}\nlog: {{format: json, level: info}}\ntiers: {{basic: {{}}}}\n\
+         models: [{{name: test-model, backends: [{{name: up, kind: openai, base_url: '{upstream}'}}]}}]\n\
+         api_keys: [{{id: full, sha256: {}, tier: basic}}, {{id: limited, sha256: {}, tier: basic}}]\n{extra}",
+        sluicegate::auth::hash_key(KEY),
+        sluicegate::auth::hash_key(OTHER_KEY),
+    )
+}
+
+#[tokio::test]
+async fn the_usage_command_shows_a_keys_daily_totals_from_redis() {
+    let redis = RedisServer::spawn().await;
+    let upstream = MockUpstream::stream(3).keep_alive().start().await;
+    let yaml = two_keys_yaml(
+        &upstream.base_url(),
+        &format!("redis: {{url: '{}', key_prefix: usagetest}}\n", redis.url()),
+    );
+    let gateway = RunningBinary::start(&yaml).await;
+    for key in [KEY, KEY, KEY, OTHER_KEY] {
+        let text = chat_text(&gateway.base(), key, &chat_body(true)).await;
+        assert!(text.ends_with("data: [DONE]\n\n"), "{text}");
+    }
+
+    // The mock reports 5 prompt and 3 completion tokens per answer.
+    let usage = usage_once(&yaml, "full", 3).await;
+    let today = &usage["day"];
+    assert_eq!(
+        usage["keys"],
+        json!([{"key_id": "full", "requests": 3, "prompt_tokens": 15, "completion_tokens": 9, "total_tokens": 24}])
+    );
+    let ttl = redis
+        .command(&[
+            "TTL",
+            &format!("usagetest:{{full}}:usage:{}", today.as_str().expect("day")),
+        ])
+        .await;
+    assert!(
+        (30 * 86_400..=35 * 86_400).contains(&ttl.as_i64().expect("a TTL")),
+        "kept for the retention period: {ttl:?}"
+    );
+
+    let (ok, table, _) = usage_command(&yaml, &[]).await;
+    assert!(ok);
+    let lines: Vec<&str> = table.lines().collect();
+    assert_eq!(lines.len(), 3, "a header and one row per key: {table}");
+    assert!(lines[0].starts_with("day") && lines[0].contains("total_tokens"));
+    let full: Vec<&str> = lines[1].split_whitespace().collect();
+    assert_eq!(full[1..], ["full", "3", "15", "9", "24"], "{table}");
+    assert!(lines[2].contains("limited"), "{table}");
+
+    let (ok, stdout, _) = usage_command(&yaml, &["--day", "2001-01-01", "--json"]).await;
+    assert!(ok);
+    assert!(
+        stdout.contains(r#""keys": []"#),
+        "another day is empty: {stdout}"
+    );
+    let (ok, _, stderr) = usage_command(&yaml, &["--day", "yesterday"]).await;
+    assert!(!ok && stderr.contains("--day"), "{stderr}");
+}
+
+#[tokio::test]
+async fn without_redis_the_totals_are_served_by_the_gateway_itself() {
+    let upstream = MockUpstream::stream(2).keep_alive().start().await;
+    let metrics_port = free_port();
+    let yaml = two_keys_yaml(
+        &upstream.base_url(),
+        &format!("telemetry: {{metrics_listen: '127.0.0.1:{metrics_port}'}}\n"),
+    );
+    let gateway = RunningBinary::start(&yaml).await;
+    for _ in 0..2 {
+        chat_text(&gateway.base(), KEY, &chat_body(true)).await;
+    }
+    let usage = usage_once(&yaml, "full", 2).await;
+    assert_eq!(usage["keys"][0]["total_tokens"], 14);
+
+    // `/usage` is where `/metrics` is, not on the API listener.
+    let api = http()
+        .get(format!("{}/usage", gateway.base()))
+        .send()
+        .await
+        .expect("answer");
+    assert_eq!(api.status(), 404);
+    let bad = http()
+        .get(format!(
+            "http://127.0.0.1:{metrics_port}/usage?day=tomorrow"
+        ))
+        .send()
+        .await
+        .expect("answer");
+    let (status, error) = error_of(bad).await;
+    assert_eq!(
+        (status, error["error"]["param"].as_str()),
+        (400, Some("day"))
     );
 }

@@ -105,6 +105,10 @@ impl RedisLimiter {
         }
     }
 
+    pub fn pool_and_prefix(&self) -> (&Pool, &str) {
+        (&self.pool, &self.prefix)
+    }
+
     pub fn denies_when_down(&self) -> bool {
         self.on_error == OnRedisError::Deny
     }

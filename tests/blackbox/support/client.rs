@@ -143,3 +143,9 @@ pub fn refusing_url() -> String {
     let port = probe.local_addr().expect("addr").port();
     format!("http://127.0.0.1:{port}/v1")
 }
+
+/// A free loopback port (for addresses a config file must name before the process starts).
+pub fn free_port() -> u16 {
+    let probe = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    probe.local_addr().expect("addr").port()
+}
