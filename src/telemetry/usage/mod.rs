@@ -206,7 +206,7 @@ mod tests {
             Some(Usage {
                 prompt_tokens: prompt,
                 completion_tokens: completion,
-                total_tokens: prompt + completion,
+                total_tokens: u64::saturating_add(prompt, completion),
             })
         };
         ledger.record(&a, usage(10, 5));
