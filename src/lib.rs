@@ -23,6 +23,8 @@
 //! - [`sse`]: decoder, encoder and the pull-based relay.
 //! - [`upstream`]: backends (inline HTTP/1.1, reqwest for TLS, the mock), pools with circuit
 //!   breakers, and the attempt loop.
+//! - [`settle`]: the request guard: settlement, access log, request metrics and spans.
+//! - [`telemetry`]: logs, Prometheus metrics, OTLP traces, per-key usage totals.
 //! - [`error`]: `GatewayError`, the one error every stage returns.
 //!
 //! # Invariants
@@ -69,7 +71,9 @@ pub struct Gateway {
 impl Gateway {
     pub fn build(config: &Config) -> Result<Self, BuildError> {
         // Installed before anything records, so no early series is lost.
-        telemetry::metrics::exporter();
+        if config.telemetry.metrics {
+            telemetry::metrics::exporter();
+        }
         Ok(Self {
             state: state::AppState::build(config)?,
         })

@@ -75,7 +75,9 @@ async fn dispatch(
     let read = method == Method::GET || method == Method::HEAD;
     match route {
         Route::Health if read => Ok(probes::health()),
-        Route::Metrics if read && state.metrics_listen.is_none() => Ok(probes::metrics()),
+        Route::Metrics if read && state.metrics && state.metrics_listen.is_none() => {
+            Ok(probes::metrics())
+        }
         Route::Usage if read && state.metrics_listen.is_none() => {
             usage::usage(request.uri(), state).await
         }

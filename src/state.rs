@@ -32,6 +32,8 @@ pub struct AppState {
     pub usage: Arc<UsageLedger>,
     /// Span export, when `telemetry.otlp_endpoint` is set.
     pub tracing: Option<Tracing>,
+    /// Metrics are recorded and served (`telemetry.metrics`).
+    pub metrics: bool,
     /// `/metrics` is served on this address instead of the main listener.
     pub metrics_listen: Option<std::net::SocketAddr>,
     /// The models' tokenizers are loaded (`/readyz` waits for it).
@@ -79,6 +81,7 @@ impl AppState {
                 .as_ref()
                 .map(Tracing::start)
                 .transpose()?,
+            metrics: config.telemetry.metrics,
             metrics_listen: config.telemetry.metrics_listen,
             tokenizers_warm: AtomicBool::new(false),
             started_unix: SystemTime::now()

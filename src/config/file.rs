@@ -23,6 +23,8 @@ pub struct ConfigFile {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TelemetryFile {
+    /// Record metrics and serve `/metrics` (the default).
+    pub metrics: bool,
     /// Serve `/metrics` and `/usage` on this address instead of the main listener.
     pub metrics_listen: Option<String>,
     /// An OTLP/HTTP collector (`http://host:4318`) or its full traces URL; no traces without it.
@@ -39,6 +41,7 @@ pub struct TelemetryFile {
 impl Default for TelemetryFile {
     fn default() -> Self {
         Self {
+            metrics: true,
             metrics_listen: None,
             otlp_endpoint: None,
             otlp_timeout: Duration::from_secs(5),

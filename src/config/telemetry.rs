@@ -9,6 +9,8 @@ use super::validate::{at_most, non_zero, positive};
 
 #[derive(Debug, Clone)]
 pub struct TelemetryConfig {
+    /// Metrics are recorded and `/metrics` served; off, no recorder is installed at all.
+    pub metrics: bool,
     /// When set, `/metrics` and `/usage` are served here (and nothing else), and not on the main
     /// listener.
     pub metrics_listen: Option<SocketAddr>,
@@ -21,6 +23,7 @@ pub struct TelemetryConfig {
 impl Default for TelemetryConfig {
     fn default() -> Self {
         Self {
+            metrics: true,
             metrics_listen: None,
             traces: None,
             usage_retention: TelemetryFile::default().usage_retention,
@@ -77,6 +80,7 @@ pub(super) fn telemetry(file: TelemetryFile) -> Result<TelemetryConfig, ConfigEr
         None => None,
     };
     Ok(TelemetryConfig {
+        metrics: file.metrics,
         metrics_listen,
         traces,
         usage_retention,

@@ -54,7 +54,7 @@ async fn answer(
     state: Arc<AppState>,
 ) -> Result<Response<Body>, Infallible> {
     let read = request.method() == Method::GET || request.method() == Method::HEAD;
-    if read && request.uri().path() == "/metrics" {
+    if read && state.metrics && request.uri().path() == "/metrics" {
         return Ok(probes::metrics());
     }
     if read && request.uri().path() == "/usage" {

@@ -151,7 +151,9 @@ impl Housekeeping {
                 ticks.tick().await;
                 state.models.reap_idle_connections();
                 state.stalls.sweep();
-                crate::telemetry::metrics::upkeep();
+                if state.metrics {
+                    crate::telemetry::metrics::upkeep();
+                }
             }
         });
         AbortOnDrop(task)
