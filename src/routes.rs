@@ -3,6 +3,7 @@
 //! OpenAI errors.
 
 use std::future::{Future, poll_fn};
+use std::net::SocketAddr;
 use std::pin::pin;
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,8 +21,12 @@ use crate::settle::RequestGuard;
 use crate::state::AppState;
 use crate::telemetry::traces::TraceCx;
 
-/// Handles one request; never fails: every error becomes an OpenAI-shaped response.
-pub async fn handle(request: Request<Incoming>, state: Arc<AppState>) -> Response<Body> {
+/// Handles one request from `peer`; never fails: every error becomes an OpenAI-shaped response.
+pub async fn handle(
+    request: Request<Incoming>,
+    state: Arc<AppState>,
+    peer: SocketAddr,
+) -> Response<Body> {
     let request_id = RequestId::from_headers(request.headers());
     let http2 = request.version() == Version::HTTP_2;
     let span = tracing::info_span!("request", request_id = %request_id);
@@ -43,7 +48,7 @@ pub async fn handle(request: Request<Incoming>, state: Arc<AppState>) -> Respons
     // upstream or the client are not (`sluicegate_overhead_seconds`).
     let mut busy = Duration::ZERO;
     let result = {
-        let mut handler = pin!(dispatch(request, route, &state, &mut guard).instrument(span));
+        let mut handler = pin!(dispatch(request, route, &state, peer, &mut guard).instrument(span));
         poll_fn(|cx| {
             let started = Instant::now();
             let polled = handler.as_mut().poll(cx);
@@ -69,6 +74,7 @@ async fn dispatch(
     request: Request<Incoming>,
     route: Route,
     state: &Arc<AppState>,
+    peer: SocketAddr,
     guard: &mut RequestGuard,
 ) -> Result<Response<Body>, GatewayError> {
     let method = request.method().clone();
@@ -78,7 +84,9 @@ async fn dispatch(
         Route::Metrics if read && state.metrics && state.metrics_listen.is_none() => {
             Ok(probes::metrics())
         }
-        Route::Usage if read && state.metrics_listen.is_none() => {
+        // Per-key usage is not for whoever can reach the API: without a metrics listener it is
+        // served to this machine only.
+        Route::Usage if read && state.metrics_listen.is_none() && peer.ip().is_loopback() => {
             usage::usage(request.uri(), state).await
         }
         Route::Metrics | Route::Usage if read => Err(GatewayError::UnknownRoute {

@@ -16,7 +16,8 @@ pub struct TelemetryConfig {
     pub metrics_listen: Option<SocketAddr>,
     /// Spans are exported only when an OTLP endpoint is configured.
     pub traces: Option<TracesConfig>,
-    /// How long each day's per-key usage totals are kept in Redis.
+    /// How long each day's per-key usage totals are kept (the Redis TTL; in-process totals are
+    /// pruned after it too).
     pub usage_retention: Duration,
 }
 

@@ -227,10 +227,20 @@ async fn complete_reply(
         let _ = routed.verdict.set(error.breaker_outcome_mid_answer());
     }
     let (body, usage) = answer?;
+    let counted_completion = match usage {
+        Some(_) => None,
+        // Up to 16 MiB of JSON to parse: off the runtime's threads.
+        None => {
+            let body = body.clone();
+            tokio::task::spawn_blocking(move || completion_tokens(&body, counter))
+                .await
+                .ok()
+        }
+    };
     let metering = Metering {
         usage,
         reported: usage.is_some(),
-        counted_completion: usage.is_none().then(|| completion_tokens(&body, counter)),
+        counted_completion,
         ..Metering::default()
     };
     Ok((json_response(body), metering))

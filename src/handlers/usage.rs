@@ -1,5 +1,6 @@
 //! `GET /usage?day=YYYY-MM-DD&key=ID`: a day's per-key totals (today's by default) as JSON,
-//! served where `/metrics` is. `sluicegate usage` reads it when the totals live in the process.
+//! served on the metrics listener, or without one to loopback clients of the main listener.
+//! `sluicegate usage` reads it when the totals live in the process.
 
 use http::{Response, Uri};
 
@@ -9,16 +10,20 @@ use crate::error::GatewayError;
 use crate::state::AppState;
 use crate::telemetry::usage::Day;
 
+/// How long a read of the totals may take (Redis: one call per key of the day).
+const READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
 pub async fn usage(uri: &Uri, state: &AppState) -> Result<Response<Body>, GatewayError> {
     let (day, key) = query(uri)?;
-    let totals = state
-        .usage
-        .read(day, key.as_deref())
-        .await
-        .map_err(|error| {
+    let read = state.usage.read(day, key.as_deref());
+    let totals = match tokio::time::timeout(READ_TIMEOUT, read).await {
+        Ok(Ok(totals)) => totals,
+        Ok(Err(error)) => {
             tracing::warn!(%error, "usage totals could not be read");
-            GatewayError::UsageUnavailable
-        })?;
+            return Err(GatewayError::UsageUnavailable);
+        }
+        Err(_) => return Err(GatewayError::UsageUnavailable),
+    };
     let body = serde_json::to_vec(&totals).expect("invariant: usage totals serialise");
     Ok(json_response(body))
 }

@@ -1,11 +1,12 @@
 //! Token counting with the model's real tokenizer (tiktoken's BPE encodings), for answers whose
 //! upstream reported no usage: a stream cut short, a backend that ignores `include_usage`.
 //!
-//! A stream keeps the raw `choices` of its chunks in a small buffer, counted a few kilobytes
-//! at a time (a short answer is never counted unless its usage is missing); prompts and whole
-//! answers are counted when the request ends, and only without a usage report. Every count is
-//! exact up to `EXACT_BYTES` and extrapolated beyond, so one request never costs more than a
-//! few milliseconds of tokenizing, whatever its size.
+//! A stream keeps the raw `choices` of its chunks in a small buffer, counted two kilobytes at a
+//! time (a short answer is never counted unless its usage is missing); prompts and whole
+//! answers are counted when the request ends, and only without a usage report. At most
+//! `EXACT_BYTES` of text are tokenized per count, never more (a chunk that would pass the
+//! budget is not tokenized); the rest is extrapolated, never below one token per three bytes,
+//! so one request costs at most a few milliseconds of tokenizing whatever its size.
 
 use serde_json::Value;
 use tiktoken_rs::CoreBPE;
@@ -14,8 +15,8 @@ use crate::config::Tokenizer;
 
 /// Text counted exactly per prompt or answer; the rest is extrapolated at the rate seen.
 const EXACT_BYTES: usize = 64 * 1024;
-/// Stream choices buffered before they are counted.
-const TALLY_FLUSH_BYTES: usize = 8 * 1024;
+/// Stream choices buffered before they are counted (a fraction of a millisecond of work).
+const TALLY_FLUSH_BYTES: usize = 2 * 1024;
 
 /// A tokenizer's encoding, loaded once per process (`warm` before serving).
 #[derive(Clone, Copy)]
@@ -51,7 +52,8 @@ impl TokenCounter {
 }
 
 /// Tokens of many pieces of text: exact within the budget, then extrapolated at the rate of
-/// the counted part (one token per three bytes when nothing was counted).
+/// the counted part but never below one token per three bytes (so text that tokenizes cheaply
+/// cannot stand in for what follows it).
 #[derive(Debug)]
 pub struct BudgetedCount {
     counter: TokenCounter,
@@ -84,22 +86,28 @@ impl BudgetedCount {
     }
 
     pub fn total(&self) -> u64 {
-        let extrapolated = if self.skipped_bytes == 0 {
-            0
-        } else if self.counted_bytes == 0 {
-            self.skipped_bytes.div_ceil(3)
-        } else {
-            let rate = self.tokens as f64 / self.counted_bytes as f64;
-            (self.skipped_bytes as f64 * rate).ceil() as u64
-        };
-        self.tokens.saturating_add(extrapolated)
+        self.tokens.saturating_add(extrapolate(
+            self.tokens,
+            self.counted_bytes,
+            self.skipped_bytes,
+        ))
     }
 }
 
-/// The completion tokens of a streamed answer, counted from its chunks' `choices`: exactly for
-/// the first `EXACT_BYTES` of raw `choices` JSON, then extrapolated by the rate seen so far
-/// (chunks keep one shape, so tokens per raw byte hold), which bounds the work a long or
-/// hostile stream can cause.
+/// Tokens for `skipped` bytes at the rate `tokens` per `counted` bytes, at least one per three.
+fn extrapolate(tokens: u64, counted: u64, skipped: u64) -> u64 {
+    let floor = skipped.div_ceil(3);
+    if skipped == 0 || counted == 0 {
+        return floor;
+    }
+    let at_rate = (skipped as f64 * tokens as f64 / counted as f64).ceil() as u64;
+    at_rate.max(floor)
+}
+
+/// The completion tokens of a streamed answer, counted from its chunks' `choices`: exactly
+/// while the raw `choices` JSON stays within `EXACT_BYTES`, then extrapolated by the rate seen
+/// so far (chunks keep one shape, so tokens per raw byte hold; the wrapper of each chunk makes
+/// the three-byte floor moot), which bounds the work a long or hostile stream can cause.
 #[derive(Debug)]
 pub struct CompletionTally {
     counter: TokenCounter,
@@ -123,7 +131,8 @@ impl CompletionTally {
 
     /// Keeps one chunk's raw `choices` JSON for counting.
     pub fn push_choices(&mut self, choices: &str) {
-        if self.counted_bytes >= EXACT_BYTES as u64 {
+        let after = self.counted_bytes + self.pending.len() as u64 + choices.len() as u64 + 1;
+        if after > EXACT_BYTES as u64 {
             // Measured as the buffer would hold it (with its separator), so the rate applies.
             self.skipped_bytes = self.skipped_bytes.saturating_add(choices.len() as u64 + 1);
             return;
@@ -138,12 +147,17 @@ impl CompletionTally {
     /// Every token generated so far.
     pub fn total(&mut self) -> u64 {
         self.flush();
-        if self.skipped_bytes == 0 || self.counted_bytes == 0 {
+        if self.skipped_bytes == 0 {
             return self.tokens;
         }
-        let rate = self.tokens as f64 / self.counted_bytes as f64;
-        self.tokens
-            .saturating_add((self.skipped_bytes as f64 * rate).ceil() as u64)
+        let extrapolated = if self.counted_bytes == 0 {
+            // Nothing to take a rate from (the first chunk alone passed the budget).
+            self.skipped_bytes.div_ceil(3)
+        } else {
+            let rate = self.tokens as f64 / self.counted_bytes as f64;
+            (self.skipped_bytes as f64 * rate).ceil() as u64
+        };
+        self.tokens.saturating_add(extrapolated)
     }
 
     fn flush(&mut self) {
@@ -241,6 +255,15 @@ mod tests {
     }
 
     #[test]
+    fn a_chunk_past_the_budget_is_never_tokenized() {
+        let huge = serde_json::json!([{"delta": {"content": "x".repeat(1 << 20)}}]).to_string();
+        let mut tally = CompletionTally::new(o200k());
+        tally.push_choices(&huge);
+        assert_eq!((tally.counted_bytes, tally.pending.len()), (0, 0));
+        assert!(tally.total() >= (1 << 20) / 3, "extrapolated at the floor");
+    }
+
+    #[test]
     fn a_whole_answer_counts_its_messages() {
         let body = br#"{"choices":[{"message":{"role":"assistant","content":"The answer is 42."}},{"message":{"refusal":"No."}}]}"#;
         assert_eq!(
@@ -251,30 +274,49 @@ mod tests {
     }
 
     #[test]
-    fn past_the_budget_the_count_is_extrapolated_at_the_counted_rate() {
-        let text = "word ".repeat(EXACT_BYTES / 5 * 4);
-        let exact = o200k().count(&text);
+    fn past_the_budget_the_count_is_extrapolated_never_below_a_token_per_three_bytes() {
+        // Dense text (one token per two or three bytes) is extrapolated at its own rate.
+        let dense = "7 ".repeat(EXACT_BYTES * 2);
+        let exact = o200k().count(&dense);
         let mut count = o200k().budgeted();
-        count.add(&text);
-        let estimated = count.total();
+        count.add(&dense);
         assert!(
-            estimated.abs_diff(exact) * 100 <= exact,
-            "{estimated} within 1% of {exact}"
+            count.total().abs_diff(exact) * 100 <= exact,
+            "{} within 1% of {exact}",
+            count.total()
         );
+        // Cheap text first cannot make the dense text after it cheap.
+        let mut count = o200k().budgeted();
+        count.add(&" ".repeat(EXACT_BYTES));
+        count.add(&dense);
+        assert!(count.total() >= dense.len() as u64 / 3);
     }
 
     proptest! {
         #![proptest_config(cases(64))]
 
-        /// Chunks from a hostile upstream: whatever the bytes, counting never panics and a
+        /// Whatever text the deltas carry, a tally within its budget counts exactly what
+        /// counting each delta's text gives.
+        #[test]
+        fn a_tally_counts_each_deltas_text(texts in prop::collection::vec(any::<String>(), 0..40)) {
+            let mut tally = CompletionTally::new(o200k());
+            for text in &texts {
+                let chunk = serde_json::json!([{"index": 0, "delta": {"content": text}}]);
+                tally.push_choices(&chunk.to_string());
+            }
+            let expected: u64 = texts.iter().map(|t| o200k().count(t)).sum();
+            prop_assert_eq!(tally.total(), expected);
+        }
+
+        /// Chunks from a hostile upstream that are not even JSON: counting never panics and a
         /// tally never counts more than one token per byte it was given.
         #[test]
-        fn arbitrary_choices_never_panic(chunks in prop::collection::vec(".{0,64}", 0..40)) {
+        fn arbitrary_chunks_never_panic(chunks in prop::collection::vec(".{0,64}", 0..40)) {
             let mut tally = CompletionTally::new(o200k());
             let mut bytes = 0u64;
             for chunk in &chunks {
                 tally.push_choices(chunk);
-                bytes += chunk.len() as u64;
+                bytes += chunk.len() as u64 + 1;
             }
             prop_assert!(tally.total() <= bytes);
         }

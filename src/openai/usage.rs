@@ -104,24 +104,38 @@ impl Metering {
         }
     }
 
-    /// The usage to account: the report, else the gateway's own counts, else none.
-    pub fn accounted(&self) -> Option<(Usage, UsageSource)> {
-        if let (Some(usage), true) = (self.usage, self.reported) {
-            return Some((usage, UsageSource::Upstream));
-        }
-        if self.counted_completion.is_none() && self.counted_prompt.is_none() {
-            return None;
-        }
-        let completion = self.counted_completion.unwrap_or(0);
-        let prompt = self.counted_prompt.unwrap_or(0);
-        Some((
-            Usage {
-                prompt_tokens: prompt,
-                completion_tokens: completion,
-                total_tokens: prompt.saturating_add(completion),
-            },
-            UsageSource::Tokenizer,
-        ))
+    /// The usage to account: the report, else the gateway's own counts, else none; with the
+    /// request's reservation, held under the ceilings the charge is (so a lying upstream cannot
+    /// inflate a key's totals either).
+    pub fn accounted(&self, reserved: Option<&Reservation>) -> Option<(Usage, UsageSource)> {
+        let (prompt, completion, source) = match (self.usage, self.reported) {
+            (Some(usage), true) => (
+                usage.prompt_tokens,
+                usage.completion_tokens,
+                UsageSource::Upstream,
+            ),
+            _ if self.counted_completion.is_none() && self.counted_prompt.is_none() => {
+                return None;
+            }
+            _ => (
+                self.counted_prompt.unwrap_or(0),
+                self.counted_completion.unwrap_or(0),
+                UsageSource::Tokenizer,
+            ),
+        };
+        let (prompt, completion) = match reserved {
+            Some(reserved) => (
+                prompt.min(reserved.prompt_ceiling),
+                completion.min(reserved.usage.completion_tokens),
+            ),
+            None => (prompt, completion),
+        };
+        let usage = Usage {
+            prompt_tokens: prompt,
+            completion_tokens: completion,
+            total_tokens: prompt.saturating_add(completion),
+        };
+        Some((usage, source))
     }
 }
 

@@ -77,9 +77,9 @@ pub async fn serve(
     let graceful = GracefulShutdown::new();
     let mut shutdown = pin!(shutdown);
     loop {
-        let stream = tokio::select! {
+        let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
-                Ok((stream, _peer)) => stream,
+                Ok(accepted) => accepted,
                 Err(error) => {
                     tracing::warn!(%error, "accept failed");
                     tokio::time::sleep(ACCEPT_ERROR_BACKOFF).await;
@@ -96,7 +96,7 @@ pub async fn serve(
         let conn_state = state.clone();
         let service = service_fn(move |request| {
             let state = conn_state.clone();
-            async move { Ok::<_, std::convert::Infallible>(routes::handle(request, state).await) }
+            async move { Ok::<_, std::convert::Infallible>(routes::handle(request, state, peer).await) }
         });
         let connection = graceful.watch(builder.serve_connection(io, service).into_owned());
         #[expect(
@@ -186,6 +186,13 @@ impl UsageFlusher {
                 }
             }
             state.usage.flush().await;
+            let unwritten = state.usage.unwritten();
+            if unwritten > 0 {
+                tracing::error!(
+                    keys = unwritten,
+                    "usage totals could not be written before shutdown; they are lost"
+                );
+            }
         });
         Self { stop, task }
     }

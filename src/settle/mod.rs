@@ -18,7 +18,7 @@ use crate::error::{Blame, GatewayError};
 use crate::limits::{Admission, Limiter};
 use crate::openai::chunk::MeterSlot;
 use crate::openai::tokens::TokenCounter;
-use crate::openai::{ChatRequest, Metering, Reservation};
+use crate::openai::{ChatRequest, Metering, Reservation, Usage};
 use crate::request_id::RequestId;
 use crate::telemetry::metrics;
 use crate::telemetry::traces::{StepSpan, TraceCx};
@@ -143,9 +143,13 @@ impl RequestGuard {
     }
 
     /// Keeps the request `body` so its prompt can be counted with `counter` should the upstream
-    /// report no usage (the count happens only then, when the request ends).
+    /// report no usage (the count happens only then, when the request ends). A body larger
+    /// than `MAX_KEPT_PROMPT_BYTES` is not kept (its prompt estimate stands in), so an open
+    /// stream never holds more than that of its request.
     pub fn count_prompt_with(&mut self, body: Bytes, counter: TokenCounter) {
-        self.prompt = Some((body, counter));
+        if body.len() <= MAX_KEPT_PROMPT_BYTES {
+            self.prompt = Some((body, counter));
+        }
     }
 
     /// The request's trace, for its steps' spans and the upstream's `traceparent`.
@@ -233,24 +237,26 @@ impl Drop for RequestGuard {
     fn drop(&mut self) {
         let mut metering: Metering = *self.metering.lock().unwrap_or_else(|p| p.into_inner());
         if self.prompt_count_needed(&metering) {
+            // Bounded work (a body of at most `MAX_KEPT_PROMPT_BYTES`), done only when no usage
+            // was reported.
             metering.counted_prompt = self.prompt.take().and_then(|(body, counter)| {
                 ChatRequest::parse(&body)
                     .ok()
                     .map(|chat| chat.prompt_tokens_counted(counter))
             });
         }
+        let accounted = metering.accounted(self.settlement.as_ref().map(|s| &s.reserved));
         if let Some(settlement) = self.settlement.take() {
             let used = settlement.used_tokens(&metering, self.failure.get().is_some());
             settlement.limiter.settle(settlement.admission, used);
         }
-        self.end_trace(&metering);
-        let accounted = metering.accounted();
         let usage = accounted.map(|(usage, _)| usage);
+        self.end_trace(&metering, usage);
         if let (Some(ledger), Some(key_id)) = (&self.usage, &self.key_id) {
             ledger.record(key_id, usage);
         }
         let failure = self.failure.get();
-        self.record_metrics(&metering);
+        self.record_metrics(&metering, usage);
         tracing::info!(
             target: "sluicegate::access",
             request_id = %self.request_id,
@@ -297,11 +303,13 @@ impl RequestGuard {
 
     /// Ends the stream's and the request's spans with what the access log says, in the
     /// OpenTelemetry GenAI attributes where one exists.
-    fn end_trace(&mut self, metering: &Metering) {
+    fn end_trace(&mut self, metering: &Metering, usage: Option<Usage>) {
+        // The stream's span ends before the request's, whatever was counted.
+        let stream_span = self.stream_span.take();
         if !self.trace.is_on() {
             return;
         }
-        if let (Some(span), Some((usage, _))) = (self.stream_span.take(), metering.accounted()) {
+        if let (Some(span), Some(usage)) = (stream_span, usage) {
             span.record(KeyValue::new(
                 "sluicegate.chunks",
                 clamp_i64(metering.chunks),
@@ -336,7 +344,7 @@ impl RequestGuard {
                 KeyValue::new("sluicegate.hedged", served.hedged),
             ]);
         }
-        if let Some((usage, _)) = metering.accounted() {
+        if let Some(usage) = usage {
             attributes.extend([
                 KeyValue::new("gen_ai.usage.input_tokens", clamp_i64(usage.prompt_tokens)),
                 KeyValue::new(
@@ -352,7 +360,7 @@ impl RequestGuard {
 
     /// The request's series: its count and duration, and for a model's answer the stream that
     /// closes, the client that left early and the tokens reported.
-    fn record_metrics(&self, metering: &Metering) {
+    fn record_metrics(&self, metering: &Metering, usage: Option<Usage>) {
         let model = self.model.as_deref().unwrap_or_default();
         metrics::record_request(
             self.route,
@@ -385,11 +393,14 @@ impl RequestGuard {
                 per_token,
             );
         }
-        if let (Some((usage, _)), Some(tier)) = (metering.accounted(), &self.tier) {
+        if let (Some(usage), Some(tier)) = (usage, &self.tier) {
             metrics::record_tokens(model, tier, usage.prompt_tokens, usage.completion_tokens);
         }
     }
 }
+
+/// The largest request body kept for counting its prompt when no usage is reported.
+const MAX_KEPT_PROMPT_BYTES: usize = 64 * 1024;
 
 /// A count as an OpenTelemetry integer attribute.
 fn clamp_i64(count: u64) -> i64 {

@@ -5,8 +5,9 @@
 //! Export never touches the request path: a finished span goes into a bounded queue that a
 //! dedicated thread drains in batches; when the queue is full the span is dropped and counted
 //! (`sluicegate_trace_spans_dropped_total`), so a slow or dead collector costs requests nothing.
-//! Without an endpoint no span is made at all, and an incoming `traceparent` is forwarded as it
-//! came, so the caller's trace still reaches the backend.
+//! Without an endpoint no span is made at all, and the caller's context is passed on to the
+//! backend (re-encoded by the propagator; a malformed `tracestate` is dropped), so the caller's
+//! trace still joins up.
 //!
 //! Invariant: no span carries prompt or completion text, a key, a token or a digest.
 
@@ -120,6 +121,12 @@ impl TraceCx {
                 cx: parent,
                 tracer: None,
             };
+        };
+        // The conventions' name for methods outside the standard set (bounded span names).
+        let method = match method {
+            "GET" | "HEAD" | "POST" | "PUT" | "DELETE" | "PATCH" | "OPTIONS" | "CONNECT"
+            | "TRACE" => method,
+            _ => "_OTHER",
         };
         let span = tracing
             .tracer

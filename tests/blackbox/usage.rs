@@ -226,3 +226,80 @@ async fn without_redis_the_totals_are_served_by_the_gateway_itself() {
         (400, Some("day"))
     );
 }
+
+#[tokio::test]
+async fn totals_redis_missed_while_down_are_written_once_it_is_back() {
+    let mut redis = RedisServer::spawn().await;
+    let upstream = MockUpstream::stream(2).keep_alive().start().await;
+    let yaml = two_keys_yaml(
+        &upstream.base_url(),
+        &format!(
+            "redis: {{url: '{}', timeout: 50ms, on_error: local}}\n",
+            redis.url()
+        ),
+    );
+    let gateway = RunningBinary::start(&yaml).await;
+    redis.kill().await;
+    for _ in 0..2 {
+        chat_text(&gateway.base(), KEY, &chat_body(true)).await;
+    }
+    // At least one flush fails while Redis is down.
+    tokio::time::sleep(ms(1_500)).await;
+    redis.start().await;
+    let usage = usage_once(&yaml, "full", 2).await;
+    assert_eq!(usage["keys"][0]["total_tokens"], 14, "{usage}");
+}
+
+#[tokio::test]
+async fn a_batch_sent_again_after_an_unclear_reply_counts_once() {
+    use sluicegate::telemetry::usage::redis::{Batch, RedisUsage};
+    use sluicegate::telemetry::usage::{Day, Totals};
+
+    let redis = RedisServer::spawn().await;
+    let yaml = format!(
+        "models: [{{name: m, backends: [{{name: b, kind: mock}}]}}]\nredis: {{url: '{}'}}\n",
+        redis.url()
+    );
+    let config = sluicegate::config::parse(&yaml).expect("valid config");
+    let store = RedisUsage::connect(config.redis.as_ref().expect("redis"))
+        .await
+        .expect("connects");
+    let batch = Batch {
+        day: Day::today(),
+        totals: Totals {
+            requests: 1,
+            prompt_tokens: 10,
+            completion_tokens: 5,
+        },
+        id: 7,
+    };
+    let key: std::sync::Arc<str> = "k".into();
+    let retention = std::time::Duration::from_secs(86_400);
+    for _ in 0..2 {
+        let unconfirmed = store
+            .add([(key.clone(), batch.clone())].into(), retention)
+            .await;
+        assert!(unconfirmed.is_empty());
+    }
+    let next = Batch { id: 8, ..batch };
+    store.add([(key.clone(), next)].into(), retention).await;
+    let usage = store.read(Day::today(), Some("k")).await.expect("reads");
+    assert_eq!(
+        (usage.keys[0].requests, usage.keys[0].total_tokens),
+        (2, 30),
+        "the repeated batch counted once, the next one too"
+    );
+}
+
+#[tokio::test]
+async fn without_a_metrics_listener_usage_is_served_to_this_machine() {
+    let gateway = TestGateway::start(&GatewayConfig::mock(2, "0ms")).await;
+    let answer = http()
+        .get(gateway.url("/usage"))
+        .send()
+        .await
+        .expect("answer");
+    assert_eq!(answer.status(), 200, "a loopback client reads /usage");
+    let usage: serde_json::Value = answer.json().await.expect("usage JSON");
+    assert!(usage["keys"].is_array(), "{usage}");
+}

@@ -4,7 +4,8 @@
 //! a second moves the deltas out. With Redis they go to one hash per key and day
 //! (`PREFIX:{key}:usage:YYYY-MM-DD`, hash-tagged like the key's limits, with the retention as
 //! its TTL) and a per-day index of keys, so every replica adds to the same totals and
-//! `sluicegate usage` reads them from Redis; a failed write keeps its deltas for the next flush.
+//! `sluicegate usage` reads them from Redis; a batch Redis did not confirm is sent again under
+//! the same id, which the script applies once.
 //! Without Redis the totals stay in the process for the retention period and are served as
 //! JSON on `/usage`. A request is counted on the day of the flush that writes it (at most a
 //! second after it ended).
@@ -13,6 +14,7 @@ mod day;
 pub mod redis;
 pub mod report;
 
+use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -20,6 +22,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 pub use day::Day;
+use redis::Batch;
 
 use crate::openai::Usage;
 
@@ -100,6 +103,9 @@ enum Store {
 pub struct UsageLedger {
     /// Totals of requests that ended since the last flush.
     pending: Mutex<HashMap<Arc<str>, Totals>>,
+    /// Batches Redis did not confirm, sent again as they are until it does; a key with one
+    /// here keeps its newer totals pending meanwhile (one batch per key in flight).
+    unconfirmed: Mutex<HashMap<Arc<str>, Batch>>,
     store: Store,
     retention: Duration,
 }
@@ -123,6 +129,7 @@ impl UsageLedger {
     fn with(store: Store, retention: Duration) -> Self {
         Self {
             pending: Mutex::default(),
+            unconfirmed: Mutex::default(),
             store,
             retention,
         }
@@ -156,18 +163,47 @@ impl UsageLedger {
                 days.retain(|day, _| *day >= oldest);
             }
             Store::Redis(redis) => {
-                if pending.is_empty() {
-                    return;
-                }
-                if let Err(unwritten) = redis.add(&today, pending, self.retention).await {
-                    // Kept for the next flush (which dates them then).
-                    let mut pending = lock(&self.pending);
-                    for (key, delta) in unwritten {
-                        pending.entry(key).or_default().add(delta);
+                let mut batches = std::mem::take(&mut *lock(&self.unconfirmed));
+                let mut waiting = HashMap::new();
+                for (key, totals) in pending {
+                    match batches.entry(key) {
+                        Entry::Occupied(unconfirmed) => {
+                            waiting.insert(unconfirmed.key().clone(), totals);
+                        }
+                        Entry::Vacant(slot) => {
+                            let day = today.clone();
+                            slot.insert(Batch {
+                                day,
+                                totals,
+                                id: fastrand::u64(..),
+                            });
+                        }
                     }
                 }
+                if !waiting.is_empty() {
+                    let mut pending = lock(&self.pending);
+                    for (key, totals) in waiting {
+                        pending.entry(key).or_default().add(totals);
+                    }
+                }
+                if batches.is_empty() {
+                    return;
+                }
+                let unconfirmed = redis.add(batches, self.retention).await;
+                if !unconfirmed.is_empty() {
+                    tracing::warn!(
+                        keys = unconfirmed.len(),
+                        "usage totals not confirmed by Redis; sent again at the next flush"
+                    );
+                }
+                lock(&self.unconfirmed).extend(unconfirmed);
             }
         }
+    }
+
+    /// Totals not yet in the store (Redis did not confirm them), for the shutdown log.
+    pub fn unwritten(&self) -> usize {
+        lock(&self.pending).len() + lock(&self.unconfirmed).len()
     }
 
     /// The totals of `day`, for every key or only `key`.

@@ -1,6 +1,8 @@
 //! Usage totals in Redis: `PREFIX:{key}:usage:DAY` (a hash of `requests`, `prompt_tokens`,
 //! `completion_tokens`, added to atomically by `add.lua`) and `PREFIX:usage:DAY:keys` (the
-//! day's key ids), both expiring after the retention period.
+//! day's key ids), both expiring after the retention period, and per replica and key the id
+//! of the last batch applied (`PREFIX:{key}:usage:last:REPLICA`, a day), which makes a retried
+//! batch count once.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -8,6 +10,7 @@ use std::time::Duration;
 
 use fred::prelude::*;
 use fred::types::scripts::Script;
+use futures_util::future::join_all;
 use tokio::time::Instant;
 
 use super::{Day, DayUsage, Totals};
@@ -24,6 +27,16 @@ pub struct RedisUsage {
     pool: Pool,
     prefix: String,
     add: Script,
+    /// This process among the replicas writing the same totals.
+    replica: u64,
+}
+
+/// One key's totals of a day, sent as a unit under its id until Redis confirms it.
+#[derive(Debug, Clone)]
+pub struct Batch {
+    pub day: Day,
+    pub totals: Totals,
+    pub id: u64,
 }
 
 impl RedisUsage {
@@ -32,6 +45,7 @@ impl RedisUsage {
             pool,
             prefix: prefix.to_owned(),
             add: Script::from_lua(ADD_LUA),
+            replica: fastrand::u64(..),
         }
     }
 
@@ -50,53 +64,72 @@ impl RedisUsage {
         format!("{}:usage:{day}:keys", self.prefix)
     }
 
-    /// Adds each key's totals to `day`. Returns what could not be written, to be tried again.
+    /// Where this replica notes the last batch it applied for `key_id`.
+    fn last_batch_key(&self, key_id: &str) -> String {
+        format!("{}:{{{key_id}}}:usage:last:{}", self.prefix, self.replica)
+    }
+
+    /// Adds each batch to its key's totals for its day, all at once. Returns the batches whose
+    /// reply did not confirm them, to be sent again as they are (the script applies a batch id
+    /// once, so a batch that did land is not added twice).
     pub async fn add(
         &self,
-        day: &Day,
-        totals: HashMap<Arc<str>, Totals>,
+        batches: HashMap<Arc<str>, Batch>,
         retention: Duration,
-    ) -> Result<(), HashMap<Arc<str>, Totals>> {
+    ) -> HashMap<Arc<str>, Batch> {
         let started = Instant::now();
         let client = self.pool.next();
         let ttl = retention.as_secs().min(MAX_COUNT);
-        let ids: Vec<String> = totals.keys().map(|id| id.to_string()).collect();
-        let indexed = async {
+        let mut days: HashMap<&Day, Vec<String>> = HashMap::new();
+        for (key_id, batch) in &batches {
+            days.entry(&batch.day).or_default().push(key_id.to_string());
+        }
+        let indexed = days.into_iter().map(|(day, ids)| async move {
             client.sadd::<(), _, _>(self.index_key(day), ids).await?;
             client
                 .expire::<(), _>(self.index_key(day), ttl as i64, None)
                 .await
-        };
-        if let Err(error) = indexed.await {
-            tracing::warn!(%error, "usage totals not written; kept for the next flush");
-            metrics::record_redis_call("usage", "unreachable", started.elapsed());
-            return Err(totals);
-        }
-        let mut unwritten = HashMap::new();
-        for (key_id, delta) in totals {
-            let args = vec![
-                delta.requests.min(MAX_COUNT),
-                delta.prompt_tokens.min(MAX_COUNT),
-                delta.completion_tokens.min(MAX_COUNT),
-                ttl,
-            ];
-            let keys = vec![self.totals_key(&key_id, day)];
-            if let Err(error) = self
-                .add
-                .evalsha_with_reload::<i64, _, _>(client, keys, args)
-                .await
-            {
-                tracing::warn!(%error, key_id = %key_id, "usage totals not written; kept for the next flush");
-                unwritten.insert(key_id, delta);
+                .map(|()| day.clone())
+        });
+        let indexed: Vec<Day> = join_all(indexed)
+            .await
+            .into_iter()
+            .filter_map(Result::ok)
+            .collect();
+        let sends = batches.into_iter().map(|(key_id, batch)| {
+            let indexed = indexed.contains(&batch.day);
+            async move {
+                let sent = if indexed {
+                    let keys = vec![
+                        self.totals_key(&key_id, &batch.day),
+                        self.last_batch_key(&key_id),
+                    ];
+                    let args = vec![
+                        batch.totals.requests.min(MAX_COUNT).to_string(),
+                        batch.totals.prompt_tokens.min(MAX_COUNT).to_string(),
+                        batch.totals.completion_tokens.min(MAX_COUNT).to_string(),
+                        ttl.to_string(),
+                        batch.id.to_string(),
+                    ];
+                    self.add
+                        .evalsha_with_reload::<i64, _, _>(client, keys, args)
+                        .await
+                        .is_ok()
+                } else {
+                    false
+                };
+                (!sent).then_some((key_id, batch))
             }
-        }
-        let result = if unwritten.is_empty() { "ok" } else { "error" };
-        metrics::record_redis_call("usage", result, started.elapsed());
-        if unwritten.is_empty() {
-            Ok(())
+        });
+        let unconfirmed: HashMap<Arc<str>, Batch> =
+            join_all(sends).await.into_iter().flatten().collect();
+        let result = if unconfirmed.is_empty() {
+            "ok"
         } else {
-            Err(unwritten)
-        }
+            "error"
+        };
+        metrics::record_redis_call("usage", result, started.elapsed());
+        unconfirmed
     }
 
     /// The totals of `day`, for every key in the day's index or only `key`.
@@ -106,9 +139,13 @@ impl RedisUsage {
             Some(key) => vec![key.to_owned()],
             None => client.smembers(self.index_key(&day)).await?,
         };
-        let mut rows = Vec::with_capacity(ids.len());
-        for id in ids {
+        let reads = ids.into_iter().map(|id| async {
             let fields: HashMap<String, u64> = client.hgetall(self.totals_key(&id, &day)).await?;
+            Ok::<_, fred::error::Error>((id, fields))
+        });
+        let mut rows = Vec::new();
+        for read in join_all(reads).await {
+            let (id, fields) = read?;
             if fields.is_empty() {
                 continue;
             }
