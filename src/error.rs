@@ -59,6 +59,9 @@ pub enum GatewayError {
     MissingApiKey,
     #[error("incorrect API key provided")]
     InvalidApiKey,
+    /// A bearer JWT that was refused; the reason never quotes the token.
+    #[error("invalid bearer token: {0}")]
+    InvalidToken(crate::auth::TokenRefusal),
     #[error("this API key is not allowed to use the model '{model}'")]
     ModelNotAllowed { model: String },
     #[error("unknown URL: {method} {path}")]
@@ -123,7 +126,9 @@ impl GatewayError {
             Self::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::BodyTimeout { .. } | Self::ClientStalled { .. } => StatusCode::REQUEST_TIMEOUT,
             Self::ModelNotFound { .. } | Self::UnknownRoute { .. } => StatusCode::NOT_FOUND,
-            Self::MissingApiKey | Self::InvalidApiKey => StatusCode::UNAUTHORIZED,
+            Self::MissingApiKey | Self::InvalidApiKey | Self::InvalidToken(_) => {
+                StatusCode::UNAUTHORIZED
+            }
             Self::ModelNotAllowed { .. } => StatusCode::FORBIDDEN,
             Self::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             Self::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
@@ -154,6 +159,7 @@ impl GatewayError {
             | Self::ModelNotFound { .. }
             | Self::MissingApiKey
             | Self::InvalidApiKey
+            | Self::InvalidToken(_)
             | Self::UnknownRoute { .. }
             | Self::MethodNotAllowed { .. } => "invalid_request_error",
             Self::ModelNotAllowed { .. } => "permission_error",
@@ -192,7 +198,9 @@ impl GatewayError {
             Self::BodyTimeout { .. } => Some("request_timeout"),
             Self::ClientStalled { .. } => Some("client_stall_timeout"),
             Self::ModelNotFound { .. } => Some("model_not_found"),
-            Self::MissingApiKey | Self::InvalidApiKey => Some("invalid_api_key"),
+            Self::MissingApiKey | Self::InvalidApiKey | Self::InvalidToken(_) => {
+                Some("invalid_api_key")
+            }
             Self::ModelNotAllowed { .. } => Some("model_not_allowed"),
             Self::UnknownRoute { .. } => Some("unknown_url"),
             Self::MethodNotAllowed { .. } => Some("method_not_allowed"),
@@ -229,6 +237,7 @@ impl GatewayError {
             | Self::ClientStalled { .. }
             | Self::MissingApiKey
             | Self::InvalidApiKey
+            | Self::InvalidToken(_)
             | Self::UnknownRoute { .. }
             | Self::MethodNotAllowed { .. }
             | Self::RateLimited(_)
@@ -258,6 +267,7 @@ impl GatewayError {
             | Self::ModelNotFound { .. }
             | Self::MissingApiKey
             | Self::InvalidApiKey
+            | Self::InvalidToken(_)
             | Self::ModelNotAllowed { .. }
             | Self::UnknownRoute { .. }
             | Self::MethodNotAllowed { .. }
@@ -289,6 +299,7 @@ impl GatewayError {
             Self::ModelNotFound { .. } => "model_not_found",
             Self::MissingApiKey => "missing_api_key",
             Self::InvalidApiKey => "invalid_api_key",
+            Self::InvalidToken(_) => "invalid_token",
             Self::ModelNotAllowed { .. } => "model_not_allowed",
             Self::UnknownRoute { .. } => "unknown_route",
             Self::MethodNotAllowed { .. } => "method_not_allowed",
@@ -336,6 +347,7 @@ impl GatewayError {
             | Self::ModelNotFound { .. }
             | Self::MissingApiKey
             | Self::InvalidApiKey
+            | Self::InvalidToken(_)
             | Self::ModelNotAllowed { .. }
             | Self::UnknownRoute { .. }
             | Self::MethodNotAllowed { .. }
@@ -367,6 +379,7 @@ impl GatewayError {
             | Self::ModelNotFound { .. }
             | Self::MissingApiKey
             | Self::InvalidApiKey
+            | Self::InvalidToken(_)
             | Self::ModelNotAllowed { .. }
             | Self::UnknownRoute { .. }
             | Self::MethodNotAllowed { .. }
@@ -405,6 +418,7 @@ impl GatewayError {
             | Self::ModelNotFound { .. }
             | Self::MissingApiKey
             | Self::InvalidApiKey
+            | Self::InvalidToken(_)
             | Self::ModelNotAllowed { .. }
             | Self::UnknownRoute { .. }
             | Self::MethodNotAllowed { .. }

@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use crate::auth::KeyIndex;
+use crate::auth::{Authenticator, JwtSetupError};
 use crate::config::{Config, ServerConfig, StreamConfig, UpstreamConfig};
 use crate::limits::{Limiter, LocalLimiter, RedisLimiter};
 use crate::server::admission::Admission;
@@ -21,7 +21,7 @@ pub struct AppState {
     pub server: ServerConfig,
     pub upstream: UpstreamConfig,
     pub stream: StreamConfig,
-    pub keys: KeyIndex,
+    pub auth: Authenticator,
     pub models: ModelTable,
     pub admission: Admission,
     pub limiter: Arc<Limiter>,
@@ -51,6 +51,8 @@ pub enum BuildError {
     Redis(#[from] fred::error::Error),
     #[error(transparent)]
     Traces(#[from] ExporterError),
+    #[error(transparent)]
+    Jwt(#[from] JwtSetupError),
 }
 
 impl AppState {
@@ -68,7 +70,7 @@ impl AppState {
             server: config.server.clone(),
             upstream: config.upstream.clone(),
             stream: config.stream.clone(),
-            keys: KeyIndex::new(&config.api_keys),
+            auth: Authenticator::new(config)?,
             models: ModelTable::new(&config.models, &http, &config.upstream),
             admission: Admission::new(config.server.max_concurrent_requests.get()),
             limiter,

@@ -18,6 +18,14 @@ pub struct ConfigFile {
     pub stream: StreamFile,
     pub redis: Option<RedisFile>,
     pub telemetry: TelemetryFile,
+    pub auth: AuthFile,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthFile {
+    /// Bearer tokens from an identity provider, beside the API keys.
+    pub jwt: Option<super::jwt::JwtFile>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -6,6 +6,7 @@
 mod access;
 mod dev;
 mod file;
+mod jwt;
 mod models;
 mod telemetry;
 mod validate;
@@ -20,6 +21,7 @@ use std::time::Duration;
 pub use tiktoken_rs::tokenizer::Tokenizer;
 
 pub use dev::{DEV_API_KEY, development};
+pub use jwt::{JwtConfig, MAX_JWKS_BYTES, SecretBytes, read_jwks};
 pub use telemetry::{TelemetryConfig, TracesConfig};
 
 /// The whole validated configuration.
@@ -34,6 +36,8 @@ pub struct Config {
     pub stream: StreamConfig,
     pub redis: Option<RedisConfig>,
     pub telemetry: TelemetryConfig,
+    /// JWTs accepted beside the API keys, when configured.
+    pub jwt: Option<JwtConfig>,
     pub source: ConfigSource,
 }
 

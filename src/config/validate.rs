@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use super::access::{api_keys, tiers};
 use super::file::{BreakerFile, ConfigFile, RedisFile, ServerFile, StreamFile, UpstreamFile};
+use super::jwt::jwt;
 use super::models::{fallbacks, model};
 use super::telemetry::telemetry;
 use super::{
@@ -35,6 +36,7 @@ pub fn validate(file: ConfigFile) -> Result<Config, ConfigError> {
     unique(models.iter().map(|m| m.name.as_str()), "models", "name")?;
     fallbacks(&models)?;
     let api_keys = api_keys(file.api_keys, &tiers, &models)?;
+    let jwt = file.auth.jwt.map(|j| jwt(j, &tiers)).transpose()?;
     let log = LogConfig {
         format: match file.log.format.as_str() {
             "json" => LogFormat::Json,
@@ -58,6 +60,7 @@ pub fn validate(file: ConfigFile) -> Result<Config, ConfigError> {
         stream: stream(file.stream)?,
         redis: file.redis.map(redis).transpose()?,
         telemetry: telemetry(file.telemetry)?,
+        jwt,
         source: ConfigSource::Development,
     })
 }

@@ -11,7 +11,6 @@ use tokio::time::{Instant, timeout_at};
 
 use super::json::{json_response, sse_response};
 use super::request_body::read_capped;
-use crate::auth;
 use crate::body::{self, Body};
 use crate::error::{GatewayError, TimeoutPhase};
 use crate::limits::{self, Ask};
@@ -36,7 +35,7 @@ pub async fn chat_completions(
     guard: &mut RequestGuard,
 ) -> Result<Response<Body>, GatewayError> {
     let authenticating = guard.trace().step("auth");
-    let principal = auth::authenticate(request.headers(), &state.keys)?;
+    let principal = state.auth.authenticate(request.headers())?;
     drop(authenticating);
     guard.set_key(principal.key_id.clone());
     guard.set_tier(&principal.tier);

@@ -5,7 +5,7 @@ use http::{HeaderMap, Response};
 use serde::Serialize;
 
 use super::json::json_response;
-use crate::auth::{self, Principal};
+use crate::auth::Principal;
 use crate::body::Body;
 use crate::error::GatewayError;
 use crate::settle::RequestGuard;
@@ -70,7 +70,7 @@ fn authenticated(
     state: &AppState,
     guard: &mut RequestGuard,
 ) -> Result<Principal, GatewayError> {
-    let principal = auth::authenticate(headers, &state.keys)?;
+    let principal = state.auth.authenticate(headers)?;
     guard.set_key(principal.key_id.clone());
     Ok(principal)
 }

@@ -133,7 +133,8 @@ impl Drop for AbortOnDrop {
 
 /// Once a second (or each `pool_idle_timeout`, when shorter): closes backends' idle pooled
 /// connections past that age, so a quiet gateway does not hold sockets its backends already
-/// closed, cuts streams whose clients stopped reading, and runs the metrics exporter's upkeep.
+/// closed, cuts streams whose clients stopped reading, re-reads a changed JWKS file, and runs
+/// the metrics exporter's upkeep.
 /// Stops when dropped.
 struct Housekeeping;
 
@@ -151,6 +152,7 @@ impl Housekeeping {
                 ticks.tick().await;
                 state.models.reap_idle_connections();
                 state.stalls.sweep();
+                state.auth.upkeep();
                 if state.metrics {
                     crate::telemetry::metrics::upkeep();
                 }

@@ -204,3 +204,10 @@ pub const TRACE_SPANS_DROPPED: &str = "sluicegate_trace_spans_dropped_total";
 pub fn record_spans_dropped(reason: &'static str, spans: u64) {
     metrics::counter!(TRACE_SPANS_DROPPED, "reason" => reason).increment(spans);
 }
+
+pub const JWKS_READS: &str = "sluicegate_jwks_reads_total";
+
+/// The JWKS file was read again after it changed: `ok`, or `error` (the keys in use stay).
+pub fn record_jwks_read(result: &'static str) {
+    metrics::counter!(JWKS_READS, "result" => result).increment(1);
+}

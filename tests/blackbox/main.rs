@@ -11,6 +11,7 @@ mod breaker_outcomes;
 mod chat;
 mod cli;
 mod hostile_upstream;
+mod jwt;
 mod limits;
 mod limits_integrity;
 mod metrics;
