@@ -75,6 +75,9 @@ pub enum GatewayError {
     /// The usage totals could not be read (Redis did not answer).
     #[error("usage totals are unavailable; retry shortly")]
     UsageUnavailable,
+    /// Revocations cannot be checked (Redis unreachable, `redis.on_error: deny`).
+    #[error("credentials cannot be checked right now; retry shortly")]
+    CredentialsUnavailable,
     #[error("the gateway is at its concurrent request limit; retry shortly")]
     Overloaded { retry_after: Duration },
     #[error("the gateway is shutting down; retry on another instance")]
@@ -135,7 +138,8 @@ impl GatewayError {
             Self::Overloaded { .. }
             | Self::ShuttingDown
             | Self::LimiterUnavailable
-            | Self::UsageUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            | Self::UsageUnavailable
+            | Self::CredentialsUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             Self::UpstreamUnavailable => StatusCode::BAD_GATEWAY,
             Self::NoUsableBackend => StatusCode::SERVICE_UNAVAILABLE,
             Self::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
@@ -170,7 +174,8 @@ impl GatewayError {
             Self::Overloaded { .. }
             | Self::ShuttingDown
             | Self::LimiterUnavailable
-            | Self::UsageUnavailable => "server_error",
+            | Self::UsageUnavailable
+            | Self::CredentialsUnavailable => "server_error",
             Self::UpstreamUnavailable
             | Self::NoUsableBackend
             | Self::UpstreamTimeout { .. }
@@ -208,6 +213,7 @@ impl GatewayError {
             Self::Overloaded { .. } => Some("overloaded"),
             Self::LimiterUnavailable => Some("limiter_unavailable"),
             Self::UsageUnavailable => Some("usage_unavailable"),
+            Self::CredentialsUnavailable => Some("credentials_unavailable"),
             Self::ShuttingDown => Some("shutting_down"),
             Self::UpstreamUnavailable => Some("upstream_unavailable"),
             Self::NoUsableBackend => Some("no_usable_backend"),
@@ -245,6 +251,7 @@ impl GatewayError {
             | Self::ShuttingDown
             | Self::LimiterUnavailable
             | Self::UsageUnavailable
+            | Self::CredentialsUnavailable
             | Self::UpstreamUnavailable
             | Self::NoUsableBackend
             | Self::UpstreamTimeout { .. }
@@ -276,7 +283,8 @@ impl GatewayError {
             Self::Overloaded { .. }
             | Self::ShuttingDown
             | Self::LimiterUnavailable
-            | Self::UsageUnavailable => Blame::Gateway,
+            | Self::UsageUnavailable
+            | Self::CredentialsUnavailable => Blame::Gateway,
             Self::UpstreamUnavailable
             | Self::NoUsableBackend
             | Self::UpstreamTimeout { .. }
@@ -311,6 +319,7 @@ impl GatewayError {
             Self::Overloaded { .. } => "overloaded",
             Self::LimiterUnavailable => "limiter_unavailable",
             Self::UsageUnavailable => "usage_unavailable",
+            Self::CredentialsUnavailable => "credentials_unavailable",
             Self::ShuttingDown => "shutting_down",
             Self::UpstreamUnavailable => "upstream_unavailable",
             Self::NoUsableBackend => "no_usable_backend",
@@ -337,6 +346,7 @@ impl GatewayError {
             Self::ShuttingDown
             | Self::LimiterUnavailable
             | Self::UsageUnavailable
+            | Self::CredentialsUnavailable
             | Self::NoUsableBackend => Some(Duration::from_secs(1)),
             Self::InvalidRequest { .. }
             | Self::InvalidJson { .. }
@@ -386,6 +396,7 @@ impl GatewayError {
             | Self::RateLimited(_)
             | Self::LimiterUnavailable
             | Self::UsageUnavailable
+            | Self::CredentialsUnavailable
             | Self::Overloaded { .. }
             | Self::ShuttingDown
             | Self::NoUsableBackend
@@ -425,6 +436,7 @@ impl GatewayError {
             | Self::RateLimited(_)
             | Self::LimiterUnavailable
             | Self::UsageUnavailable
+            | Self::CredentialsUnavailable
             | Self::Overloaded { .. }
             | Self::ShuttingDown
             | Self::NoUsableBackend => Outcome::Neutral,

@@ -48,6 +48,7 @@ pub mod server;
 pub mod settle;
 pub mod sse;
 pub mod state;
+pub mod table;
 pub mod telemetry;
 #[cfg(test)]
 mod test_support;

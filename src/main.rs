@@ -1,5 +1,5 @@
-//! The `sluicegate` command line: serve (default), check-config, hash-key, usage,
-//! mock-upstream.
+//! The `sluicegate` command line: serve (default), check-config, hash-key, keys, revoke,
+//! usage, mock-upstream.
 
 use std::io::Read;
 use std::net::SocketAddr;
@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use sluicegate::auth::admin::AuthAdmin;
 use sluicegate::config::{self, Config, ConfigSource, MockConfig};
 use sluicegate::{Gateway, telemetry};
 
@@ -30,6 +31,20 @@ enum Command {
     CheckConfig { file: PathBuf },
     /// Print the SHA-256 digest of an API key for `api_keys[].sha256` ("-" reads stdin).
     HashKey { key: String },
+    /// API keys kept in Redis: created, listed and revoked while the gateway runs.
+    Keys {
+        #[command(subcommand)]
+        action: KeysAction,
+    },
+    /// Revoke a JWT by its `jti` on every replica (needs `redis`).
+    Revoke {
+        #[arg(long)]
+        jti: String,
+        /// RFC 3339 time the revocation lasts until (default: as long as any token issued
+        /// now could be accepted, `auth.jwt.max_age` plus the leeway).
+        #[arg(long)]
+        until: Option<String>,
+    },
     /// Print a day's usage per key: from Redis when the configuration has it, else from the
     /// running gateway's `/usage`.
     Usage {
@@ -61,6 +76,28 @@ enum Command {
     },
 }
 
+#[derive(Subcommand)]
+enum KeysAction {
+    /// Create a key; it is printed once (stdout) and only its digest is stored.
+    Create {
+        #[arg(long)]
+        tier: String,
+        /// Model names, comma-separated, or `*` for all.
+        #[arg(long, default_value = "*", value_delimiter = ',')]
+        models: Vec<String>,
+        /// Lifetime, such as `30d`.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        expires: Option<Duration>,
+        /// The id logs and limits know it by (default: generated).
+        #[arg(long)]
+        id: Option<String>,
+    },
+    /// List the runtime keys: ids, tiers, models, created, expiry, last day used.
+    List,
+    /// Revoke a key (runtime or from the file) on every replica.
+    Revoke { id: String },
+}
+
 /// Errors are messages for the operator: printed with their causes, never as a backtrace
 /// (whatever `RUST_BACKTRACE` says), and the exit code is 1.
 fn main() -> ExitCode {
@@ -83,6 +120,30 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::HashKey { key } => {
             println!("{}", sluicegate::auth::hash_key(&read_key(key)?));
+            Ok(())
+        }
+        Command::Keys { action } => keys(&load(cli.config.as_deref())?, action),
+        Command::Revoke { jti, until } => {
+            let config = load(cli.config.as_deref())?;
+            let until = match until {
+                Some(text) => humantime::parse_rfc3339_weak(&text)
+                    .with_context(|| format!("--until {text:?} is not an RFC 3339 time"))?
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs()),
+                None => {
+                    let jwt = config.jwt.as_ref().context(
+                        "the configuration has no `auth.jwt`; pass --until to revoke anyway",
+                    )?;
+                    sluicegate::auth::unix_now() + (jwt.max_age + jwt.leeway).as_secs()
+                }
+            };
+            runtime(None)?.block_on(async {
+                AuthAdmin::connect(&config)
+                    .await?
+                    .revoke_token(&jti, until)
+                    .await
+            })?;
+            eprintln!("revoked; every replica refuses the token within a second");
             Ok(())
         }
         Command::Usage { key, day, json } => {
@@ -114,6 +175,45 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             mock_upstream(SocketAddr::new(host, port), script)
         }
     }
+}
+
+fn keys(config: &Config, action: KeysAction) -> anyhow::Result<()> {
+    runtime(None)?.block_on(async {
+        let admin = AuthAdmin::connect(config).await?;
+        match action {
+            KeysAction::Create {
+                tier,
+                models,
+                expires,
+                id,
+            } => {
+                let created = admin.create(config, &tier, &models, expires, id).await?;
+                println!("{}", created.key);
+                eprintln!(
+                    "created key {:?} (tier {}); it is shown only this once",
+                    created.record.id, created.record.tier
+                );
+            }
+            KeysAction::List => {
+                let keys = admin.list().await?;
+                let last_used = match &config.redis {
+                    Some(redis) => {
+                        sluicegate::telemetry::usage::redis::RedisUsage::connect(redis)
+                            .await?
+                            .last_used(config.telemetry.usage_retention)
+                            .await?
+                    }
+                    None => Default::default(),
+                };
+                print!("{}", sluicegate::auth::admin::keys_table(&keys, &last_used));
+            }
+            KeysAction::Revoke { id } => {
+                admin.revoke_key(&id).await?;
+                eprintln!("revoked {id:?}; every replica refuses it within a second");
+            }
+        }
+        Ok(())
+    })
 }
 
 fn load(path: Option<&Path>) -> anyhow::Result<Config> {

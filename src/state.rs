@@ -4,6 +4,7 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use crate::auth::store::AuthStore;
 use crate::auth::{Authenticator, JwtSetupError};
 use crate::config::{Config, ServerConfig, StreamConfig, UpstreamConfig};
 use crate::limits::{Limiter, LocalLimiter, RedisLimiter};
@@ -59,6 +60,12 @@ impl AppState {
     pub fn build(config: &Config) -> Result<Arc<Self>, BuildError> {
         let http = http_client(&config.upstream)?;
         let limiter = Arc::new(limiter(config)?);
+        let store = match (limiter.redis(), &config.redis) {
+            (Some((pool, prefix)), Some(redis)) => {
+                Some(AuthStore::new(pool.clone(), prefix, redis.on_error))
+            }
+            _ => None,
+        };
         let retention = config.telemetry.usage_retention;
         let usage = match limiter.redis() {
             Some((pool, prefix)) => {
@@ -70,7 +77,7 @@ impl AppState {
             server: config.server.clone(),
             upstream: config.upstream.clone(),
             stream: config.stream.clone(),
-            auth: Authenticator::new(config)?,
+            auth: Authenticator::new(config, store)?,
             models: ModelTable::new(&config.models, &http, &config.upstream),
             admission: Admission::new(config.server.max_concurrent_requests.get()),
             limiter,

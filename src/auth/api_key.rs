@@ -38,10 +38,19 @@ impl KeyIndex {
     /// digest, so its timing reveals nothing usable about the key; the final equality check is
     /// constant-time all the same.
     pub fn find(&self, presented: &[u8]) -> Option<Principal> {
-        let digest: [u8; 32] = Sha256::digest(presented).into();
-        let (stored, principal) = self.by_digest.get_key_value(&digest)?;
-        bool::from(stored.ct_eq(&digest)).then(|| principal.clone())
+        self.find_digest(&digest(presented))
     }
+
+    /// The principal whose key has `digest`.
+    pub fn find_digest(&self, digest: &[u8; 32]) -> Option<Principal> {
+        let (stored, principal) = self.by_digest.get_key_value(digest)?;
+        bool::from(stored.ct_eq(digest)).then(|| principal.clone())
+    }
+}
+
+/// The SHA-256 digest of a presented key.
+pub fn digest(presented: &[u8]) -> [u8; 32] {
+    Sha256::digest(presented).into()
 }
 
 /// The hex SHA-256 digest to paste into `api_keys[].sha256`.

@@ -5,18 +5,24 @@
 //! Invariant: `auth/` returns a `Principal` or a `GatewayError`, nothing else, and no error
 //! quotes what the client sent.
 
+pub mod admin;
 mod api_key;
 mod jwt;
+pub mod key_format;
+pub mod store;
 
 use std::sync::Arc;
 
 use http::HeaderMap;
 
-pub use api_key::{KeyIndex, hash_key};
+pub use api_key::{KeyIndex, digest, hash_key};
 pub use jwt::{JwtSetupError, JwtVerifier, TokenRefusal, VerifiedToken, looks_like_jwt, unix_now};
 
-use crate::config::{Config, Limits, ModelAccess, OutputCaps};
+use std::collections::{BTreeMap, BTreeSet};
+
+use crate::config::{Config, Limits, ModelAccess, OutputCaps, Tier};
 use crate::error::GatewayError;
+use store::{AuthStore, KeyRecord, Standing};
 
 /// Who is calling: the key's id (safe to log), its tier and the models it may use.
 #[derive(Debug, Clone)]
@@ -40,15 +46,19 @@ impl Principal {
     }
 }
 
-/// Everything a bearer credential is checked against.
+/// Everything a bearer credential is checked against: the configured keys, the JWT
+/// settings, and (with Redis) the runtime keys and revocations.
 #[derive(Debug)]
 pub struct Authenticator {
     keys: KeyIndex,
     jwt: Option<JwtVerifier>,
+    store: Option<AuthStore>,
+    tiers: BTreeMap<String, Tier>,
 }
 
 impl Authenticator {
-    pub fn new(config: &Config) -> Result<Self, JwtSetupError> {
+    /// `store` is the Redis-backed copy of runtime keys and revocations, when there is Redis.
+    pub fn new(config: &Config, store: Option<AuthStore>) -> Result<Self, JwtSetupError> {
         Ok(Self {
             keys: KeyIndex::new(&config.api_keys),
             jwt: config
@@ -56,7 +66,17 @@ impl Authenticator {
                 .as_ref()
                 .map(|jwt| JwtVerifier::new(jwt, &config.tiers))
                 .transpose()?,
+            store,
+            tiers: config.tiers.clone(),
         })
+    }
+
+    /// Brings the copy of runtime keys and revocations up to date (the server calls this
+    /// every `store::SYNC_EVERY`).
+    pub async fn sync(&self) {
+        if let Some(store) = &self.store {
+            store.sync().await;
+        }
     }
 
     /// Authenticates a request by its `Authorization: Bearer <key or JWT>` header.
@@ -65,13 +85,65 @@ impl Authenticator {
             .get(http::header::AUTHORIZATION)
             .ok_or(GatewayError::MissingApiKey)?;
         let token = bearer_token(value.as_bytes()).ok_or(GatewayError::MissingApiKey)?;
-        if !looks_like_jwt(token) {
-            return self.keys.find(token).ok_or(GatewayError::InvalidApiKey);
+        if looks_like_jwt(token) {
+            return self.token(token);
         }
+        // An issued key with a broken checksum is a typo or a guess: no lookup at all.
+        if key_format::is_issued_shape(token) && !key_format::is_well_formed(token) {
+            return Err(GatewayError::InvalidApiKey);
+        }
+        let digest = digest(token);
+        let principal = match self.keys.find_digest(&digest) {
+            Some(principal) => principal,
+            None => self.runtime_key(&digest)?,
+        };
+        if let Some(store) = &self.store {
+            good(store.key_standing(&principal.key_id))?;
+        }
+        Ok(principal)
+    }
+
+    fn token(&self, token: &[u8]) -> Result<Principal, GatewayError> {
         let jwt = self.jwt.as_ref().ok_or(GatewayError::InvalidApiKey)?;
-        jwt.verify(token, unix_now())
-            .map(|verified| verified.principal)
-            .map_err(GatewayError::InvalidToken)
+        let verified = jwt
+            .verify(token, unix_now())
+            .map_err(GatewayError::InvalidToken)?;
+        if let (Some(store), Some(jti)) = (&self.store, &verified.jti) {
+            good(store.token_standing(jti))?;
+        }
+        Ok(verified.principal)
+    }
+
+    /// The caller of a key created at runtime, while it has not expired.
+    fn runtime_key(&self, digest: &[u8; 32]) -> Result<Principal, GatewayError> {
+        let record = self
+            .store
+            .as_ref()
+            .and_then(|store| store.find_key(digest))
+            .ok_or(GatewayError::InvalidApiKey)?;
+        if record.expires.is_some_and(|at| at <= unix_now()) {
+            return Err(GatewayError::InvalidToken(TokenRefusal::Expired));
+        }
+        self.principal_of(&record).ok_or_else(|| {
+            tracing::error!(key_id = %record.id, tier = %record.tier, "a runtime key names a tier this gateway does not have");
+            GatewayError::InvalidApiKey
+        })
+    }
+
+    fn principal_of(&self, record: &KeyRecord) -> Option<Principal> {
+        let tier = self.tiers.get(&record.tier)?;
+        let models = if record.models.iter().any(|m| m == "*") {
+            ModelAccess::All
+        } else {
+            ModelAccess::Only(record.models.iter().cloned().collect::<BTreeSet<_>>())
+        };
+        Some(Principal {
+            key_id: record.id.as_str().into(),
+            tier: record.tier.as_str().into(),
+            models: Arc::new(models),
+            limits: tier.limits,
+            output: tier.output,
+        })
     }
 
     /// Periodic upkeep: the JWKS file is re-read when it changed.
@@ -79,6 +151,16 @@ impl Authenticator {
         if let Some(jwt) = &self.jwt {
             jwt.reload_if_changed();
         }
+    }
+}
+
+/// A credential in good standing passes; a revoked one is refused, and one that cannot be
+/// checked is a 503.
+fn good(standing: Standing) -> Result<(), GatewayError> {
+    match standing {
+        Standing::Good => Ok(()),
+        Standing::Revoked => Err(GatewayError::InvalidToken(TokenRefusal::Revoked)),
+        Standing::Unknown => Err(GatewayError::CredentialsUnavailable),
     }
 }
 

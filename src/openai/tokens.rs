@@ -18,25 +18,28 @@ const EXACT_BYTES: usize = 64 * 1024;
 /// Stream choices buffered before they are counted (a fraction of a millisecond of work).
 const TALLY_FLUSH_BYTES: usize = 2 * 1024;
 
-/// A tokenizer's encoding, loaded once per process (`warm` before serving).
-#[derive(Clone, Copy)]
-pub struct TokenCounter(&'static CoreBPE);
-
-impl std::fmt::Debug for TokenCounter {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("TokenCounter")
-    }
-}
+/// Counts with a tokenizer's encoding, which is loaded once per process on first use (about
+/// 0.1 s; the server warms it before `/readyz` says ready), never when nothing is counted.
+#[derive(Debug, Clone, Copy)]
+pub struct TokenCounter(Tokenizer);
 
 impl TokenCounter {
-    /// The encoding of `tokenizer`; the first call per encoding loads it (about 0.1 s).
     pub fn new(tokenizer: Tokenizer) -> Self {
-        Self(tiktoken_rs::bpe_for_tokenizer(tokenizer).expect("invariant: encodings are embedded"))
+        Self(tokenizer)
+    }
+
+    /// Loads the encoding now.
+    pub fn warm(self) {
+        self.bpe();
     }
 
     /// Tokens of `text` as the model sees ordinary text.
     pub fn count(self, text: &str) -> u64 {
-        self.0.count_ordinary(text) as u64
+        self.bpe().count_ordinary(text) as u64
+    }
+
+    fn bpe(self) -> &'static CoreBPE {
+        tiktoken_rs::bpe_for_tokenizer(self.0).expect("invariant: encodings are embedded")
     }
 
     /// A count that stops being exact after `EXACT_BYTES` of text.

@@ -40,13 +40,30 @@ const TRACE_FLUSH_TIMEOUT: Duration = Duration::from_secs(2);
 /// Concurrent streams per HTTP/2 connection.
 const H2_MAX_CONCURRENT_STREAMS: u32 = 256;
 
+/// Keeps this replica's copy of runtime keys and revocations current.
+fn auth_sync(state: &Arc<AppState>) -> AbortOnDrop {
+    let state = state.clone();
+    #[expect(
+        clippy::disallowed_methods,
+        reason = "runs for the server's lifetime and is aborted when it stops; a sync only reads"
+    )]
+    let task = tokio::spawn(async move {
+        let mut ticks = tokio::time::interval(crate::auth::store::SYNC_EVERY);
+        loop {
+            ticks.tick().await;
+            state.auth.sync().await;
+        }
+    });
+    AbortOnDrop(task)
+}
+
 /// Loads the models' tokenizers off the runtime's threads (a tenth of a second each in a
 /// release build); `/readyz` says `warming` until they are in.
 fn warm_tokenizers(state: &Arc<AppState>) {
     let state = state.clone();
     drop(tokio::task::spawn_blocking(move || {
         for tokenizer in state.models.tokenizers() {
-            TokenCounter::new(tokenizer);
+            TokenCounter::new(tokenizer).warm();
         }
         state.tokenizers_warm.store(true, Ordering::Relaxed);
     }));
@@ -70,6 +87,8 @@ pub async fn serve(
         )))
     });
     state.limiter.start().await;
+    state.auth.sync().await;
+    let auth_sync = auth_sync(&state);
     warm_tokenizers(&state);
     let housekeeping = Housekeeping::start(&state);
     let usage_flusher = UsageFlusher::start(&state);
@@ -109,6 +128,7 @@ pub async fn serve(
     }
     drop(listener);
     drop(housekeeping);
+    drop(auth_sync);
     drop(metrics);
     state.drain.begin();
     tracing::info!(grace = ?state.server.shutdown_grace, "draining");

@@ -16,6 +16,7 @@ mod limits;
 mod limits_integrity;
 mod metrics;
 mod routing;
+mod runtime_keys;
 mod sdk;
 mod secrets;
 mod shared_limits;

@@ -233,9 +233,10 @@ async fn on_error_allow_and_deny_decide_while_redis_is_unreachable() {
     ));
     let gateway = TestGateway::start(&deny).await;
     let (status, body) = error_of(post_chat(&gateway.url(""), KEY, &chat_body(false)).await).await;
+    // Revocations cannot be checked either, and that is the first check a request meets.
     assert_eq!(
         (status, body["error"]["code"].as_str()),
-        (503, Some("limiter_unavailable"))
+        (503, Some("credentials_unavailable"))
     );
     let ready = http()
         .get(gateway.url("/readyz"))

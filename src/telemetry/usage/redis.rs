@@ -132,6 +132,29 @@ impl RedisUsage {
         unconfirmed
     }
 
+    /// The most recent day within `retention` each key was used on, from the days' indexes.
+    pub async fn last_used(
+        &self,
+        retention: Duration,
+    ) -> Result<HashMap<String, Day>, fred::error::Error> {
+        let client = self.pool.next();
+        let days = (0..=retention.as_secs() / 86_400)
+            .map(|back| Day::before_now(Duration::from_secs(back * 86_400)));
+        let reads = days.map(|day| async move {
+            let ids: Vec<String> = client.smembers(self.index_key(&day)).await?;
+            Ok::<_, fred::error::Error>((day, ids))
+        });
+        let mut last = HashMap::new();
+        // Newest first, so the first day seen for a key is its last.
+        for read in join_all(reads).await {
+            let (day, ids) = read?;
+            for id in ids {
+                last.entry(id).or_insert_with(|| day.clone());
+            }
+        }
+        Ok(last)
+    }
+
     /// The totals of `day`, for every key in the day's index or only `key`.
     pub async fn read(&self, day: Day, key: Option<&str>) -> Result<DayUsage, fred::error::Error> {
         let client = self.pool.next();

@@ -87,20 +87,11 @@ fn reachable(addr: SocketAddr) -> SocketAddr {
 
 /// The totals as an aligned table, one row per key.
 pub fn table(usage: &DayUsage) -> String {
-    let header = [
-        "day",
-        "key_id",
-        "requests",
-        "prompt_tokens",
-        "completion_tokens",
-        "total_tokens",
-    ]
-    .map(str::to_owned);
-    let rows: Vec<[String; 6]> = usage
+    let rows: Vec<Vec<String>> = usage
         .keys
         .iter()
         .map(|key| {
-            [
+            vec![
                 usage.day.to_string(),
                 key.key_id.clone(),
                 key.requests.to_string(),
@@ -110,31 +101,16 @@ pub fn table(usage: &DayUsage) -> String {
             ]
         })
         .collect();
-    let widths: Vec<usize> = (0..6)
-        .map(|i| {
-            rows.iter()
-                .map(|row| row[i].len())
-                .chain([header[i].len()])
-                .max()
-                .unwrap_or(0)
-        })
-        .collect();
-    std::iter::once(&header)
-        .chain(&rows)
-        .map(|row| {
-            let cells: Vec<String> = row
-                .iter()
-                .zip(&widths)
-                .enumerate()
-                .map(|(i, (cell, width))| {
-                    if i < 2 {
-                        format!("{cell:<width$}")
-                    } else {
-                        format!("{cell:>width$}")
-                    }
-                })
-                .collect();
-            cells.join("  ").trim_end().to_owned() + "\n"
-        })
-        .collect()
+    crate::table::render(
+        &[
+            "day",
+            "key_id",
+            "requests",
+            "prompt_tokens",
+            "completion_tokens",
+            "total_tokens",
+        ],
+        &rows,
+        2,
+    )
 }

@@ -94,3 +94,23 @@ impl RunningBinary {
         assert!(status.success(), "signal delivered");
     }
 }
+
+/// Runs `sluicegate ARGS... --config FILE` (FILE holding `yaml`) with `env` and returns
+/// (success, stdout, stderr).
+pub async fn run_cli(yaml: &str, args: &[&str], env: &[(&str, &str)]) -> (bool, String, String) {
+    let mut config = tempfile::NamedTempFile::new().expect("temp file");
+    config.write_all(yaml.as_bytes()).expect("write config");
+    let output = Command::new(BINARY)
+        .args(args)
+        .arg("--config")
+        .arg(config.path())
+        .envs(env.iter().copied())
+        .output()
+        .await
+        .expect("binary runs");
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
