@@ -29,6 +29,9 @@ const WRITE_LUA: &str = include_str!("write.lua");
 pub const SYNC_EVERY: Duration = Duration::from_millis(250);
 /// Without a successful sync for this long, the copy counts as stale (`redis.on_error`).
 const STALE_AFTER: Duration = Duration::from_secs(3);
+/// The most runtime keys a replica mirrors (about 200 MB); beyond it the rest are ignored,
+/// loudly.
+const MAX_MIRRORED_KEYS: usize = 1_000_000;
 /// A revocation of a key lasts until this (the year 3000).
 pub const FOREVER: u64 = 32_503_680_000;
 
@@ -160,8 +163,15 @@ impl AuthStore {
 
 /// Builds the copy from the stored records and the unexpired revocations.
 fn snapshot(records: HashMap<String, String>, revoked: Vec<String>) -> Snapshot {
+    if records.len() > MAX_MIRRORED_KEYS {
+        tracing::error!(
+            keys = records.len(),
+            mirrored = MAX_MIRRORED_KEYS,
+            "more runtime keys than a replica mirrors; the rest are refused"
+        );
+    }
     let mut keys = HashMap::new();
-    for (id, json) in records {
+    for (id, json) in records.into_iter().take(MAX_MIRRORED_KEYS) {
         let Ok(record) = serde_json::from_str::<KeyRecord>(&json) else {
             tracing::error!(key_id = %id, "a runtime key record cannot be read; it is ignored");
             continue;
