@@ -10,7 +10,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use sluicegate::auth::admin::AuthAdmin;
-use sluicegate::config::{self, Config, ConfigSource, MockConfig};
+use sluicegate::config::{self, Config, ConfigSource, LimitOverrides, MockConfig};
 use sluicegate::{Gateway, telemetry};
 
 #[derive(Parser)]
@@ -91,6 +91,13 @@ enum KeysAction {
         /// The id logs and limits know it by (default: generated).
         #[arg(long)]
         id: Option<String>,
+        /// Limits replacing the tier's.
+        #[arg(long)]
+        requests_per_minute: Option<u32>,
+        #[arg(long)]
+        tokens_per_minute: Option<u64>,
+        #[arg(long)]
+        concurrent_streams: Option<u32>,
     },
     /// List the runtime keys: ids, tiers, models, created, expiry, last day used.
     List,
@@ -186,8 +193,18 @@ fn keys(config: &Config, action: KeysAction) -> anyhow::Result<()> {
                 models,
                 expires,
                 id,
+                requests_per_minute,
+                tokens_per_minute,
+                concurrent_streams,
             } => {
-                let created = admin.create(config, &tier, &models, expires, id).await?;
+                let limits = LimitOverrides {
+                    requests_per_minute,
+                    tokens_per_minute,
+                    concurrent_streams,
+                };
+                let created = admin
+                    .create(config, &tier, &models, expires, id, limits)
+                    .await?;
                 println!("{}", created.key);
                 eprintln!(
                     "created key {:?} (tier {}); it is shown only this once",

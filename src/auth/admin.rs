@@ -12,7 +12,7 @@ use fred::types::scripts::Script;
 use super::key_format;
 use super::store::{FOREVER, KeyRecord, keys_key, revoked_key, version_key, write_script};
 use crate::auth::{hash_key, unix_now};
-use crate::config::Config;
+use crate::config::{Config, LimitOverrides, limits_over};
 
 /// How long an operator command waits for Redis.
 const WAIT: Duration = Duration::from_secs(5);
@@ -57,7 +57,8 @@ impl AuthAdmin {
         })
     }
 
-    /// Creates a key on `tier` for `models` (`*` = all), expiring after `expires`.
+    /// Creates a key on `tier` for `models` (`*` = all), expiring after `expires`, with
+    /// `limits` replacing the tier's where set.
     pub async fn create(
         &self,
         config: &Config,
@@ -65,10 +66,12 @@ impl AuthAdmin {
         models: &[String],
         expires: Option<Duration>,
         id: Option<String>,
+        limits: LimitOverrides,
     ) -> anyhow::Result<CreatedKey> {
-        if !config.tiers.contains_key(tier) {
+        let Some(tier_limits) = config.tiers.get(tier).map(|t| t.limits) else {
             bail!("--tier {tier:?} is not a configured tier");
-        }
+        };
+        limits_over(tier_limits, limits, "--limits")?;
         for model in models.iter().filter(|m| *m != "*") {
             if !config.models.iter().any(|m| &m.name == model) {
                 bail!("--models names {model:?}, which is not a configured model");
@@ -97,6 +100,7 @@ impl AuthAdmin {
             },
             created: now,
             expires: expires.map(|after| now.saturating_add(after.as_secs())),
+            limits: (limits != LimitOverrides::default()).then_some(limits),
         };
         let json = serde_json::to_string(&record)?;
         let created = self.run(&["create", &id, &json]).await?;

@@ -20,7 +20,7 @@ pub use jwt::{JwtSetupError, JwtVerifier, TokenRefusal, VerifiedToken, looks_lik
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use crate::config::{Config, Limits, ModelAccess, OutputCaps, Tier};
+use crate::config::{Config, Limits, ModelAccess, OutputCaps, Tier, limits_over};
 use crate::error::GatewayError;
 use store::{AuthStore, KeyRecord, Standing};
 
@@ -132,6 +132,10 @@ impl Authenticator {
 
     fn principal_of(&self, record: &KeyRecord) -> Option<Principal> {
         let tier = self.tiers.get(&record.tier)?;
+        let limits = match record.limits {
+            Some(overrides) => limits_over(tier.limits, overrides, "limits").ok()?,
+            None => tier.limits,
+        };
         let models = if record.models.iter().any(|m| m == "*") {
             ModelAccess::All
         } else {
@@ -141,7 +145,7 @@ impl Authenticator {
             key_id: record.id.as_str().into(),
             tier: record.tier.as_str().into(),
             models: Arc::new(models),
-            limits: tier.limits,
+            limits,
             output: tier.output,
         })
     }

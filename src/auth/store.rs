@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 use subtle::ConstantTimeEq;
 use tokio::time::Instant;
 
-use crate::config::OnRedisError;
+use crate::config::{LimitOverrides, OnRedisError};
 
 const WRITE_LUA: &str = include_str!("write.lua");
 /// How often each replica looks for changes.
@@ -48,6 +48,9 @@ pub struct KeyRecord {
     pub created: u64,
     /// Unix seconds; none = never.
     pub expires: Option<u64>,
+    /// Limits replacing the tier's (none: the tier's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limits: Option<LimitOverrides>,
 }
 
 /// What the last sync found.

@@ -42,7 +42,9 @@ pub(super) fn tiers(
 }
 
 /// `base` with every limit `file` sets replaced.
-fn limits_over(base: Limits, file: LimitsFile, path: &str) -> Result<Limits, ConfigError> {
+/// `base` with every limit `file` sets replaced, each checked against the same bounds as in
+/// the file (`path` names where the overrides came from).
+pub fn limits_over(base: Limits, file: LimitsFile, path: &str) -> Result<Limits, ConfigError> {
     let rpm = |n| NonZeroU32::new(n).ok_or_else(|| zero_limit(path, "requests_per_minute"));
     let streams = |n: u32| {
         bounded_u64(

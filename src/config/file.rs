@@ -142,7 +142,8 @@ pub struct TierFile {
     pub max_tokens: Option<u64>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+/// Rate limits that override a tier's: in `api_keys[].limits`, and on runtime keys.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LimitsFile {
     pub requests_per_minute: Option<u32>,

@@ -20,7 +20,9 @@ use std::time::Duration;
 
 pub use tiktoken_rs::tokenizer::Tokenizer;
 
+pub use access::limits_over;
 pub use dev::{DEV_API_KEY, development};
+pub use file::LimitsFile as LimitOverrides;
 pub use jwt::{JwtConfig, MAX_JWKS_BYTES, SecretBytes, read_jwks};
 pub use telemetry::{TelemetryConfig, TracesConfig};
 

@@ -164,3 +164,43 @@ async fn without_redis_the_commands_say_why_they_cannot_run() {
         assert!(stderr.contains("`redis`"), "{args:?}: {stderr}");
     }
 }
+
+#[tokio::test]
+async fn a_runtime_keys_own_limits_replace_its_tiers() {
+    let redis = RedisServer::spawn().await;
+    let yaml = yaml(&redis.url());
+    let gateway = RunningBinary::start_with_env(&yaml, &ENV).await;
+    let (ok, stdout, stderr) = run_cli(
+        &yaml,
+        &[
+            "keys",
+            "create",
+            "--tier",
+            "pro",
+            "--requests-per-minute",
+            "1",
+        ],
+        &ENV,
+    )
+    .await;
+    assert!(ok, "{stderr}");
+    let key = stdout.trim().to_owned();
+    until_all(&[&gateway], &key, 200).await;
+    let (code, body) = status(&gateway, &key).await;
+    assert_eq!(code, 429, "one request a minute: {body}");
+
+    let (ok, _, stderr) = run_cli(
+        &yaml,
+        &[
+            "keys",
+            "create",
+            "--tier",
+            "pro",
+            "--requests-per-minute",
+            "0",
+        ],
+        &ENV,
+    )
+    .await;
+    assert!(!ok && stderr.contains("requests_per_minute"), "{stderr}");
+}
