@@ -39,6 +39,7 @@ pub mod auth;
 pub mod body;
 pub mod config;
 pub mod error;
+pub mod forwarded;
 pub mod handlers;
 pub mod limits;
 pub mod openai;

@@ -15,6 +15,7 @@ use tracing::Instrument;
 
 use crate::body::Body;
 use crate::error::GatewayError;
+use crate::forwarded::client_addr;
 use crate::handlers::{chat, models, probes, usage};
 use crate::request_id::{self, RequestId};
 use crate::settle::RequestGuard;
@@ -44,6 +45,11 @@ pub async fn handle(
         route.label(),
         trace,
     );
+    guard.set_client(client_addr(
+        peer.ip(),
+        request.headers(),
+        &state.server.trusted_proxies,
+    ));
     // The time spent inside the handler's polls is the gateway's own work; waits on the
     // upstream or the client are not (`sluicegate_overhead_seconds`).
     let mut busy = Duration::ZERO;

@@ -76,6 +76,10 @@ pub struct ServerFile {
     pub keep_alive: bool,
     #[serde(with = "humantime_serde")]
     pub shutdown_grace: Duration,
+    /// Proxies whose `X-Forwarded-For` names the client.
+    pub trusted_proxies: Vec<String>,
+    /// Browser origins allowed to call the API; none without it.
+    pub cors: Option<super::edge::CorsFile>,
 }
 
 impl Default for ServerFile {
@@ -90,6 +94,8 @@ impl Default for ServerFile {
             body_read_timeout: Duration::from_secs(30),
             keep_alive: true,
             shutdown_grace: Duration::from_secs(30),
+            trusted_proxies: Vec::new(),
+            cors: None,
         }
     }
 }

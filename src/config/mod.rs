@@ -5,6 +5,7 @@
 
 mod access;
 mod dev;
+mod edge;
 mod file;
 mod jwt;
 mod models;
@@ -22,6 +23,7 @@ pub use tiktoken_rs::tokenizer::Tokenizer;
 
 pub use access::limits_over;
 pub use dev::{DEV_API_KEY, development};
+pub use edge::CorsConfig;
 pub use file::LimitsFile as LimitOverrides;
 pub use jwt::{JwtConfig, MAX_JWKS_BYTES, SecretBytes, read_jwks};
 pub use telemetry::{TelemetryConfig, TracesConfig};
@@ -63,6 +65,9 @@ pub struct ServerConfig {
     pub body_read_timeout: Duration,
     pub keep_alive: bool,
     pub shutdown_grace: Duration,
+    /// Proxies whose `X-Forwarded-For` is believed.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+    pub cors: Option<CorsConfig>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

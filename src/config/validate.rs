@@ -7,6 +7,7 @@ use std::num::{NonZeroU32, NonZeroUsize};
 use std::time::Duration;
 
 use super::access::{api_keys, tiers};
+use super::edge::{cors, trusted_proxies};
 use super::file::{BreakerFile, ConfigFile, RedisFile, ServerFile, StreamFile, UpstreamFile};
 use super::jwt::jwt;
 use super::models::{fallbacks, model};
@@ -88,6 +89,8 @@ fn server(file: ServerFile) -> Result<ServerConfig, ConfigError> {
         body_read_timeout: positive(file.body_read_timeout, "server.body_read_timeout")?,
         keep_alive: file.keep_alive,
         shutdown_grace: at_most(file.shutdown_grace, MAX_DURATION, "server.shutdown_grace")?,
+        trusted_proxies: trusted_proxies(&file.trusted_proxies)?,
+        cors: file.cors.map(cors).transpose()?,
     })
 }
 

@@ -3,6 +3,7 @@
 //! open requests for `shutdown_grace`, then tells open streams to end.
 
 pub mod admission;
+mod edge;
 mod metrics_listener;
 pub mod shutdown;
 mod stall;
@@ -14,14 +15,12 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 
 use crate::openai::tokens::TokenCounter;
-use crate::routes;
 use crate::state::AppState;
 use stall::StallTimeoutIo;
 
@@ -112,11 +111,7 @@ pub async fn serve(
             stream,
             state.stream.client_stall_timeout,
         ));
-        let conn_state = state.clone();
-        let service = service_fn(move |request| {
-            let state = conn_state.clone();
-            async move { Ok::<_, std::convert::Infallible>(routes::handle(request, state, peer).await) }
-        });
+        let service = edge::service(state.clone(), peer);
         let connection = graceful.watch(builder.serve_connection(io, service).into_owned());
         #[expect(
             clippy::disallowed_methods,

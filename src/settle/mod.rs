@@ -45,6 +45,8 @@ pub type FailureSlot = Arc<OnceLock<(&'static str, Blame)>>;
 #[derive(Debug)]
 pub struct RequestGuard {
     request_id: RequestId,
+    /// The client's address (behind trusted proxies, the one they forwarded).
+    client: Option<std::net::IpAddr>,
     method: Method,
     path: String,
     route: &'static str,
@@ -85,6 +87,7 @@ impl RequestGuard {
     ) -> Self {
         Self {
             request_id,
+            client: None,
             method,
             path: path.chars().take(256).collect(),
             route,
@@ -126,6 +129,10 @@ impl RequestGuard {
 
     pub fn hold(&mut self, permit: OwnedSemaphorePermit) {
         self._permit = Some(permit);
+    }
+
+    pub fn set_client(&mut self, client: std::net::IpAddr) {
+        self.client = Some(client);
     }
 
     pub fn set_key(&mut self, key_id: Arc<str>) {
@@ -260,6 +267,7 @@ impl Drop for RequestGuard {
         tracing::info!(
             target: "sluicegate::access",
             request_id = %self.request_id,
+            client_addr = self.client.map(tracing::field::display),
             method = %self.method,
             path = %self.path,
             status = self.status.as_u16(),

@@ -1,0 +1,88 @@
+//! The layers every API response passes through on its way out: CORS for the configured
+//! browser origins (preflights answered here, before any key is asked for) and compression of
+//! non-streamed answers for clients that accept it (never for `text/event-stream`, whose bytes
+//! must leave as they come).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use http::{HeaderName, HeaderValue, Method, Request};
+use hyper::body::Incoming;
+use hyper_util::service::TowerToHyperService;
+use tower::ServiceBuilder;
+use tower_http::CompressionLevel;
+use tower_http::compression::CompressionLayer;
+use tower_http::cors::{AllowHeaders, AllowOrigin, Any, CorsLayer};
+
+use crate::config::CorsConfig;
+use crate::routes;
+use crate::state::AppState;
+
+/// Response headers a browser page may read.
+const EXPOSED: [&str; 12] = [
+    "x-request-id",
+    "openai-processing-ms",
+    "retry-after",
+    "retry-after-ms",
+    "x-ratelimit-limit-requests",
+    "x-ratelimit-remaining-requests",
+    "x-ratelimit-reset-requests",
+    "x-ratelimit-limit-tokens",
+    "x-ratelimit-remaining-tokens",
+    "x-ratelimit-reset-tokens",
+    "x-sluicegate-backend",
+    "traceparent",
+];
+
+/// The service for one connection from `peer`.
+pub fn service(
+    state: Arc<AppState>,
+    peer: SocketAddr,
+) -> TowerToHyperService<
+    impl tower::Service<
+        Request<Incoming>,
+        Response = http::Response<
+            impl http_body::Body<Data = bytes::Bytes, Error = impl Into<tower::BoxError>>
+            + Send
+            + 'static,
+        >,
+        Error = tower::BoxError,
+        Future = impl Send,
+    > + Clone,
+> {
+    let cors = state.server.cors.as_ref().map(cors_layer);
+    let handler = tower::service_fn(move |request| {
+        let state = state.clone();
+        async move { Ok::<_, tower::BoxError>(routes::handle(request, state, peer).await) }
+    });
+    TowerToHyperService::new(
+        ServiceBuilder::new()
+            .layer(
+                CompressionLayer::new()
+                    .quality(CompressionLevel::Fastest)
+                    .no_deflate()
+                    .no_zstd(),
+            )
+            .option_layer(cors)
+            .service(handler),
+    )
+}
+
+fn cors_layer(config: &CorsConfig) -> CorsLayer {
+    let layer = CorsLayer::new()
+        .allow_methods([Method::GET, Method::POST, Method::OPTIONS])
+        // The SDKs send their own headers (`x-stainless-*`, `openai-*`); the origin list is
+        // what restricts who may call.
+        .allow_headers(AllowHeaders::mirror_request())
+        .expose_headers(EXPOSED.map(HeaderName::from_static))
+        .max_age(config.max_age);
+    let layer = match &config.allowed_origins {
+        None => layer.allow_origin(Any),
+        Some(origins) => layer.allow_origin(AllowOrigin::list(
+            origins
+                .iter()
+                .filter_map(|origin| HeaderValue::from_str(origin).ok()),
+        )),
+    };
+    layer.allow_credentials(config.allow_credentials)
+}
