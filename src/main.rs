@@ -141,7 +141,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     let jwt = config.jwt.as_ref().context(
                         "the configuration has no `auth.jwt`; pass --until to revoke anyway",
                     )?;
-                    sluicegate::auth::unix_now() + (jwt.max_age + jwt.leeway).as_secs()
+                    // A token issued now by a clock up to the leeway ahead is accepted for
+                    // `max_age` plus the leeway after its `iat`.
+                    sluicegate::auth::unix_now() + (jwt.max_age + 2 * jwt.leeway).as_secs()
                 }
             };
             runtime(None)?.block_on(async {
@@ -225,7 +227,7 @@ fn keys(config: &Config, action: KeysAction) -> anyhow::Result<()> {
                 print!("{}", sluicegate::auth::admin::keys_table(&keys, &last_used));
             }
             KeysAction::Revoke { id } => {
-                admin.revoke_key(&id).await?;
+                admin.revoke_key(config, &id).await?;
                 eprintln!("revoked {id:?}; every replica refuses it within a second");
             }
         }

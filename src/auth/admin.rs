@@ -12,11 +12,10 @@ use fred::types::scripts::Script;
 use super::key_format;
 use super::store::{FOREVER, KeyRecord, keys_key, revoked_key, version_key, write_script};
 use crate::auth::{hash_key, unix_now};
-use crate::config::{Config, LimitOverrides, limits_over};
+use crate::config::{Config, KEY_ID_RULE, LimitOverrides, is_plain_key_id, limits_over};
 
 /// How long an operator command waits for Redis.
 const WAIT: Duration = Duration::from_secs(5);
-const MAX_ID_CHARS: usize = 64;
 
 /// A connection to the Redis the configuration names, for one command.
 #[derive(Debug)]
@@ -102,6 +101,15 @@ impl AuthAdmin {
             expires: expires.map(|after| now.saturating_add(after.as_secs())),
             limits: (limits != LimitOverrides::default()).then_some(limits),
         };
+        let revoked: Option<f64> = self
+            .within(
+                self.client
+                    .zscore(revoked_key(&self.prefix), format!("key:{id}")),
+            )
+            .await?;
+        if revoked.is_some() {
+            bail!("the id {id:?} belonged to a revoked key; choose another");
+        }
         let json = serde_json::to_string(&record)?;
         let created = self.run(&["create", &id, &json]).await?;
         if created == 0 {
@@ -123,9 +131,15 @@ impl AuthAdmin {
         Ok(keys)
     }
 
-    /// Revokes the key `id` (runtime or from the file) on every replica.
-    pub async fn revoke_key(&self, id: &str) -> anyhow::Result<()> {
+    /// Revokes the key `id` (runtime, or from `config`'s file) on every replica.
+    pub async fn revoke_key(&self, config: &Config, id: &str) -> anyhow::Result<()> {
         check_id(id)?;
+        let runtime: bool = self
+            .within(self.client.hexists(keys_key(&self.prefix), id))
+            .await?;
+        if !runtime && !config.api_keys.iter().any(|key| key.id == id) {
+            bail!("no runtime key and no key in the configuration has the id {id:?}");
+        }
         self.run(&["revoke_key", id, &FOREVER.to_string()]).await?;
         Ok(())
     }
@@ -168,15 +182,10 @@ impl AuthAdmin {
     }
 }
 
-/// Ids go into logs and Redis key names: short, plain, no braces.
+/// Ids go into logs and Redis key names: the same rule as the file's.
 fn check_id(id: &str) -> anyhow::Result<()> {
-    let plain = !id.is_empty()
-        && id.len() <= MAX_ID_CHARS
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
-    if !plain {
-        bail!("a key id is 1 to {MAX_ID_CHARS} letters, digits, '-', '_' or '.'");
+    if !is_plain_key_id(id) {
+        bail!("a key id {KEY_ID_RULE}");
     }
     Ok(())
 }

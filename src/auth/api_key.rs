@@ -41,6 +41,11 @@ impl KeyIndex {
         self.find_digest(&digest(presented))
     }
 
+    /// Whether a configured key has this id.
+    pub fn has_id(&self, id: &str) -> bool {
+        self.by_digest.values().any(|p| &*p.key_id == id)
+    }
+
     /// The principal whose key has `digest`.
     pub fn find_digest(&self, digest: &[u8; 32]) -> Option<Principal> {
         let (stored, principal) = self.by_digest.get_key_value(digest)?;

@@ -7,15 +7,19 @@
 //! `kid` names; `jku`, `x5u`, `x5c` and an embedded `jwk` are never used to find a key. The key
 //! file is re-read when it changes (checked every second, and at most once a second when a
 //! token names an unknown `kid`, by one caller while the others carry on). A verified token is
-//! remembered (bounded, until its `exp`) so its signature is not checked on every request.
+//! remembered (bounded) until its `exp` or the end of its `max_age`, whichever is first, and
+//! only while the keys it was verified with are unchanged, so its signature is not checked on
+//! every request.
 //!
 //! Invariant: no error message, log line or span carries the token or any part of it.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
+
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio::time::Instant;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -107,7 +111,17 @@ pub struct JwtVerifier {
     tiers: BTreeMap<String, Tier>,
     hmac: Option<DecodingKey>,
     jwks: Option<KeyFile>,
-    remembered: Mutex<HashMap<[u8; 32], VerifiedToken>>,
+    remembered: Mutex<HashMap<[u8; 32], Remembered>>,
+}
+
+/// A verified token, until when it may be taken as verified, and under which keys.
+#[derive(Debug, Clone)]
+struct Remembered {
+    token: VerifiedToken,
+    /// Unix seconds: its `exp`, or sooner when `max_age` ends it first.
+    until: u64,
+    /// The key file's generation it was verified under.
+    generation: u64,
 }
 
 /// Why the verifier could not start.
@@ -165,12 +179,22 @@ impl JwtVerifier {
         if let Some(known) = self.remembered(&fingerprint, now) {
             return Ok(known);
         }
-        let verified = self.verify_uncached(token, now)?;
-        self.remember(fingerprint, &verified, now);
+        let (verified, issued) = self.verify_uncached(token, now)?;
+        let until = verified.expires.min(
+            issued
+                .saturating_add(self.max_age)
+                .saturating_add(self.leeway),
+        );
+        self.remember(fingerprint, &verified, until, now);
         Ok(verified)
     }
 
-    fn verify_uncached(&self, token: &[u8], now: u64) -> Result<VerifiedToken, TokenRefusal> {
+    /// The verified token and its `iat`.
+    fn verify_uncached(
+        &self,
+        token: &[u8],
+        now: u64,
+    ) -> Result<(VerifiedToken, u64), TokenRefusal> {
         let header = Header::parse(token)?;
         if !self.algorithms.contains(&header.alg) {
             return Err(TokenRefusal::AlgorithmNotAccepted);
@@ -185,8 +209,8 @@ impl JwtVerifier {
         let claims = jsonwebtoken::decode::<Map<String, Value>>(token, &key, &validation)
             .map_err(|e| refusal(e.kind(), token))?
             .claims;
-        self.check_issued_at(&claims, now)?;
-        self.principal(&claims)
+        let issued = self.check_issued_at(&claims, now)?;
+        Ok((self.principal(&claims)?, issued))
     }
 
     /// The key the header's `alg` and `kid` select: the HS256 secret, or the JWKS key of that
@@ -206,8 +230,9 @@ impl JwtVerifier {
         Ok(key.decoding.clone())
     }
 
-    /// `iat` is required, not in the future (beyond the leeway) and not older than `max_age`.
-    fn check_issued_at(&self, claims: &Map<String, Value>, now: u64) -> Result<(), TokenRefusal> {
+    /// `iat` is required, not in the future (beyond the leeway) and not older than `max_age`;
+    /// returns it.
+    fn check_issued_at(&self, claims: &Map<String, Value>, now: u64) -> Result<u64, TokenRefusal> {
         let issued = match claims.get("iat") {
             None => return Err(TokenRefusal::MissingIssuedAt),
             Some(value) => value.as_u64().ok_or(TokenRefusal::WrongClaimType)?,
@@ -218,7 +243,7 @@ impl JwtVerifier {
         if now.saturating_sub(issued) > self.max_age.saturating_add(self.leeway) {
             return Err(TokenRefusal::TooOld);
         }
-        Ok(())
+        Ok(issued)
     }
 
     /// The caller the claims describe: the subject as its identity, the tier claim (or the
@@ -267,23 +292,39 @@ impl JwtVerifier {
         })
     }
 
+    /// The key file's generation (0 without one): a reload that changed the keys makes every
+    /// remembered token be verified again.
+    fn generation(&self) -> u64 {
+        self.jwks.as_ref().map_or(0, KeyFile::generation)
+    }
+
     fn remembered(&self, fingerprint: &[u8; 32], now: u64) -> Option<VerifiedToken> {
+        let generation = self.generation();
         let remembered = self.remembered.lock().unwrap_or_else(|p| p.into_inner());
         remembered
             .get(fingerprint)
-            .filter(|known| known.expires > now)
-            .cloned()
+            .filter(|known| known.until > now && known.generation == generation)
+            .map(|known| known.token.clone())
     }
 
-    fn remember(&self, fingerprint: [u8; 32], verified: &VerifiedToken, now: u64) {
+    fn remember(&self, fingerprint: [u8; 32], verified: &VerifiedToken, until: u64, now: u64) {
+        let generation = self.generation();
         let mut remembered = self.remembered.lock().unwrap_or_else(|p| p.into_inner());
         if remembered.len() >= MAX_REMEMBERED {
-            remembered.retain(|_, known| known.expires > now);
+            remembered.retain(|_, known| known.until > now && known.generation == generation);
             if remembered.len() >= MAX_REMEMBERED {
                 remembered.clear();
             }
         }
-        remembered.insert(fingerprint, verified.clone());
+        let token = verified.clone();
+        remembered.insert(
+            fingerprint,
+            Remembered {
+                token,
+                until,
+                generation,
+            },
+        );
     }
 }
 
@@ -435,9 +476,12 @@ struct FileKey {
 struct KeyFile {
     path: PathBuf,
     keys: RwLock<Arc<HashMap<String, FileKey>>>,
-    stamp: Mutex<Option<Stamp>>,
-    /// Milliseconds since the Unix epoch of the last re-read an unknown `kid` caused.
-    last_forced: AtomicU64,
+    /// Raised by every reload that changed the keys; tokens verified before are checked again.
+    generation: AtomicU64,
+    /// Held across look, parse and swap, so two reloads never interleave.
+    reloading: Mutex<Option<Stamp>>,
+    /// When an unknown `kid` last made the file be looked at.
+    last_forced: Mutex<Option<Instant>>,
 }
 
 /// What identifies one version of the file: a rename over it changes the inode, an edit
@@ -456,27 +500,27 @@ impl KeyFile {
         Ok(Self {
             path,
             keys: RwLock::new(Arc::new(keys)),
-            stamp: Mutex::new(stamp),
-            last_forced: AtomicU64::new(0),
+            generation: AtomicU64::new(0),
+            reloading: Mutex::new(stamp),
+            last_forced: Mutex::new(None),
         })
+    }
+
+    fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
     }
 
     fn find(&self, kid: &str) -> Option<FileKey> {
         if let Some(key) = self.current().get(kid) {
             return Some(key.clone());
         }
-        // Perhaps the provider rotated its keys: one caller a second looks again.
-        let now_ms = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as u64);
-        let last = self.last_forced.load(Ordering::Relaxed);
-        let due = now_ms.saturating_sub(last) >= UNKNOWN_KID_REREAD_EVERY.as_millis() as u64;
-        if due
-            && self
-                .last_forced
-                .compare_exchange(last, now_ms, Ordering::Relaxed, Ordering::Relaxed)
-                .is_ok()
+        // Perhaps the provider rotated its keys: one caller a second looks again; the others
+        // do not wait for it.
+        if let Ok(mut last) = self.last_forced.try_lock()
+            && last.is_none_or(|at| at.elapsed() >= UNKNOWN_KID_REREAD_EVERY)
         {
+            *last = Some(Instant::now());
+            drop(last);
             self.reload_if_changed();
         }
         self.current().get(kid).cloned()
@@ -487,19 +531,18 @@ impl KeyFile {
     }
 
     fn reload_if_changed(&self) {
+        let mut last = self.reloading.lock().unwrap_or_else(|p| p.into_inner());
         let now = stamp(&self.path);
-        {
-            let mut last = self.stamp.lock().unwrap_or_else(|p| p.into_inner());
-            if *last == now {
-                return;
-            }
-            *last = now;
+        if *last == now {
+            return;
         }
+        *last = now;
         match parse_keys(&self.path) {
             Ok(keys) => {
                 metrics::record_jwks_read("ok");
                 tracing::info!(keys = keys.len(), "JWKS file re-read");
                 *self.keys.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(keys);
+                self.generation.fetch_add(1, Ordering::AcqRel);
             }
             Err(error) => {
                 metrics::record_jwks_read("error");
@@ -519,30 +562,47 @@ fn stamp(path: &std::path::Path) -> Option<Stamp> {
     })
 }
 
+/// The signing keys of the file. A key that cannot verify (an unsupported curve, one marked
+/// for encryption) is left out with an error in the log, so one bad entry does not stop a
+/// rotation; a file with no usable key at all is an error.
 fn parse_keys(path: &std::path::Path) -> Result<HashMap<String, FileKey>, String> {
     let set = read_jwks(path)?;
-    set.keys
-        .iter()
-        .map(|jwk| {
-            let kid = jwk
-                .common
-                .key_id
-                .clone()
-                .ok_or_else(|| "a key has no kid".to_owned())?;
-            let decoding = DecodingKey::from_jwk(jwk).map_err(|e| format!("key {kid:?}: {e}"))?;
-            let algorithm = jwk
-                .common
-                .key_algorithm
-                .and_then(|alg| Algorithm::try_from(alg).ok());
-            Ok((
-                kid,
-                FileKey {
-                    decoding,
-                    algorithm,
-                },
-            ))
-        })
-        .collect()
+    let mut keys = HashMap::new();
+    for jwk in &set.keys {
+        let Some(kid) = jwk.common.key_id.clone() else {
+            continue;
+        };
+        let for_encryption = matches!(
+            jwk.common.public_key_use,
+            Some(jsonwebtoken::jwk::PublicKeyUse::Encryption)
+        );
+        let decoding = match DecodingKey::from_jwk(jwk) {
+            Ok(decoding) if !for_encryption => decoding,
+            Ok(_) => {
+                tracing::error!(%kid, "a JWKS key is for encryption; not used to verify");
+                continue;
+            }
+            Err(error) => {
+                tracing::error!(%kid, %error, "a JWKS key cannot verify; left out");
+                continue;
+            }
+        };
+        let algorithm = jwk
+            .common
+            .key_algorithm
+            .and_then(|alg| Algorithm::try_from(alg).ok());
+        keys.insert(
+            kid,
+            FileKey {
+                decoding,
+                algorithm,
+            },
+        );
+    }
+    if keys.is_empty() {
+        return Err(format!("{} has no usable signing key", path.display()));
+    }
+    Ok(keys)
 }
 
 #[cfg(test)]

@@ -36,17 +36,15 @@ pub fn is_issued_shape(key: &[u8]) -> bool {
 
 /// Whether an issued-looking key is well formed: its length, alphabet and checksum.
 pub fn is_well_formed(key: &[u8]) -> bool {
-    let Ok(key) = std::str::from_utf8(key) else {
+    if key.len() != PREFIX.len() + RANDOM_CHARS + CHECKSUM_CHARS || !is_issued_shape(key) {
         return false;
-    };
-    if key.len() != PREFIX.len() + RANDOM_CHARS + CHECKSUM_CHARS || !key.starts_with(PREFIX) {
+    }
+    // All ASCII before any slicing, so no cut can land inside a character.
+    if !key[PREFIX.len()..].iter().all(u8::is_ascii_alphanumeric) {
         return false;
     }
     let (body, sum) = key.split_at(key.len() - CHECKSUM_CHARS);
-    body[PREFIX.len()..]
-        .bytes()
-        .all(|b| b.is_ascii_alphanumeric())
-        && checksum(body) == sum
+    std::str::from_utf8(body).is_ok_and(|body| checksum(body).as_bytes() == sum)
 }
 
 /// Six base62 characters of the SHA-256 of `text`.
@@ -73,6 +71,13 @@ mod tests {
     use proptest::prelude::*;
 
     #[test]
+    fn a_multibyte_character_at_the_checksum_boundary_is_refused() {
+        let key = format!("{PREFIX}{}é{}", "a".repeat(31), "b".repeat(5));
+        assert_eq!(key.len(), 44);
+        assert!(!is_well_formed(key.as_bytes()));
+    }
+
+    #[test]
     fn issued_keys_are_well_formed_and_distinct() {
         let a = generate();
         let b = generate();
@@ -92,6 +97,14 @@ mod tests {
             prop_assume!(typo[at] != BASE62[with]);
             typo[at] = BASE62[with];
             prop_assert!(!is_well_formed(&typo));
+        }
+
+        /// Text of the right length with any characters (multi-byte ones included) is refused
+        /// without a panic.
+        #[test]
+        fn arbitrary_text_never_passes(text in "[a-zé漢😀]{30,40}") {
+            let key = format!("{PREFIX}{text}");
+            prop_assert!(!is_well_formed(key.as_bytes()));
         }
 
         #[test]

@@ -108,8 +108,8 @@ impl Authenticator {
         let verified = jwt
             .verify(token, unix_now())
             .map_err(GatewayError::InvalidToken)?;
-        if let (Some(store), Some(jti)) = (&self.store, &verified.jti) {
-            good(store.token_standing(jti))?;
+        if let Some(store) = &self.store {
+            good(store.token_standing(verified.jti.as_deref()))?;
         }
         Ok(verified.principal)
     }
@@ -123,6 +123,10 @@ impl Authenticator {
             .ok_or(GatewayError::InvalidApiKey)?;
         if record.expires.is_some_and(|at| at <= unix_now()) {
             return Err(GatewayError::InvalidToken(TokenRefusal::Expired));
+        }
+        if self.keys.has_id(&record.id) {
+            tracing::error!(key_id = %record.id, "a runtime key has the id of a key in the configuration; refused");
+            return Err(GatewayError::InvalidApiKey);
         }
         self.principal_of(&record).ok_or_else(|| {
             tracing::error!(key_id = %record.id, tier = %record.tier, "a runtime key names a tier this gateway does not have");

@@ -132,9 +132,9 @@ impl AuthStore {
         self.standing(|snapshot| snapshot.revoked_keys.contains(key_id))
     }
 
-    /// Whether the token `jti` may still be used.
-    pub fn token_standing(&self, jti: &str) -> Standing {
-        self.standing(|snapshot| snapshot.revoked_tokens.contains(jti))
+    /// Whether a token (with its `jti`, when it has one) may still be used.
+    pub fn token_standing(&self, jti: Option<&str>) -> Standing {
+        self.standing(|snapshot| jti.is_some_and(|jti| snapshot.revoked_tokens.contains(jti)))
     }
 
     fn standing(&self, revoked: impl Fn(&Snapshot) -> bool) -> Standing {
@@ -173,12 +173,19 @@ fn snapshot(records: HashMap<String, String>, revoked: Vec<String>) -> Snapshot 
             "more runtime keys than a replica mirrors; the rest are refused"
         );
     }
+    // Sorted, so every replica keeps the same ones past the cap.
+    let mut records: Vec<(String, String)> = records.into_iter().collect();
+    records.sort_unstable();
+    let now = crate::auth::unix_now();
     let mut keys = HashMap::new();
     for (id, json) in records.into_iter().take(MAX_MIRRORED_KEYS) {
         let Ok(record) = serde_json::from_str::<KeyRecord>(&json) else {
             tracing::error!(key_id = %id, "a runtime key record cannot be read; it is ignored");
             continue;
         };
+        if record.expires.is_some_and(|at| at <= now) {
+            continue;
+        }
         let mut digest = [0u8; 32];
         if hex::decode_to_slice(&record.sha256, &mut digest).is_ok() {
             keys.insert(digest, record);

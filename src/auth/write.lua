@@ -11,9 +11,10 @@ if op == 'create' then
   end
 elseif op == 'revoke_key' then
   redis.call('HDEL', KEYS[1], ARGV[2])
-  redis.call('ZADD', KEYS[2], ARGV[3], 'key:' .. ARGV[2])
+  redis.call('ZADD', KEYS[2], 'GT', ARGV[3], 'key:' .. ARGV[2])
 elseif op == 'revoke_jti' then
-  redis.call('ZADD', KEYS[2], ARGV[3], 'jti:' .. ARGV[2])
+  -- GT: a revocation is only ever lengthened.
+  redis.call('ZADD', KEYS[2], 'GT', ARGV[3], 'jti:' .. ARGV[2])
   redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', '(' .. ARGV[4])
 else
   return redis.error_reply('unknown operation')

@@ -92,6 +92,20 @@ fn zero_limit(path: &str, field: &str) -> ConfigError {
     )
 }
 
+/// What a key id may be: it names Redis keys (`{key_id}` hash tags, where a brace would move
+/// a key's limits to another slot), log fields and CLI arguments, and JWT subjects live apart
+/// as `jwt:...` (so no `:` here).
+pub const KEY_ID_RULE: &str = "must be 1 to 64 letters, digits, '-', '_' or '.'";
+
+/// Whether `id` follows `KEY_ID_RULE`.
+pub fn is_plain_key_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 64
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+}
+
 pub(super) fn api_keys(
     file: Vec<ApiKeyFile>,
     tiers: &BTreeMap<String, Tier>,
@@ -141,19 +155,8 @@ fn api_key(
         }
         ModelAccess::Only(file.models.into_iter().collect::<BTreeSet<_>>())
     };
-    if file.id.is_empty() {
-        return Err(ConfigError::invalid(
-            format!("{path}.id"),
-            "must not be empty",
-        ));
-    }
-    if file.id.contains(['{', '}']) {
-        // Redis keys are hash-tagged `{key_id}`; a brace would move a key's limits to
-        // another cluster slot or merge them with another key's.
-        return Err(ConfigError::invalid(
-            format!("{path}.id"),
-            "must not contain `{` or `}`",
-        ));
+    if !is_plain_key_id(&file.id) {
+        return Err(ConfigError::invalid(format!("{path}.id"), KEY_ID_RULE));
     }
     Ok(ApiKey {
         id: file.id,

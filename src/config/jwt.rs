@@ -16,6 +16,8 @@ use super::{ConfigError, Tier};
 
 /// Largest JWKS file read, here and when it is reloaded.
 pub const MAX_JWKS_BYTES: u64 = 1024 * 1024;
+/// RFC 7518: an HS256 key at least as long as the hash.
+const MIN_SECRET_BYTES: usize = 32;
 const MAX_LEEWAY: Duration = Duration::from_secs(600);
 const MAX_AGE_BOUND: Duration = Duration::from_secs(366 * 24 * 60 * 60);
 
@@ -198,7 +200,13 @@ fn algorithm(name: &str) -> Result<Algorithm, String> {
 /// The environment variable's value as raw bytes.
 fn secret_bytes(var: &str) -> Result<SecretBytes, String> {
     match std::env::var_os(var) {
-        Some(value) if !value.is_empty() => Ok(SecretBytes(value.as_bytes().to_vec())),
+        Some(value) if value.len() >= MIN_SECRET_BYTES => {
+            Ok(SecretBytes(value.as_bytes().to_vec()))
+        }
+        Some(value) if !value.is_empty() => Err(format!(
+            "environment variable `{var}` holds fewer than {MIN_SECRET_BYTES} bytes; an HS256 \
+             secret needs at least 256 bits"
+        )),
         _ => Err(format!("environment variable `{var}` is not set")),
     }
 }

@@ -21,7 +21,7 @@ use std::time::Duration;
 
 pub use tiktoken_rs::tokenizer::Tokenizer;
 
-pub use access::limits_over;
+pub use access::{KEY_ID_RULE, is_plain_key_id, limits_over};
 pub use dev::{DEV_API_KEY, development};
 pub use edge::CorsConfig;
 pub use file::LimitsFile as LimitOverrides;

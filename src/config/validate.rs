@@ -313,7 +313,7 @@ mod tests {
                 format!(
                     "{model}\ntiers: {{t: {{}}}}\napi_keys: [{{id: 'a{{b}}', sha256: {KEY}, tier: t}}]"
                 ),
-                "api_keys[0].id: must not contain",
+                "api_keys[0].id: must be 1 to 64 letters",
             ),
             (
                 "tiers: {t: {tokens_per_minute: 18446744073709551615}}".into(),

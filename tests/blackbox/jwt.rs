@@ -375,7 +375,6 @@ async fn every_way_a_token_can_be_wrong_is_refused_with_its_own_reason() {
             "subject",
         ),
     ];
-    assert!(rows.len() >= 25);
     let mut tokens = Vec::new();
     for (case, token, status, reason) in rows {
         let (got, body) = chat_status(&gateway.base(), &token).await;
@@ -444,15 +443,8 @@ async fn a_rotated_key_file_is_used_without_a_restart() {
         }
     })
     .await;
-    // A token verified before stays remembered until it expires; a new one with the old kid
-    // is refused.
-    let old_again = sign(
-        Algorithm::RS256,
-        Some("rsa1"),
-        &provider.rsa,
-        &claims(&[("sub", json!("user-2"))]),
-    );
-    let (status, body) = chat_status(&gateway.base(), &old_again).await;
+    // Verified before the rotation or not, a token of the removed key is refused now.
+    let (status, body) = chat_status(&gateway.base(), &old).await;
     assert_eq!(status, 401, "{body}");
     assert!(
         body["error"]["message"]

@@ -95,7 +95,16 @@ async fn a_key_created_and_revoked_with_the_cli_takes_effect_on_every_replica_wi
         took < Duration::from_secs(1),
         "refused everywhere after {took:?}"
     );
-    assert!(status(&b, &key).await.1.contains("revoked") || status(&b, &key).await.0 == 401);
+    // A typo in the id is an error, not a silent success; a revoked id is not reused.
+    let (ok, _, stderr) = run_cli(&yaml, &["keys", "revoke", "team-y"], &ENV).await;
+    assert!(!ok && stderr.contains("no runtime key"), "{stderr}");
+    let (ok, _, stderr) = run_cli(
+        &yaml,
+        &["keys", "create", "--tier", "pro", "--id", "team-x"],
+        &ENV,
+    )
+    .await;
+    assert!(!ok && stderr.contains("revoked"), "{stderr}");
 
     // Nothing of the key in either gateway's log.
     let logs = [a.logs(), b.logs()].concat().join("\n");
@@ -203,4 +212,35 @@ async fn a_runtime_keys_own_limits_replace_its_tiers() {
     )
     .await;
     assert!(!ok && stderr.contains("requests_per_minute"), "{stderr}");
+}
+
+#[tokio::test]
+async fn with_deny_every_credential_is_refused_once_redis_cannot_be_read() {
+    let mut redis = RedisServer::spawn().await;
+    let yaml = yaml(&redis.url()).replace("on_error: local", "on_error: deny");
+    let gateway = RunningBinary::start_with_env(&yaml, &ENV).await;
+    let now = sluicegate::auth::unix_now();
+    // No `jti`: nothing to look up, and still refused when revocations cannot be read.
+    let claims =
+        json!({"iss": "idp", "aud": "sluicegate", "sub": "user-3", "iat": now, "exp": now + 600});
+    let token = jsonwebtoken::encode(
+        &Header::new(Algorithm::HS256),
+        &claims,
+        &EncodingKey::from_secret(SECRET.as_bytes()).expect("key"),
+    )
+    .expect("signs");
+    until_all(&[&gateway], &token, 200).await;
+    redis.kill().await;
+    within(ms(8_000), "the credential check to refuse", async {
+        loop {
+            // The limiter may refuse first; the credential check follows within seconds.
+            let (code, body) = status(&gateway, &token).await;
+            if body.contains("credentials_unavailable") {
+                assert_eq!(code, 503);
+                return;
+            }
+            tokio::time::sleep(ms(100)).await;
+        }
+    })
+    .await;
 }
