@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs every sluicegate test. On a fresh Debian machine it first installs what the tests need:
-# redis-server (the shared-limits tests), prometheus (a real scrape of /metrics), a Python venv
+# redis-server (the shared-limits tests), prometheus (a real scrape of /metrics), nginx and
+# curl (deploy/verify.sh), a Python venv
 # with the current major of the official OpenAI SDK and the Node SDK with the Node.js it
 # supports (the SDK tests), and the rustfmt/clippy components (the lint gate).
 set -euo pipefail
@@ -12,6 +13,8 @@ command -v python3 >/dev/null 2>&1 || apt_packages+=(python3)
 python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || apt_packages+=(python3-venv)
 command -v npm >/dev/null 2>&1 || apt_packages+=(nodejs npm)
 command -v prometheus >/dev/null 2>&1 || apt_packages+=(prometheus)
+command -v nginx >/dev/null 2>&1 || apt_packages+=(nginx-light)
+command -v curl >/dev/null 2>&1 || apt_packages+=(curl)
 if [ ${#apt_packages[@]} -gt 0 ]; then
   echo "installing: ${apt_packages[*]}"
   export DEBIAN_FRONTEND=noninteractive
@@ -40,3 +43,5 @@ rustup component add rustfmt clippy >/dev/null 2>&1 || true
 cargo fmt --all -- --check
 cargo clippy -j2 --workspace --all-targets --locked -- -D warnings
 cargo test -j2 --workspace --locked
+# The shipped deployment end to end: nginx in front of three replicas sharing Redis.
+deploy/verify.sh target/debug/sluicegate
