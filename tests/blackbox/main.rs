@@ -16,6 +16,7 @@ mod jwt;
 mod limits;
 mod limits_integrity;
 mod metrics;
+mod redis_cluster;
 mod routing;
 mod runtime_keys;
 mod sdk;

@@ -155,23 +155,24 @@ impl RedisLimiter {
             .admit
             .evalsha_with_reload::<Vec<i64>, _, _>(&client, keys.to_vec(), args);
         let started = Instant::now();
-        let failure = match tokio::time::timeout(self.timeout, call).await {
+        let (failure, detail) = match tokio::time::timeout(self.timeout, call).await {
             Ok(Ok(reply)) => match <[i64; 8]>::try_from(reply) {
                 Ok(reply) => {
                     metrics::record_redis_call("admit", "ok", started.elapsed());
                     self.health.succeeded();
                     return decide(reply, ask, id).map_err(SharedError::Refused);
                 }
-                Err(_) => Failure::Rejected,
+                Err(_) => (Failure::Rejected, "a reply of the wrong shape".to_owned()),
             },
-            Ok(Err(error)) => classify(&error),
-            Err(_) => Failure::Unreachable,
+            Ok(Err(error)) => (classify(&error), error.to_string()),
+            Err(_) => (Failure::Unreachable, "timed out".to_owned()),
         };
         metrics::record_redis_call("admit", failure.label(), started.elapsed());
         match failure {
             Failure::Unreachable => self.health.failed(),
             Failure::Rejected => {
-                tracing::error!(key_id = %ask.key_id, "the admission script failed with an error reply");
+                // Redis error replies name the command and its problem, never argument values.
+                tracing::error!(key_id = %ask.key_id, error = %detail, "the admission script failed with an error reply");
             }
         }
         // Whatever went wrong, the admission may have been applied: undo it (idempotent).

@@ -7,6 +7,7 @@ pub mod gateway;
 pub mod otlp;
 pub mod raw_upstream;
 pub mod redis;
+pub mod redis_cluster;
 pub mod upstream;
 
 use std::future::Future;
