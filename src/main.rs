@@ -1,5 +1,5 @@
 //! The `sluicegate` command line: serve (default), check-config, hash-key, keys, revoke,
-//! usage, mock-upstream.
+//! usage, probe, mock-upstream.
 
 use std::io::Read;
 use std::net::SocketAddr;
@@ -57,6 +57,11 @@ enum Command {
         /// JSON instead of a table.
         #[arg(long)]
         json: bool,
+    },
+    /// Exit 0 when URL answers 2xx within 2 s (a container health check needs no shell).
+    Probe {
+        #[arg(default_value = "http://127.0.0.1:8080/healthz")]
+        url: String,
     },
     /// Serve the mock model over HTTP as an OpenAI-compatible upstream.
     MockUpstream {
@@ -169,6 +174,22 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::Probe { url } => runtime(None)?.block_on(async {
+            let response = reqwest::Client::builder()
+                .no_proxy()
+                .timeout(Duration::from_secs(2))
+                .build()?
+                .get(&url)
+                .send()
+                .await
+                .with_context(|| format!("{url} did not answer"))?;
+            anyhow::ensure!(
+                response.status().is_success(),
+                "{url} answered {}",
+                response.status()
+            );
+            Ok(())
+        }),
         Command::MockUpstream {
             port,
             host,

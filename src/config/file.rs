@@ -318,7 +318,12 @@ impl Default for StreamFile {
 #[serde(deny_unknown_fields)]
 pub struct RedisFile {
     /// `redis://`, `rediss://` or `redis-cluster://` URL.
-    pub url: String,
+    #[serde(default)]
+    pub url: Option<String>,
+    /// Instead of `url`: the environment variable holding it (a URL with a password belongs
+    /// in a secret, not in the file).
+    #[serde(default)]
+    pub url_env: Option<String>,
     /// Bound on every Redis call.
     #[serde(default = "redis_timeout", with = "humantime_serde")]
     pub timeout: Duration,

@@ -95,7 +95,22 @@ fn server(file: ServerFile) -> Result<ServerConfig, ConfigError> {
 }
 
 fn redis(file: RedisFile) -> Result<RedisConfig, ConfigError> {
-    if fred::types::config::Config::from_url(&file.url).is_err() {
+    let url = match (file.url, file.url_env) {
+        (Some(url), None) => url,
+        (None, Some(var)) => std::env::var(&var).map_err(|_| {
+            ConfigError::invalid(
+                "redis.url_env",
+                format!("environment variable `{var}` is not set"),
+            )
+        })?,
+        _ => {
+            return Err(ConfigError::invalid(
+                "redis.url",
+                "give exactly one of `url` and `url_env`",
+            ));
+        }
+    };
+    if fred::types::config::Config::from_url(&url).is_err() {
         return Err(ConfigError::invalid(
             "redis.url",
             "not a redis://, rediss:// or redis-cluster:// URL",
@@ -123,7 +138,7 @@ fn redis(file: RedisFile) -> Result<RedisConfig, ConfigError> {
         ));
     }
     Ok(RedisConfig {
-        url: file.url,
+        url,
         timeout: positive(file.timeout, "redis.timeout")?,
         on_error,
         pool_size: non_zero(file.pool_size, "redis.pool_size")?,

@@ -10,6 +10,7 @@ mod bad_requests;
 mod breaker_outcomes;
 mod chat;
 mod cli;
+mod deploy_files;
 mod edge;
 mod hostile_upstream;
 mod jwt;
