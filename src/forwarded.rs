@@ -11,18 +11,23 @@ use ipnet::IpNet;
 /// (walking from the right) that is not a trusted proxy.
 pub fn client_addr(peer: IpAddr, headers: &HeaderMap, trusted: &[IpNet]) -> IpAddr {
     let is_trusted = |ip: &IpAddr| trusted.iter().any(|net| net.contains(ip));
+    // A dual-stack listener sees IPv4 peers as `::ffff:a.b.c.d`.
+    let peer = peer.to_canonical();
     if !is_trusted(&peer) {
         return peer;
     }
     let mut client = peer;
-    let hops: Vec<&str> = headers
+    // A value that is not text ends the walk: nothing left of it can be believed.
+    let hops: Vec<Option<&str>> = headers
         .get_all("x-forwarded-for")
         .iter()
-        .filter_map(|value| value.to_str().ok())
-        .flat_map(|value| value.split(','))
+        .flat_map(|value| match value.to_str() {
+            Ok(text) => text.split(',').map(Some).collect::<Vec<_>>(),
+            Err(_) => vec![None],
+        })
         .collect();
     for hop in hops.iter().rev() {
-        let Ok(ip) = hop.trim().parse::<IpAddr>() else {
+        let Some(ip) = hop.and_then(parse_hop) else {
             // Whatever the proxies did not write themselves cannot be believed.
             break;
         };
@@ -32,6 +37,15 @@ pub fn client_addr(peer: IpAddr, headers: &HeaderMap, trusted: &[IpNet]) -> IpAd
         }
     }
     client
+}
+
+/// One entry: an address, possibly with a port (`1.2.3.4:5678`, `[2001:db8::1]:443`).
+fn parse_hop(hop: &str) -> Option<IpAddr> {
+    let hop = hop.trim();
+    hop.parse::<IpAddr>()
+        .ok()
+        .or_else(|| hop.parse::<std::net::SocketAddr>().ok().map(|s| s.ip()))
+        .map(|ip| ip.to_canonical())
 }
 
 #[cfg(test)]
@@ -69,6 +83,9 @@ mod tests {
             ("10.0.0.2", vec![], "10.0.0.2"),
             ("10.0.0.2", vec!["10.0.0.9"], "10.0.0.9"),
             ("10.0.0.2", vec!["2001:db8::1"], "2001:db8::1"),
+            ("10.0.0.2", vec!["1.2.3.4:5678"], "1.2.3.4"),
+            ("10.0.0.2", vec!["[2001:db8::1]:443"], "2001:db8::1"),
+            ("::ffff:10.0.0.2", vec!["1.2.3.4"], "1.2.3.4"),
         ];
         for (peer, values, client) in rows {
             assert_eq!(

@@ -75,6 +75,7 @@ pub(super) fn cors(file: CorsFile) -> Result<CorsConfig, ConfigError> {
             "cannot be true with `*`: any site could then call the API as the user",
         ));
     }
+    let mut origins = Vec::with_capacity(file.allowed_origins.len());
     if !any {
         for origin in &file.allowed_origins {
             let parsed = reqwest::Url::parse(origin).ok();
@@ -85,19 +86,21 @@ pub(super) fn cors(file: CorsFile) -> Result<CorsConfig, ConfigError> {
                     && url.query().is_none()
                     && !origin.ends_with('/')
             });
-            if !plain {
+            let Some(url) = parsed.filter(|_| plain) else {
                 return Err(invalid(
                     "allowed_origins",
                     "each origin is a scheme and host such as https://app.example.com",
                 ));
-            }
+            };
+            // As browsers send it: lower-case host, no default port.
+            origins.push(url.origin().ascii_serialization());
         }
     }
     if file.max_age > Duration::from_secs(24 * 60 * 60) {
         return Err(invalid("max_age", "must be at most 24h"));
     }
     Ok(CorsConfig {
-        allowed_origins: (!any).then_some(file.allowed_origins),
+        allowed_origins: (!any).then_some(origins),
         allow_credentials: file.allow_credentials,
         max_age: file.max_age,
     })

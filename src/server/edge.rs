@@ -34,10 +34,16 @@ const EXPOSED: [&str; 12] = [
     "traceparent",
 ];
 
+/// The CORS layer of `config`, built once at start and cloned for each connection.
+pub fn cors(config: Option<&CorsConfig>) -> Option<CorsLayer> {
+    config.map(cors_layer)
+}
+
 /// The service for one connection from `peer`.
 pub fn service(
     state: Arc<AppState>,
     peer: SocketAddr,
+    cors: Option<CorsLayer>,
 ) -> TowerToHyperService<
     impl tower::Service<
         Request<Incoming>,
@@ -50,7 +56,6 @@ pub fn service(
         Future = impl Send,
     > + Clone,
 > {
-    let cors = state.server.cors.as_ref().map(cors_layer);
     let handler = tower::service_fn(move |request| {
         let state = state.clone();
         async move { Ok::<_, tower::BoxError>(routes::handle(request, state, peer).await) }

@@ -92,6 +92,7 @@ pub async fn serve(
     let housekeeping = Housekeeping::start(&state);
     let usage_flusher = UsageFlusher::start(&state);
     let builder = connection_builder(&state);
+    let cors = edge::cors(state.server.cors.as_ref());
     let graceful = GracefulShutdown::new();
     let mut shutdown = pin!(shutdown);
     loop {
@@ -111,7 +112,7 @@ pub async fn serve(
             stream,
             state.stream.client_stall_timeout,
         ));
-        let service = edge::service(state.clone(), peer);
+        let service = edge::service(state.clone(), peer, cors.clone());
         let connection = graceful.watch(builder.serve_connection(io, service).into_owned());
         #[expect(
             clippy::disallowed_methods,

@@ -64,6 +64,14 @@ async fn cors_answers_configured_origins_only_and_preflights_need_no_key() {
         .expect("ascii");
     assert!(exposed.contains("x-request-id") && exposed.contains("x-ratelimit-remaining-requests"));
 
+    // Origins are compared as browsers send them: lower-case, no default port.
+    let spelled = TestGateway::start(&with_cors(
+        "{allowed_origins: ['https://App.Example.com:443']}",
+    ))
+    .await;
+    let answer = preflight(&spelled.url(""), ORIGIN).await;
+    assert_eq!(answer.headers()["access-control-allow-origin"], ORIGIN);
+
     // Without `server.cors` no origin is allowed.
     let closed = TestGateway::start(&GatewayConfig::mock(3, "0ms")).await;
     let refused = preflight(&closed.url(""), ORIGIN).await;

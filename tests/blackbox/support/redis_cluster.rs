@@ -63,12 +63,15 @@ impl RedisCluster {
             children.push(Some(child));
         }
         for port in &ports {
+            let mut answered = false;
             for _ in 0..200 {
                 if cli(*port, &["PING"]).await == "PONG" {
+                    answered = true;
                     break;
                 }
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
+            assert!(answered, "redis-server on {port} never answered PING");
         }
         let nodes: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
         let created = Command::new("redis-cli")
@@ -175,7 +178,8 @@ impl RedisCluster {
             &["CLUSTER", "SETSLOT", &slot_text, "MIGRATING", &to_id],
         )
         .await;
-        loop {
+        for round in 0.. {
+            assert!(round < 100, "slot {slot} would not empty");
             let keys = cli(from_port, &["CLUSTER", "GETKEYSINSLOT", &slot_text, "100"]).await;
             let keys: Vec<&str> = keys.lines().filter(|k| !k.is_empty()).collect();
             if keys.is_empty() {
