@@ -1,16 +1,19 @@
 //! Load generator: N concurrent streaming clients against an OpenAI-compatible base URL for a
-//! bounded time; reports streams/s and time-to-first-token percentiles.
+//! bounded time; reports streams/s, time to first token, the gaps between events, whole-stream
+//! times, events per stream and errors by kind (a status other than 200, no `[DONE]`, an error
+//! event, a broken connection), as one JSON line.
 //!
-//! Time to first token is measured to the first `data:` event carrying JSON, so heartbeat
+//! Each client is one task on its own kept-alive connection (`client.rs`, a minimal HTTP/1.1
+//! client) and keeps its own counts, merged at the end, so clients share nothing while they
+//! run. Time to first token is measured to the first `data:` event carrying JSON, so heartbeat
 //! comments do not count. Every request loop is bounded by `--duration`.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::Parser;
-use futures_util::StreamExt;
-use tokio::sync::Mutex;
+
+mod client;
 use tokio::time::Instant;
 
 #[derive(Parser, Debug, Clone)]
@@ -51,12 +54,32 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
     }
 }
 
+/// What one worker saw; merged at the end, so workers share nothing while they run.
 #[derive(Default)]
 struct Totals {
     ttft: Vec<Duration>,
+    gaps: Vec<Duration>,
+    total: Vec<Duration>,
+    chunks: u64,
     streams: u64,
-    errors: u64,
+    errors: Errors,
+    /// The first failure, described for the operator (stderr).
+    first_failure: Option<String>,
     seconds: Vec<Second>,
+}
+
+#[derive(Default, Clone, Copy)]
+struct Errors {
+    status: u64,
+    no_done: u64,
+    error_event: u64,
+    io: u64,
+}
+
+impl Errors {
+    fn count(&self) -> u64 {
+        self.status + self.no_done + self.error_event + self.io
+    }
 }
 
 /// What completed during one second of the run.
@@ -68,128 +91,128 @@ struct Second {
     backends: std::collections::BTreeMap<String, u64>,
 }
 
+impl Totals {
+    fn merge(&mut self, other: Totals) {
+        self.ttft.extend(other.ttft);
+        self.gaps.extend(other.gaps);
+        self.total.extend(other.total);
+        self.chunks += other.chunks;
+        self.streams += other.streams;
+        self.errors.status += other.errors.status;
+        self.errors.no_done += other.errors.no_done;
+        self.errors.error_event += other.errors.error_event;
+        self.errors.io += other.errors.io;
+        if self.first_failure.is_none() {
+            self.first_failure = other.first_failure;
+        }
+        if self.seconds.len() < other.seconds.len() {
+            self.seconds
+                .resize_with(other.seconds.len(), Second::default);
+        }
+        for (mine, theirs) in self.seconds.iter_mut().zip(other.seconds) {
+            mine.ok += theirs.ok;
+            mine.errors += theirs.errors;
+            mine.ttft.extend(theirs.ttft);
+            for (backend, n) in theirs.backends {
+                *mine.backends.entry(backend).or_default() += n;
+            }
+        }
+    }
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let client = reqwest::Client::builder()
-        .no_proxy()
-        .pool_max_idle_per_host(args.concurrency)
-        .tcp_nodelay(true)
-        .read_timeout(Duration::from_secs(30))
-        .build()?;
     let body = serde_json::json!({
         "model": args.model,
         "messages": [{"role": "user", "content": "Say something."}],
         "stream": true,
     })
     .to_string();
-    let totals = Arc::new(Mutex::new(Totals::default()));
     let started = Instant::now();
     let deadline = started + args.duration;
     let workers: Vec<_> = (0..args.concurrency)
         .map(|_| {
-            let (client, args, body, totals) =
-                (client.clone(), args.clone(), body.clone(), totals.clone());
+            let client = client::Client::new(&args.url, &args.key, &body);
             #[expect(
                 clippy::disallowed_methods,
                 reason = "one worker per simulated client, bounded by the deadline"
             )]
-            tokio::spawn(
-                async move { worker(client, &args, body, started, deadline, totals).await },
-            )
+            tokio::spawn(async move { worker(client?, started, deadline).await })
         })
         .collect();
+    let mut totals = Totals::default();
     for worker in workers {
-        worker.await.context("worker panicked")?;
+        totals.merge(worker.await.context("worker panicked")??);
     }
     let elapsed = started.elapsed();
-    let mut totals = totals.lock().await;
     if totals.streams == 0 {
-        bail!("no stream completed ({} errors)", totals.errors);
+        bail!("no stream completed ({} errors)", totals.errors.count());
+    }
+    if let Some(failure) = &totals.first_failure {
+        eprintln!("first failure: {failure}");
     }
     report(&args, elapsed, &mut totals);
     Ok(())
 }
 
 async fn worker(
-    client: reqwest::Client,
-    args: &Args,
-    body: String,
+    mut client: client::Client,
     started: Instant,
     deadline: Instant,
-    totals: Arc<Mutex<Totals>>,
-) {
+) -> anyhow::Result<Totals> {
+    let mut totals = Totals::default();
     while Instant::now() < deadline {
-        let result = one_stream(&client, args, body.clone()).await;
-        let mut totals = totals.lock().await;
+        let result = tokio::time::timeout_at(deadline + Duration::from_secs(30), client.stream())
+            .await
+            .unwrap_or_else(|_| Err(client::Failure::Io(anyhow::anyhow!("timed out"))));
         let index = started.elapsed().as_secs() as usize;
         if totals.seconds.len() <= index {
             totals.seconds.resize_with(index + 1, Second::default);
         }
         match result {
-            Ok((ttft, backend)) => {
+            Ok(stream) => {
                 totals.streams += 1;
-                totals.ttft.push(ttft);
+                totals.ttft.push(stream.ttft);
+                totals.total.push(stream.total);
+                totals.chunks += u64::from(stream.chunks);
+                totals.gaps.extend(stream.gaps);
                 let second = &mut totals.seconds[index];
                 second.ok += 1;
-                second.ttft.push(ttft);
-                *second.backends.entry(backend).or_default() += 1;
+                second.ttft.push(stream.ttft);
+                *second.backends.entry(stream.backend).or_default() += 1;
             }
-            Err(_) => {
-                totals.errors += 1;
+            Err(failure) => {
+                totals
+                    .first_failure
+                    .get_or_insert_with(|| failure.describe());
+                match failure {
+                    client::Failure::Status(_) => totals.errors.status += 1,
+                    client::Failure::NoDone => totals.errors.no_done += 1,
+                    client::Failure::ErrorEvent => totals.errors.error_event += 1,
+                    client::Failure::Io(_) => totals.errors.io += 1,
+                }
                 totals.seconds[index].errors += 1;
             }
         }
     }
+    Ok(totals)
 }
 
-/// Runs one stream to its end; returns its time to first token and the backend that answered.
-async fn one_stream(
-    client: &reqwest::Client,
-    args: &Args,
-    body: String,
-) -> anyhow::Result<(Duration, String)> {
-    let sent = Instant::now();
-    let response = client
-        .post(format!("{}/chat/completions", args.url))
-        .bearer_auth(&args.key)
-        .header("content-type", "application/json")
-        .body(body)
-        .send()
-        .await?
-        .error_for_status()?;
-    let backend = response
-        .headers()
-        .get("x-sluicegate-backend")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("-")
-        .to_owned();
-    let mut chunks = response.bytes_stream();
-    let mut ttft = None;
-    let mut tail = Vec::new();
-    while let Some(chunk) = chunks.next().await {
-        let chunk = chunk?;
-        if ttft.is_none() && chunk.windows(7).any(|w| w == b"data: {") {
-            ttft = Some(sent.elapsed());
-        }
-        tail.extend_from_slice(&chunk);
-        let keep = tail.len().saturating_sub(32);
-        tail.drain(..keep);
+/// The `p` quantile (0..1) of sorted `values`, in milliseconds.
+fn quantile_ms(values: &[Duration], p: f64) -> f64 {
+    if values.is_empty() {
+        return 0.0;
     }
-    if !tail.ends_with(b"data: [DONE]\n\n") {
-        bail!("stream did not finish with [DONE]");
-    }
-    Ok((ttft.context("no data event")?, backend))
+    let i = ((values.len() as f64 - 1.0) * p).round() as usize;
+    values[i].as_secs_f64() * 1000.0
 }
 
 fn report(args: &Args, elapsed: Duration, totals: &mut Totals) {
     if args.timeline {
         for (t, second) in totals.seconds.iter_mut().enumerate() {
             second.ttft.sort_unstable();
-            let p99 = second
-                .ttft
-                .get(((second.ttft.len() as f64 - 1.0) * 0.99).round().max(0.0) as usize)
-                .map_or(0.0, |d| d.as_secs_f64() * 1000.0);
+            let p99 = quantile_ms(&second.ttft, 0.99);
             let backends = serde_json::to_string(&second.backends).expect("map serialises");
             println!(
                 "{{\"label\":\"{}\",\"second\":{t},\"ok\":{},\"errors\":{},\"ttft_ms_p99\":{p99:.3},\"backends\":{backends}}}",
@@ -198,20 +221,28 @@ fn report(args: &Args, elapsed: Duration, totals: &mut Totals) {
         }
     }
     totals.ttft.sort_unstable();
-    let pct = |p: f64| {
-        let i = ((totals.ttft.len() as f64 - 1.0) * p).round() as usize;
-        totals.ttft[i].as_secs_f64() * 1000.0
-    };
+    totals.gaps.sort_unstable();
+    totals.total.sort_unstable();
     let rate = totals.streams as f64 / elapsed.as_secs_f64();
+    let e = totals.errors;
     println!(
-        "{{\"label\":\"{}\",\"concurrency\":{},\"streams\":{},\"errors\":{},\"streams_per_s\":{:.1},\"ttft_ms_p50\":{:.3},\"ttft_ms_p90\":{:.3},\"ttft_ms_p99\":{:.3}}}",
+        "{{\"label\":\"{}\",\"concurrency\":{},\"streams\":{},\"errors\":{},\"errors_by_kind\":{{\"status\":{},\"no_done\":{},\"error_event\":{},\"io\":{}}},\"streams_per_s\":{:.1},\"ttft_ms_p50\":{:.3},\"ttft_ms_p90\":{:.3},\"ttft_ms_p99\":{:.3},\"gap_ms_p50\":{:.3},\"gap_ms_p99\":{:.3},\"total_ms_p50\":{:.3},\"total_ms_p99\":{:.3},\"chunks_per_stream\":{:.1}}}",
         args.label,
         args.concurrency,
         totals.streams,
-        totals.errors,
+        e.count(),
+        e.status,
+        e.no_done,
+        e.error_event,
+        e.io,
         rate,
-        pct(0.5),
-        pct(0.9),
-        pct(0.99)
+        quantile_ms(&totals.ttft, 0.5),
+        quantile_ms(&totals.ttft, 0.9),
+        quantile_ms(&totals.ttft, 0.99),
+        quantile_ms(&totals.gaps, 0.5),
+        quantile_ms(&totals.gaps, 0.99),
+        quantile_ms(&totals.total, 0.5),
+        quantile_ms(&totals.total, 0.99),
+        totals.chunks as f64 / totals.streams as f64,
     );
 }
