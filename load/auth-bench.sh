@@ -12,7 +12,7 @@ mint=target/release/sluicegate-mint
 rs256=$($mint --alg RS256 --jwks "$work/jwks.json" --kid rsa-bench)
 es256=$($mint --alg ES256 --jwks "$work/jwks.json" --kid ec-bench)
 
-$bin mock-upstream --port 19111 --tokens 16 --pace 0ms >/dev/null & pids+=($!)
+$mock --port 19111 --tokens 16 --pace 0ms >/dev/null & pids+=($!)
 cat > "$work/gw.yaml" <<YAML
 server: {listen: "127.0.0.1:19112", max_concurrent_requests: 100000}
 log: {format: json, level: warn}

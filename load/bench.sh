@@ -16,11 +16,13 @@ command -v nginx >/dev/null || { echo "nginx is needed: apt-get install nginx-li
 cargo build --release -j2 -p sluicegate -p sluicegate-load >&2
 bin=target/release/sluicegate
 load=target/release/sluicegate-load
+# The benchmarks' upstream: cheap enough that a direct run measures the load generator.
+mock=target/release/sluicegate-fast-mock
 key=sk-sluicegate-dev
 key_sha=$($bin hash-key "$key")
 
 start_mock() { # port tokens pace
-  $bin mock-upstream --port "$1" --tokens "$2" --pace "$3" >/dev/null & pids+=($!)
+  $mock --port "$1" --tokens "$2" --pace "$3" >/dev/null & pids+=($!)
 }
 start_gateway() { # port upstream_port [tier yaml] [extra yaml]
   cat > "$work/gw-$1.yaml" <<YAML
@@ -96,6 +98,8 @@ echo "{\"label\":\"redis-round-trips\",\"requests\":$requests,\"evalsha_calls\":
 # Memory per open stream: 256 slow streams held open through each proxy.
 start_mock 19011 400 50ms; start_gateway 19012 19011; start_nginx 19013 19011
 for p in 19011 19012 19013; do wait_port $p; done
+# Ready means the tokenizers are loaded: the memory before is measured with them in.
+for _ in $(seq 100); do curl -sf -o /dev/null http://127.0.0.1:19012/readyz && break; sleep 0.1; done
 gateway_slow_pid=${pids[-2]}
 nginx_master=${pids[-1]}
 mem_of() { # port pid-getter label

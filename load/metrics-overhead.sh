@@ -8,7 +8,7 @@ source "$(dirname "$0")/rounds.sh"
 key=sk-sluicegate-dev
 key_sha=$($bin hash-key "$key")
 
-$bin mock-upstream --port 19101 --tokens 16 --pace 0ms >/dev/null & pids+=($!)
+$mock --port 19101 --tokens 16 --pace 0ms >/dev/null & pids+=($!)
 for variant in "19102 true" "19103 false"; do
   set -- $variant
   cat > "$work/gw-$1.yaml" <<YAML

@@ -6,6 +6,8 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 cargo build --release -j2 -p sluicegate -p sluicegate-load >&2
 bin=target/release/sluicegate
 load=target/release/sluicegate-load
+# The benchmarks' upstream: cheap enough that a direct run measures the load generator.
+mock=target/release/sluicegate-fast-mock
 work=$(mktemp -d)
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$work"; }

@@ -60,7 +60,7 @@ pub async fn chat_completions(
     }
     guard.set_route(&pool.name, chat.stream);
     let counter = TokenCounter::new(pool.tokenizer);
-    guard.count_prompt_with(body, counter);
+    guard.count_prompt_with(&body, counter);
     let output_cap = principal.output.effective(chat.max_output_tokens);
     guard.trace().record([KeyValue::new(
         "gen_ai.request.max_tokens",

@@ -153,9 +153,11 @@ impl RequestGuard {
     /// report no usage (the count happens only then, when the request ends). A body larger
     /// than `MAX_KEPT_PROMPT_BYTES` is not kept (its prompt estimate stands in), so an open
     /// stream never holds more than that of its request.
-    pub fn count_prompt_with(&mut self, body: Bytes, counter: TokenCounter) {
+    pub fn count_prompt_with(&mut self, body: &Bytes, counter: TokenCounter) {
         if body.len() <= MAX_KEPT_PROMPT_BYTES {
-            self.prompt = Some((body, counter));
+            // A copy of exactly its size: the body may be a slice of the connection's read
+            // buffer, which a long stream must not keep alive.
+            self.prompt = Some((Bytes::copy_from_slice(body), counter));
         }
     }
 
