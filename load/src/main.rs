@@ -8,11 +8,14 @@
 //! run. Time to first token is measured to the first `data:` event carrying JSON, so heartbeat
 //! comments do not count. Every request loop is bounded by `--duration`.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::Parser;
 
+mod chart;
 mod client;
 use tokio::time::Instant;
 
@@ -39,6 +42,12 @@ struct Args {
     /// (`x-sluicegate-backend`) answered.
     #[arg(long)]
     timeline: bool,
+    /// Write an SVG chart of the TTFT and whole-stream latency distributions here.
+    #[arg(long)]
+    svg: Option<std::path::PathBuf>,
+    /// No progress bar and no summary table on stderr (the JSON line stays on stdout).
+    #[arg(long)]
+    quiet: bool,
 }
 
 fn parse_duration(text: &str) -> Result<Duration, String> {
@@ -131,21 +140,27 @@ async fn main() -> anyhow::Result<()> {
     .to_string();
     let started = Instant::now();
     let deadline = started + args.duration;
+    let done = Arc::new(AtomicU64::new(0));
     let workers: Vec<_> = (0..args.concurrency)
         .map(|_| {
             let client = client::Client::new(&args.url, &args.key, &body);
+            let done = done.clone();
             #[expect(
                 clippy::disallowed_methods,
                 reason = "one worker per simulated client, bounded by the deadline"
             )]
-            tokio::spawn(async move { worker(client?, started, deadline).await })
+            tokio::spawn(async move { worker(client?, started, deadline, &done).await })
         })
         .collect();
+    let progress = progress(&args, done);
     let mut totals = Totals::default();
     for worker in workers {
         totals.merge(worker.await.context("worker panicked")??);
     }
     let elapsed = started.elapsed();
+    if let Some(progress) = progress {
+        progress.abort();
+    }
     if totals.streams == 0 {
         bail!("no stream completed ({} errors)", totals.errors.count());
     }
@@ -153,13 +168,98 @@ async fn main() -> anyhow::Result<()> {
         eprintln!("first failure: {failure}");
     }
     report(&args, elapsed, &mut totals);
+    if !args.quiet {
+        eprint!("{}", summary(&totals, elapsed));
+    }
+    if let Some(path) = &args.svg {
+        chart::latency_cdf(path, &args.label, &totals.ttft, &totals.total)?;
+    }
     Ok(())
+}
+
+/// A progress bar on stderr (drawn only on a terminal), ticking until its task is aborted.
+fn progress(args: &Args, done: Arc<AtomicU64>) -> Option<tokio::task::JoinHandle<()>> {
+    if args.quiet {
+        return None;
+    }
+    let seconds = args.duration.as_secs().max(1);
+    let bar = indicatif::ProgressBar::new(seconds).with_style(
+        indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} s  {msg}")
+            .expect("a valid template"),
+    );
+    let started = Instant::now();
+    #[expect(
+        clippy::disallowed_methods,
+        reason = "redraws the bar until the run ends, when main aborts it"
+    )]
+    let task = tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            let elapsed = started.elapsed();
+            bar.set_position(elapsed.as_secs().min(seconds));
+            let streams = done.load(Ordering::Relaxed);
+            bar.set_message(format!(
+                "{streams} streams, {:.0}/s",
+                streams as f64 / elapsed.as_secs_f64().max(0.001)
+            ));
+        }
+    });
+    Some(task)
+}
+
+/// The run as a table for a person (the JSON line is for programs).
+fn summary(totals: &Totals, elapsed: Duration) -> String {
+    let e = totals.errors;
+    let rows = [
+        ("streams", format!("{}", totals.streams)),
+        (
+            "streams/s",
+            format!("{:.1}", totals.streams as f64 / elapsed.as_secs_f64()),
+        ),
+        (
+            "time to first token p50 / p90 / p99",
+            format!(
+                "{:.3} / {:.3} / {:.3} ms",
+                quantile_ms(&totals.ttft, 0.5),
+                quantile_ms(&totals.ttft, 0.9),
+                quantile_ms(&totals.ttft, 0.99)
+            ),
+        ),
+        (
+            "gap between events p50 / p99",
+            format!(
+                "{:.3} / {:.3} ms",
+                quantile_ms(&totals.gaps, 0.5),
+                quantile_ms(&totals.gaps, 0.99)
+            ),
+        ),
+        (
+            "whole stream p50 / p99",
+            format!(
+                "{:.3} / {:.3} ms",
+                quantile_ms(&totals.total, 0.5),
+                quantile_ms(&totals.total, 0.99)
+            ),
+        ),
+        (
+            "errors (status / no [DONE] / error event / connection)",
+            format!(
+                "{} / {} / {} / {}",
+                e.status, e.no_done, e.error_event, e.io
+            ),
+        ),
+    ];
+    let width = rows.iter().map(|(name, _)| name.len()).max().unwrap_or(0);
+    rows.iter()
+        .map(|(name, value)| format!("{name:<width$}  {value}\n"))
+        .collect()
 }
 
 async fn worker(
     mut client: client::Client,
     started: Instant,
     deadline: Instant,
+    done: &AtomicU64,
 ) -> anyhow::Result<Totals> {
     let mut totals = Totals::default();
     while Instant::now() < deadline {
@@ -172,6 +272,7 @@ async fn worker(
         }
         match result {
             Ok(stream) => {
+                done.fetch_add(1, Ordering::Relaxed);
                 totals.streams += 1;
                 totals.ttft.push(stream.ttft);
                 totals.total.push(stream.total);
