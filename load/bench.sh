@@ -65,7 +65,7 @@ rss_kib() { ps -o rss= -p "$1" | tr -d ' '; }
 start_mock 19001 16 0ms; start_gateway 19002 19001; start_nginx 19003 19001
 for p in 19001 19002 19003; do wait_port $p; done
 gateway_pid=${pids[1]}
-run() { $load --url "http://127.0.0.1:$1/v1" --key $key --concurrency "$2" --duration "${secs}s" --label "$3"; }
+run() { $load --quiet --url "http://127.0.0.1:$1/v1" --key $key --concurrency "$2" --duration "${secs}s" --label "$3"; }
 run 19001 1 warmup >/dev/null
 results=()
 for target in "19001 direct" "19003 nginx" "19002 sluicegate"; do
@@ -105,7 +105,7 @@ nginx_master=${pids[-1]}
 mem_of() { # port pid-getter label
   local before after
   before=$($2)
-  $load --url "http://127.0.0.1:$1/v1" --key $key --concurrency 256 --duration 1s --label "$3" >/dev/null &
+  $load --quiet --url "http://127.0.0.1:$1/v1" --key $key --concurrency 256 --duration 1s --label "$3" >/dev/null &
   local loader=$!
   sleep 8
   after=$($2)

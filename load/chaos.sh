@@ -45,7 +45,7 @@ YAML
 $bin --config "$work/gw.yaml" >/dev/null & pids+=($!)
 for p in 19030 19031 19032 19033; do wait_port $p; done
 
-$load --url http://127.0.0.1:19030/v1 --key $key --concurrency 32 --duration "${secs}s" --timeline --label chaos > "$work/timeline" &
+$load --quiet --url http://127.0.0.1:19030/v1 --key $key --concurrency 32 --duration "${secs}s" --timeline --label chaos > "$work/timeline" &
 loader=$!
 kill_at=$((secs / 4)); hang_at=$((secs / 3)); back_at=$((secs * 7 / 12))
 sleep "$kill_at"; kill -9 "$b0"

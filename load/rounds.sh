@@ -23,14 +23,14 @@ rounds() {
   local ticks_per_s; ticks_per_s=$(getconf CLK_TCK)
   for variant in "${variants[@]}"; do
     set -- $variant
-    $load --url "http://127.0.0.1:$2/v1" --key "$4" --concurrency 64 --duration 2s --label warmup >/dev/null
+    $load --quiet --url "http://127.0.0.1:$2/v1" --key "$4" --concurrency 64 --duration 2s --label warmup >/dev/null
   done
   for round in $(seq "$n"); do
     for variant in "${variants[@]}"; do
       set -- $variant
       local before used line streams
       before=$(cpu_ticks "$3")
-      line=$($load --url "http://127.0.0.1:$2/v1" --key "$4" --concurrency 64 --duration "${secs}s" --label "$1")
+      line=$($load --quiet --url "http://127.0.0.1:$2/v1" --key "$4" --concurrency 64 --duration "${secs}s" --label "$1")
       used=$(( $(cpu_ticks "$3") - before ))
       streams=$(echo "$line" | sed -n 's/.*"streams":\([0-9]*\).*/\1/p')
       echo "{\"round\":$round,\"label\":\"$1\",\"streams\":$streams,\"streams_per_s\":$(awk "BEGIN{printf \"%.0f\", $streams/$secs}"),\"cpu_us_per_stream\":$(awk "BEGIN{printf \"%.1f\", $used/$ticks_per_s*1e6/$streams}")}"
