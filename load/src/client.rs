@@ -77,10 +77,11 @@ impl Client {
         })
     }
 
-    /// Runs one stream to its end.
+    /// Runs one stream to its end. Its times start when the request is written, after any
+    /// connect, so a burst of new connections measures the proxies rather than the kernel's
+    /// accept queue.
     pub async fn stream(&mut self) -> Result<StreamResult, Failure> {
-        let sent = Instant::now();
-        let result = self.exchange(sent).await;
+        let result = self.exchange().await;
         if result.is_err() {
             // Whatever state the connection is in, the next stream starts on a fresh one.
             self.connection = None;
@@ -88,7 +89,7 @@ impl Client {
         result
     }
 
-    async fn exchange(&mut self, sent: Instant) -> Result<StreamResult, Failure> {
+    async fn exchange(&mut self) -> Result<StreamResult, Failure> {
         if self.connection.is_none() {
             let stream = TcpStream::connect(&self.addr)
                 .await
@@ -98,6 +99,7 @@ impl Client {
             self.buf.clear();
         }
         let conn = self.connection.as_mut().expect("connected above");
+        let sent = Instant::now();
         conn.write_all(&self.request)
             .await
             .map_err(|e| Failure::Io(e.into()))?;
