@@ -234,6 +234,23 @@ async fn skip_body(conn: &mut TcpStream, buf: &mut Vec<u8>, head: &Head) -> anyh
     Ok(())
 }
 
+/// Moves up to `left` body bytes from `buf` (reading the socket when it is empty) to `out`;
+/// returns how many.
+async fn take_up_to(
+    conn: &mut TcpStream,
+    buf: &mut Vec<u8>,
+    out: &mut Vec<u8>,
+    left: usize,
+) -> anyhow::Result<usize> {
+    if buf.is_empty() {
+        fill(conn, buf).await?;
+    }
+    let take = left.min(buf.len());
+    out.extend_from_slice(&buf[..take]);
+    buf.drain(..take);
+    Ok(take)
+}
+
 /// The response body's framing: chunked, a length, or until the connection closes.
 struct Body {
     chunked: bool,
@@ -264,14 +281,9 @@ impl Body {
             if left == 0 {
                 return Ok(true);
             }
-            if buf.is_empty() {
-                fill(conn, buf).await?;
-            }
-            let take = left.min(buf.len());
-            out.extend_from_slice(&buf[..take]);
-            buf.drain(..take);
-            self.left = Some(left - take);
-            return Ok(left == take);
+            let taken = take_up_to(conn, buf, out, left).await?;
+            self.left = Some(left - taken);
+            return Ok(left == taken);
         }
         loop {
             match self.left {
@@ -284,13 +296,8 @@ impl Body {
                     self.left = None;
                 }
                 Some(left) => {
-                    if buf.is_empty() {
-                        fill(conn, buf).await?;
-                    }
-                    let take = left.min(buf.len());
-                    out.extend_from_slice(&buf[..take]);
-                    buf.drain(..take);
-                    self.left = Some(left - take);
+                    let taken = take_up_to(conn, buf, out, left).await?;
+                    self.left = Some(left - taken);
                     return Ok(false);
                 }
                 None => {

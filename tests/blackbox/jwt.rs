@@ -486,14 +486,7 @@ async fn an_unknown_kid_flood_reads_the_key_file_a_bounded_number_of_times() {
         assert_eq!(answer.status(), 401);
     }
     let seconds = started.elapsed().as_secs() + 1;
-    let exposition = client
-        .get(format!("{}/metrics", gateway.base()))
-        .send()
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text");
+    let exposition = metrics_text(&gateway.base()).await;
     let reads: f64 = exposition
         .lines()
         .filter(|l| l.starts_with("sluicegate_jwks_reads_total"))

@@ -114,14 +114,7 @@ async fn runtime_keys_revocation_and_usage_work_on_a_cluster() {
         }
     })
     .await;
-    let metrics = http()
-        .get(format!("{}/metrics", gateway.base()))
-        .send()
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text");
+    let metrics = metrics_text(&gateway.base()).await;
     let errors: Vec<&str> = metrics
         .lines()
         .filter(|l| l.starts_with("sluicegate_redis_calls_total") && !l.contains("result=\"ok\""))
@@ -147,14 +140,7 @@ async fn a_slot_moved_under_traffic_and_a_failed_master_are_survived() {
     );
     let gateway = RunningBinary::start(&yaml).await;
     let admitted_through_redis = async || {
-        let text = http()
-            .get(format!("{}/metrics", gateway.base()))
-            .send()
-            .await
-            .expect("metrics")
-            .text()
-            .await
-            .expect("text");
+        let text = metrics_text(&gateway.base()).await;
         text.lines()
             .find(|l| l.starts_with(r#"sluicegate_redis_calls_total{script="admit",result="ok"}"#))
             .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())

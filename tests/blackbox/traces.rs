@@ -172,14 +172,7 @@ async fn a_dead_collector_does_not_slow_requests() {
         slowest < Duration::from_millis(500),
         "a request took {slowest:?} with a dead collector"
     );
-    let exposition = http()
-        .get(gateway.url("/metrics"))
-        .send()
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text");
+    let exposition = metrics_text(&gateway.url("")).await;
     assert!(
         exposition
             .lines()
