@@ -25,12 +25,6 @@ fn completion(usage: &str) -> Reply {
     }
 }
 
-fn integer(value: fred::types::Value) -> i64 {
-    value
-        .as_i64()
-        .unwrap_or_else(|| panic!("an integer reply: {value:?}"))
-}
-
 #[tokio::test]
 async fn a_u64_max_output_cap_is_refused_and_the_shared_budget_survives() {
     let redis = RedisServer::spawn().await;
@@ -143,6 +137,58 @@ async fn the_scripts_refuse_negative_and_fractional_numbers_without_changing_any
     }
     let exists = integer(redis.command(&["EXISTS", keys[0], keys[1], keys[2]]).await);
     assert_eq!(exists, 0, "no refused call wrote anything");
+}
+
+/// The batched settlement script: entries of several keys apply in order, each exactly once
+/// (a repeated id and an id never admitted change nothing), and one bad entry stops the whole
+/// call before anything is written.
+#[tokio::test]
+async fn a_settlement_batch_applies_each_admission_once_in_order() {
+    let redis = RedisServer::spawn().await;
+    let settle = include_str!("../../src/limits/redis/settle.lua");
+    let (a_tpm, a_inflight, b_tpm, b_inflight) =
+        ("t:{a}:tpm", "t:{a}:inflight", "t:{b}:tpm", "t:{b}:inflight");
+    for (zset, id) in [(a_inflight, "1"), (a_inflight, "2"), (b_inflight, "3")] {
+        redis.command(&["ZADD", zset, "99999999999999", id]).await;
+    }
+    let bad = [
+        "EVAL", settle, "4", a_tpm, a_inflight, b_tpm, b_inflight, "1000", "-100", "1", "1000",
+        "x", "3",
+    ];
+    let text = redis.command(&bad).await.as_string().unwrap_or_default();
+    assert!(text.contains("sluicegate settle: "), "{text}");
+    assert_eq!(
+        integer(redis.command(&["ZCARD", a_inflight]).await),
+        2,
+        "the bad call applied nothing"
+    );
+
+    // A full bucket of 1000 charged 100 then 250 for key a (one script, one instant: no
+    // refill between them), 40 for key b; the repeat of id 1 and the unknown id 9 do nothing.
+    let batch = [
+        "EVAL", settle, "10", a_tpm, a_inflight, a_tpm, a_inflight, b_tpm, b_inflight, a_tpm,
+        a_inflight, a_tpm, a_inflight, "1000", "-100", "1", "1000", "-250", "2", "1000", "-40",
+        "3", "1000", "-500", "1", "1000", "-500", "9",
+    ];
+    assert_eq!(
+        integer(redis.command(&batch).await),
+        3,
+        "three admissions settled"
+    );
+    let level = |key: &'static str| {
+        let redis = &redis;
+        async move {
+            redis
+                .command(&["HGET", key, "l"])
+                .await
+                .as_string()
+                .unwrap_or_default()
+        }
+    };
+    assert_eq!(level(a_tpm).await, "650");
+    assert_eq!(level(b_tpm).await, "960");
+    let left = integer(redis.command(&["EXISTS", a_inflight, b_inflight]).await);
+    assert_eq!(left, 0, "every lease released (the emptied sets are gone)");
 }
 
 #[tokio::test]

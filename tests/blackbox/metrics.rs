@@ -4,30 +4,6 @@
 use crate::support::binary::RunningBinary;
 use crate::support::*;
 
-/// The value of the sample `name{labels}` whose label set is exactly `labels`.
-fn sample(exposition: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
-    exposition.lines().find_map(|line| {
-        let rest = line.strip_prefix(name)?;
-        let (label_text, value) = match rest.strip_prefix('{') {
-            Some(rest) => rest.split_once("} ")?,
-            None => ("", rest.strip_prefix(' ')?),
-        };
-        let mut found: Vec<(String, String)> = label_text
-            .split(',')
-            .filter(|pair| !pair.is_empty())
-            .filter_map(|pair| pair.split_once('='))
-            .map(|(k, v)| (k.to_owned(), v.trim_matches('"').to_owned()))
-            .collect();
-        let mut wanted: Vec<(String, String)> = labels
-            .iter()
-            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-            .collect();
-        found.sort();
-        wanted.sort();
-        (found == wanted).then(|| value.trim().parse().ok())?
-    })
-}
-
 #[tokio::test]
 async fn metrics_count_exactly_what_happened() {
     let yaml = format!(
@@ -79,7 +55,7 @@ async fn metrics_count_exactly_what_happened() {
     );
     let text = response.text().await.expect("exposition");
     let requests = |model: &str, status: &str, route: &str| {
-        sample(
+        metric_sample(
             &text,
             "sluicegate_requests_total",
             &[("route", route), ("model", model), ("status", status)],
@@ -94,7 +70,7 @@ async fn metrics_count_exactly_what_happened() {
     assert_eq!(requests("", "401", "chat_completions"), Some(1.0));
     assert_eq!(requests("", "404", "unknown"), Some(1.0));
     assert_eq!(
-        sample(
+        metric_sample(
             &text,
             "sluicegate_request_duration_seconds_count",
             &[("route", "chat_completions"), ("model", "test-model")]
@@ -103,7 +79,7 @@ async fn metrics_count_exactly_what_happened() {
         "the histogram moved"
     );
     assert!(
-        sample(
+        metric_sample(
             &text,
             "sluicegate_request_duration_seconds_bucket",
             &[
@@ -116,11 +92,11 @@ async fn metrics_count_exactly_what_happened() {
         "a bucket below a millisecond: {text}"
     );
     assert_eq!(
-        sample(&text, "sluicegate_admissions_total", &[("tier", "basic")]),
+        metric_sample(&text, "sluicegate_admissions_total", &[("tier", "basic")]),
         Some(2.0)
     );
     assert_eq!(
-        sample(
+        metric_sample(
             &text,
             "sluicegate_rate_limited_total",
             &[("tier", "basic"), ("limit", "requests")]
@@ -128,7 +104,7 @@ async fn metrics_count_exactly_what_happened() {
         Some(1.0)
     );
     assert_eq!(
-        sample(
+        metric_sample(
             &text,
             "sluicegate_build_info",
             &[("version", env!("CARGO_PKG_VERSION"))]
@@ -136,12 +112,12 @@ async fn metrics_count_exactly_what_happened() {
         Some(1.0)
     );
     assert_eq!(
-        sample(&text, "sluicegate_streams_open", &[("model", "test-model")]),
+        metric_sample(&text, "sluicegate_streams_open", &[("model", "test-model")]),
         Some(0.0),
         "the stream opened and closed"
     );
     assert_eq!(
-        sample(
+        metric_sample(
             &text,
             "sluicegate_upstream_attempts_total",
             &[("backend", "mock"), ("outcome", "success")]
@@ -150,7 +126,7 @@ async fn metrics_count_exactly_what_happened() {
     );
     // The mock reports 3 completion tokens and 2 prompt tokens ("hello") per answer.
     for (kind, tokens) in [("output", 6.0), ("input", 4.0)] {
-        let reported = sample(
+        let reported = metric_sample(
             &text,
             "sluicegate_tokens_total",
             &[("model", "test-model"), ("tier", "basic"), ("type", kind)],
@@ -162,7 +138,7 @@ async fn metrics_count_exactly_what_happened() {
         );
     }
     assert_eq!(
-        sample(
+        metric_sample(
             &text,
             "sluicegate_overhead_seconds_count",
             &[("model", "test-model")]
@@ -175,13 +151,13 @@ async fn metrics_count_exactly_what_happened() {
         "gen_ai_server_time_per_output_token_seconds_count",
     ] {
         assert_eq!(
-            sample(&text, name, &[("model", "test-model")]),
+            metric_sample(&text, name, &[("model", "test-model")]),
             Some(1.0),
             "{name}: the one streamed answer"
         );
     }
     assert_eq!(
-        sample(
+        metric_sample(
             &text,
             "sluicegate_client_disconnects_total",
             &[("model", "test-model")]
@@ -189,12 +165,12 @@ async fn metrics_count_exactly_what_happened() {
         None,
         "every client read its answer"
     );
-    let resident = sample(&text, "process_resident_memory_bytes", &[]);
+    let resident = metric_sample(&text, "process_resident_memory_bytes", &[]);
     assert!(
         resident.is_some_and(|bytes| bytes > 1e6),
         "process metrics: {resident:?}"
     );
-    assert!(sample(&text, "process_open_fds", &[]).is_some_and(|fds| fds > 0.0));
+    assert!(metric_sample(&text, "process_open_fds", &[]).is_some_and(|fds| fds > 0.0));
     assert!(
         !text.contains(KEY) && !text.contains("full"),
         "no key and no key id in any label"

@@ -245,3 +245,61 @@ async fn on_error_allow_and_deny_decide_while_redis_is_unreachable() {
         .expect("readyz");
     assert_eq!(ready.status(), 503, "deny mode is not ready without Redis");
 }
+
+/// Streams ending together on two replicas are settled in a few coalesced script calls, and
+/// every lease is still released exactly once: the streams cap admits a full second round.
+#[tokio::test]
+async fn settlements_are_coalesced_and_every_lease_is_released() {
+    let redis = RedisServer::spawn().await;
+    let config = GatewayConfig::mock(4, "20ms")
+        .tier("{concurrent_streams: 64, tokens_per_minute: 100000000}")
+        .redis(&redis.url());
+    let (a, b) = two_replicas(&config).await;
+    let body = chat_body(true);
+    for round in 1..=2 {
+        let requests = (0..64).map(|i| {
+            let base = if i % 2 == 0 { a.url("") } else { b.url("") };
+            let body = &body;
+            async move {
+                let response = post_chat(&base, KEY, body).await;
+                (response.status(), response.text().await.unwrap_or_default())
+            }
+        });
+        for (status, text) in futures_util::future::join_all(requests).await {
+            assert_eq!(
+                status, 200,
+                "round {round}: all 64 fit the cap of 64: {text}"
+            );
+            assert!(text.ends_with("data: [DONE]\n\n"), "round {round}: {text}");
+        }
+        within(
+            Duration::from_secs(3),
+            "every lease to be released",
+            async {
+                while integer(
+                    redis
+                        .command(&["EXISTS", "sluicegate:{full}:inflight"])
+                        .await,
+                ) != 0
+                {
+                    tokio::time::sleep(ms(10)).await;
+                }
+            },
+        )
+        .await;
+    }
+    let mut calls = 0.0;
+    for gateway in [&a, &b] {
+        let text = metrics_text(&gateway.url("")).await;
+        calls += metric_sample(
+            &text,
+            "sluicegate_redis_calls_total",
+            &[("script", "settle"), ("result", "ok")],
+        )
+        .expect("settlement calls counted");
+    }
+    assert!(
+        calls <= 64.0,
+        "128 settlements in at most one call per two (streams ending together share one), not {calls}"
+    );
+}

@@ -1,7 +1,8 @@
 //! The shared limiter: every admission is ONE round trip, an EVALSHA of `admit.lua`, which
 //! checks and takes all of a request's limits atomically on Redis server time. Settlement
-//! (`settle.lua`) runs off the request path. Keys are hash-tagged per API key (`{key}`), so all
-//! of a request's keys live in one Redis Cluster slot.
+//! (`settle.lua`) runs off the request path, coalesced into few calls (`settle_batch`). Keys
+//! are hash-tagged per API key (`{key}`), so all of a request's keys live in one Redis Cluster
+//! slot.
 //!
 //! Redis trouble never becomes client latency or a 500: every call is bounded by
 //! `redis.timeout`, admissions are sent exactly once (fred's replay after a reconnect is off, it
@@ -16,6 +17,7 @@
 
 mod health;
 mod reply;
+mod settle_batch;
 
 use std::time::Duration;
 
@@ -30,6 +32,7 @@ use crate::config::{OnRedisError, RedisConfig};
 use crate::telemetry::metrics;
 use health::Health;
 use reply::{Failure, classify, decide};
+use settle_batch::{Entry, SettleQueue};
 
 const ADMIT_LUA: &str = include_str!("admit.lua");
 const SETTLE_LUA: &str = include_str!("settle.lua");
@@ -59,6 +62,8 @@ pub struct RedisLimiter {
     on_error: OnRedisError,
     fallback: LocalLimiter,
     health: Health,
+    /// Settlements waiting to be sent together.
+    settlements: SettleQueue,
     /// Settlements and undos in flight, awaited (bounded) at shutdown.
     tasks: TaskTracker,
 }
@@ -87,6 +92,7 @@ impl RedisLimiter {
             on_error: config.on_error,
             fallback: LocalLimiter::new(lease_ttl),
             health: Health::new(),
+            settlements: SettleQueue::default(),
             tasks: TaskTracker::new(),
         })
     }
@@ -150,10 +156,10 @@ impl RedisLimiter {
         .map(script_number)
         .to_vec();
         let client = self.pool.next().clone();
-        let keys = self.keys(ask.key_id);
+        let keys = Vec::from(self.keys(ask.key_id));
         let call = self
             .admit
-            .evalsha_with_reload::<Vec<i64>, _, _>(&client, keys.to_vec(), args);
+            .evalsha_with_reload::<Vec<i64>, _, _>(&client, keys, args);
         let started = Instant::now();
         let (failure, detail) = match tokio::time::timeout(self.timeout, call).await {
             Ok(Ok(reply)) => match <[i64; 8]>::try_from(reply) {
@@ -177,12 +183,14 @@ impl RedisLimiter {
         }
         // Whatever went wrong, the admission may have been applied: undo it (idempotent).
         if let Some(id) = id {
-            self.undo(client, &keys, ask, id);
+            self.undo(client, ask, id);
         }
         self.fall_back(ask)
     }
 
     /// Settles an admission this limiter decided; the caller runs it off the request path.
+    /// Shared settlements are coalesced (see `settle_batch`): this call may only queue its
+    /// settlement, or send it together with others.
     pub async fn settle(&self, admission: &Admission, used_tokens: u64) {
         if admission.decided_by == DecidedBy::Local {
             self.fallback.settle(admission, used_tokens);
@@ -191,14 +199,31 @@ impl RedisLimiter {
         let Some(id) = admission.lease else {
             return;
         };
-        let adjustment = super::refund(admission.reserved_tokens, used_tokens);
+        let entry = Entry {
+            key_id: admission.key_id.clone(),
+            tokens_cap: admission.limits.tokens_per_minute.map_or(0, |n| n.get()),
+            adjustment: super::refund(admission.reserved_tokens, used_tokens),
+            id,
+        };
+        if !self.settlements.push(entry) {
+            return;
+        }
+        tokio::time::sleep(settle_batch::GATHER).await;
+        while let Some(batch) = self.settlements.take() {
+            let calls = settle_batch::calls(batch)
+                .into_iter()
+                .map(|entries| self.send_settlements(entries));
+            futures_util::future::join_all(calls).await;
+        }
+    }
+
+    /// One script call settling `entries` (all of one hash slot).
+    async fn send_settlements(&self, entries: Vec<Entry>) {
         let call = settle_call(
             self.settle.clone(),
             self.pool.next().clone(),
-            &self.keys(&admission.key_id),
-            admission.limits.tokens_per_minute.map_or(0, |n| n.get()),
-            adjustment,
-            id,
+            &self.prefix,
+            &entries,
         );
         let started = Instant::now();
         let failed = match tokio::time::timeout(SETTLE_TIMEOUT, call).await {
@@ -240,14 +265,19 @@ impl RedisLimiter {
 
     /// Sends, on the connection the admission went out on (so it runs after it, if that ever
     /// ran), the settlement of admission `id` with nothing used: a best-effort undo.
-    fn undo(&self, client: Client, keys: &[String; 3], ask: Ask<'_>, id: u64) {
-        let tpm = ask.limits.tokens_per_minute.map_or(0, |n| n.get());
-        let refund = if tpm > 0 {
-            super::refund(ask.tokens, 0)
-        } else {
-            0
+    fn undo(&self, client: Client, ask: Ask<'_>, id: u64) {
+        let tokens_cap = ask.limits.tokens_per_minute.map_or(0, |n| n.get());
+        let entry = Entry {
+            key_id: ask.key_id.clone(),
+            tokens_cap,
+            adjustment: if tokens_cap > 0 {
+                super::refund(ask.tokens, 0)
+            } else {
+                0
+            },
+            id,
         };
-        let call = settle_call(self.settle.clone(), client, keys, tpm, refund, id);
+        let call = settle_call(self.settle.clone(), client, &self.prefix, &[entry]);
         self.spawn(async move {
             let started = Instant::now();
             let result = match tokio::time::timeout(SETTLE_TIMEOUT, call).await {
@@ -277,8 +307,7 @@ impl RedisLimiter {
     /// The requests bucket, tokens bucket and admissions in flight of a key, all in the key's
     /// hash slot.
     fn keys(&self, key_id: &str) -> [String; 3] {
-        let prefix = &self.prefix;
-        ["rpm", "tpm", "inflight"].map(|kind| format!("{prefix}:{{{key_id}}}:{kind}"))
+        ["rpm", "tpm", "inflight"].map(|kind| key_of(&self.prefix, key_id, kind))
     }
 }
 
@@ -300,25 +329,32 @@ fn script_number(n: u64) -> i64 {
     i64::try_from(n.min(MAX_SCRIPT_NUMBER)).expect("invariant: below 2^53")
 }
 
-/// One settlement call, owning everything it needs so it can run in a task of its own.
+/// A limiter key of an API key, hash-tagged so all of that key's keys share a slot.
+fn key_of(prefix: &str, key_id: &str, kind: &str) -> String {
+    format!("{prefix}:{{{key_id}}}:{kind}")
+}
+
+/// One call of the settlement script for `entries`, owning everything it needs so it can run
+/// in a task of its own.
 fn settle_call(
     script: Script,
     client: Client,
-    keys: &[String; 3],
-    tokens_cap: u64,
-    adjustment: i64,
-    id: u64,
+    prefix: &str,
+    entries: &[Entry],
 ) -> impl Future<Output = Result<i64, fred::error::Error>> + Send + 'static {
-    let [_, tokens_key, inflight_key] = keys.clone();
     let bound = i64::try_from(MAX_SCRIPT_NUMBER).expect("invariant: below 2^53");
-    let args = vec![
-        script_number(tokens_cap).to_string(),
-        adjustment.clamp(-bound, bound).to_string(),
-        id.to_string(),
-    ];
+    let mut keys = Vec::with_capacity(entries.len() * 2);
+    let mut args = Vec::with_capacity(entries.len() * 3);
+    for entry in entries {
+        keys.push(key_of(prefix, &entry.key_id, "tpm"));
+        keys.push(key_of(prefix, &entry.key_id, "inflight"));
+        args.push(script_number(entry.tokens_cap).to_string());
+        args.push(entry.adjustment.clamp(-bound, bound).to_string());
+        args.push(entry.id.to_string());
+    }
     async move {
         script
-            .evalsha_with_reload::<i64, _, _>(&client, vec![tokens_key, inflight_key], args)
+            .evalsha_with_reload::<i64, _, _>(&client, keys, args)
             .await
     }
 }

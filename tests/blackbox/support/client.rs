@@ -161,3 +161,27 @@ pub async fn metrics_text(base: &str) -> String {
         .await
         .expect("text")
 }
+
+/// The value of the sample `name{labels}` whose label set is exactly `labels`.
+pub fn metric_sample(exposition: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    exposition.lines().find_map(|line| {
+        let rest = line.strip_prefix(name)?;
+        let (label_text, value) = match rest.strip_prefix('{') {
+            Some(rest) => rest.split_once("} ")?,
+            None => ("", rest.strip_prefix(' ')?),
+        };
+        let mut found: Vec<(String, String)> = label_text
+            .split(',')
+            .filter(|pair| !pair.is_empty())
+            .filter_map(|pair| pair.split_once('='))
+            .map(|(k, v)| (k.to_owned(), v.trim_matches('"').to_owned()))
+            .collect();
+        let mut wanted: Vec<(String, String)> = labels
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        found.sort();
+        wanted.sort();
+        (found == wanted).then(|| value.trim().parse().ok())?
+    })
+}

@@ -16,7 +16,7 @@ use std::time::Duration;
 pub use client::*;
 pub use gateway::{GatewayConfig, TestGateway};
 pub use raw_upstream::{RawConn, RawUpstream};
-pub use redis::RedisServer;
+pub use redis::{RedisServer, integer};
 pub use upstream::StreamScript;
 pub use upstream::{MockUpstream, Reply};
 

@@ -105,3 +105,10 @@ impl RedisServer {
             && &reply == b"+PONG\r\n"
     }
 }
+
+/// The integer of a Redis reply.
+pub fn integer(value: fred::types::Value) -> i64 {
+    value
+        .as_i64()
+        .unwrap_or_else(|| panic!("an integer reply: {value:?}"))
+}
