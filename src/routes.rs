@@ -102,9 +102,7 @@ async fn dispatch(
         Route::Ready if read => Ok(probes::ready(state)),
         Route::ChatCompletions if method == Method::POST => {
             guard.hold(state.admission.try_admit()?);
-            // Boxed: hyper keeps the handler future's allocation for the connection's lifetime,
-            // so the large chat future lives in its own box, freed once the response is ready.
-            Box::pin(chat::chat_completions(request, state, guard)).await
+            chat::chat_completions(request, state, guard).await
         }
         Route::Models if read => {
             guard.hold(state.admission.try_admit()?);

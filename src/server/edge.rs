@@ -58,7 +58,11 @@ pub fn service(
 > {
     let handler = tower::service_fn(move |request| {
         let state = state.clone();
-        async move { Ok::<_, tower::BoxError>(routes::handle(request, state, peer).await) }
+        // Boxed: hyper keeps an allocation the size of the service's future for the
+        // connection's whole life; the handler's large future lives in a box of its own, freed
+        // once the response head is ready, so an open stream does not keep it.
+        let handled = Box::pin(routes::handle(request, state, peer));
+        async move { Ok::<_, tower::BoxError>(handled.await) }
     });
     TowerToHyperService::new(
         ServiceBuilder::new()

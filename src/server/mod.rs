@@ -1,11 +1,13 @@
-//! The accept loop: hyper-util serves each connection as HTTP/1.1 or h2c, with a header read
-//! timeout, bounded buffers, TCP_NODELAY and a client-stall timeout; graceful shutdown drains
-//! open requests for `shutdown_grace`, then tells open streams to end.
+//! The accept loop: each connection is served as HTTP/1.1 or h2c (told by a peek at its first
+//! bytes, `sniff`), with a header read timeout, bounded buffers, TCP_NODELAY and a client-stall
+//! timeout; graceful shutdown drains open requests for `shutdown_grace`, then tells open streams
+//! to end.
 
 pub mod admission;
 mod edge;
 mod metrics_listener;
 pub mod shutdown;
+mod sniff;
 mod stall;
 
 use std::future::Future;
@@ -22,6 +24,7 @@ use tokio::net::TcpListener;
 
 use crate::openai::tokens::TokenCounter;
 use crate::state::AppState;
+use sniff::Protocol;
 use stall::StallTimeoutIo;
 
 /// How long streams get to write their final event and close after the grace period.
@@ -91,7 +94,7 @@ pub async fn serve(
     warm_tokenizers(&state);
     let housekeeping = Housekeeping::start(&state);
     let usage_flusher = UsageFlusher::start(&state);
-    let builder = connection_builder(&state);
+    let builders = Arc::new(connection_builders(&state));
     let cors = edge::cors(state.server.cors.as_ref());
     let graceful = GracefulShutdown::new();
     let mut shutdown = pin!(shutdown);
@@ -108,18 +111,29 @@ pub async fn serve(
             () = &mut shutdown => break,
         };
         let _ = stream.set_nodelay(true);
-        let io = TokioIo::new(StallTimeoutIo::new(
-            stream,
-            state.stream.client_stall_timeout,
-        ));
-        let service = edge::service(state.clone(), peer, cors.clone());
-        let connection = graceful.watch(builder.serve_connection(io, service).into_owned());
+        let watcher = graceful.watcher();
+        let (state, builders, cors) = (state.clone(), builders.clone(), cors.clone());
         #[expect(
             clippy::disallowed_methods,
             reason = "a connection outlives the accept loop iteration; GracefulShutdown tracks it"
         )]
         tokio::spawn(async move {
-            let _ = connection.await;
+            let header_timeout = state.server.header_read_timeout;
+            let Some(protocol) = sniff::protocol(&stream, header_timeout).await else {
+                return;
+            };
+            let io = TokioIo::new(StallTimeoutIo::new(
+                stream,
+                state.stream.client_stall_timeout,
+            ));
+            let service = edge::service(state, peer, cors);
+            let builder = match protocol {
+                Protocol::Http1 => &builders.0,
+                Protocol::Http2 => &builders.1,
+            };
+            let _ = watcher
+                .watch(builder.serve_connection(io, service).into_owned())
+                .await;
         });
     }
     drop(listener);
@@ -234,7 +248,10 @@ async fn drain(graceful: GracefulShutdown, state: &AppState) {
     }
 }
 
-fn connection_builder(state: &AppState) -> auto::Builder<TokioExecutor> {
+/// The HTTP/1.1 and the HTTP/2 builder: a connection's first bytes pick one (`sniff`).
+fn connection_builders(
+    state: &AppState,
+) -> (auto::Builder<TokioExecutor>, auto::Builder<TokioExecutor>) {
     let server = &state.server;
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
@@ -248,5 +265,5 @@ fn connection_builder(state: &AppState) -> auto::Builder<TokioExecutor> {
         .timer(TokioTimer::new())
         .max_header_list_size(u32::try_from(server.max_header_bytes).unwrap_or(u32::MAX))
         .max_concurrent_streams(H2_MAX_CONCURRENT_STREAMS);
-    builder
+    (builder.clone().http1_only(), builder.http2_only())
 }
