@@ -1,7 +1,9 @@
 //! The layers every API response passes through on its way out: CORS for the configured
-//! browser origins (preflights answered here, before any key is asked for) and compression of
+//! browser origins (preflights answered here, before any key is asked for) and gzip of
 //! non-streamed answers for clients that accept it (never for `text/event-stream`, whose bytes
-//! must leave as they come).
+//! must leave as they come). Not brotli: hyper keeps a slot the size of the response body type
+//! for each connection's life, and brotli's encoder state inside it costs about 6 KiB per open
+//! stream.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -58,14 +60,14 @@ pub fn service(
 > {
     let handler = tower::service_fn(move |request| {
         let state = state.clone();
-        // Boxed: hyper keeps an allocation the size of the service's future for the
-        // connection's whole life; the handler's large future lives in a box of its own, freed
-        // once the response head is ready, so an open stream does not keep it.
-        let handled = Box::pin(routes::handle(request, state, peer));
-        async move { Ok::<_, tower::BoxError>(handled.await) }
+        async move { Ok::<_, tower::BoxError>(routes::handle(request, state, peer).await) }
     });
     TowerToHyperService::new(
         ServiceBuilder::new()
+            // Boxed: hyper keeps an allocation the size of the service's future for the
+            // connection's whole life; the handler's large future lives in a box of its own,
+            // freed once the response head is ready, so an open stream does not keep it.
+            .map_future(Box::pin)
             .layer(
                 CompressionLayer::new()
                     .quality(CompressionLevel::Fastest)

@@ -86,7 +86,9 @@ where
         let mut heartbeat = interval_at(started + options.heartbeat_interval, options.heartbeat_interval);
         heartbeat.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let mut stop = pin!(stop.fuse());
-        let mut connect = pin!(connect.fuse());
+        // Boxed and dropped once resolved: it holds every attempt, and an open stream should
+        // not keep that much memory for the rest of its life.
+        let mut connect = Some(Box::pin(connect));
         let mut timer = pin!(sleep_until(options.deadline));
         let mut decoder = Decoder::new(options.max_event_bytes);
         let mut upstream: Option<S> = None;
@@ -119,7 +121,7 @@ where
             let wake = tokio::select! {
                 biased;
                 () = &mut stop => Wake::Fail(RelayError::Stopped.into()),
-                connected = &mut connect, if upstream.is_none() => match connected {
+                connected = resolve(&mut connect), if connect.is_some() => match connected {
                     Ok(stream) => Wake::Connected(stream),
                     Err(e) => Wake::Fail(e),
                 },
@@ -133,6 +135,7 @@ where
             };
             match wake {
                 Wake::Connected(stream) => {
+                    connect = None;
                     first_byte_at = Some(Instant::now() + options.first_byte_timeout);
                     upstream = Some(stream);
                 }
@@ -175,6 +178,13 @@ fn next_deadline(
         (phase_end, phase_error)
     } else {
         (options.deadline, RelayError::TotalTimeout)
+    }
+}
+
+async fn resolve<F: Future + Unpin>(pending: &mut Option<F>) -> F::Output {
+    match pending {
+        Some(future) => future.await,
+        None => std::future::pending().await,
     }
 }
 
