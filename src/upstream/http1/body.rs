@@ -91,10 +91,12 @@ impl Body {
 
     /// The body ended: pool the connection when it can carry another request.
     fn finish(&mut self) {
-        if let Some(conn) = self.conn.take()
+        if let Some(mut conn) = self.conn.take()
             && self.keep_alive
             && conn.buf.is_empty()
         {
+            // An idle connection keeps no buffer either.
+            conn.buf = BytesMut::new();
             self.idle.put(conn);
         }
     }
@@ -172,6 +174,11 @@ impl Stream for Body {
             let read = pin!(conn.io.read_buf(&mut conn.buf)).poll(cx);
             match read {
                 Poll::Pending => {
+                    // A stream waiting for its backend keeps no read buffer: waits are most of
+                    // a long stream's life, and there may be thousands of them.
+                    if conn.buf.is_empty() {
+                        conn.buf = BytesMut::new();
+                    }
                     this.conn = Some(conn);
                     return Poll::Pending;
                 }
