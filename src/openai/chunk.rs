@@ -16,7 +16,7 @@ use crate::sse::encoder::put_data_event;
 use crate::sse::relay::{Rewrite, Step};
 
 /// The terminating event, forwarded only when the upstream sent its own.
-const DONE: Bytes = Bytes::from_static(b"data: [DONE]\n\n");
+const DONE: &[u8] = b"data: [DONE]\n\n";
 
 /// Where a response's metering is left for settlement.
 pub type MeterSlot = Arc<Mutex<Metering>>;
@@ -51,9 +51,10 @@ impl ChunkRewriter {
 impl Rewrite for ChunkRewriter {
     type Error = GatewayError;
 
-    fn on_event(&mut self, event: Event) -> Result<Step, GatewayError> {
+    fn on_event(&mut self, event: Event, out: &mut BytesMut) -> Result<Step, GatewayError> {
         if event.data.trim_ascii() == b"[DONE]" {
-            return Ok(Step::Finish(DONE));
+            out.extend_from_slice(DONE);
+            return Ok(Step::Finish);
         }
         if &event.name[..] == b"error" {
             return Err(in_band_error(&event.data));
@@ -86,18 +87,18 @@ impl Rewrite for ChunkRewriter {
                 self.tally.push_choices(choices);
             }
         }
-        let mut out = BytesMut::with_capacity(event.data.len() + self.model_json.len() + 8);
+        out.reserve(event.data.len() + self.model_json.len() + 8);
         if memchr::memchr(b'\n', &event.data).is_none() {
             // The usual one-line payload is spliced straight into the outgoing event.
             out.extend_from_slice(b"data: ");
-            view.put_rewritten(&event.data, &self.model_json, hide_usage, &mut out);
+            view.put_rewritten(&event.data, &self.model_json, hide_usage, out);
             out.extend_from_slice(b"\n\n");
         } else {
             let mut payload = BytesMut::new();
             view.put_rewritten(&event.data, &self.model_json, hide_usage, &mut payload);
-            put_data_event(&mut out, &payload);
+            put_data_event(out, &payload);
         }
-        Ok(Step::Send(out.freeze()))
+        Ok(Step::Send)
     }
 }
 
@@ -130,9 +131,10 @@ mod tests {
         decoder.feed(&bytes);
         let mut out = Vec::new();
         while let Some(event) = decoder.next_event().expect("golden decodes") {
-            match rewriter.on_event(event) {
-                Ok(Step::Send(b) | Step::Finish(b)) => {
-                    out.push(Ok(String::from_utf8(b.to_vec()).expect("utf-8")))
+            let mut sent = BytesMut::new();
+            match rewriter.on_event(event, &mut sent) {
+                Ok(Step::Send | Step::Finish) => {
+                    out.push(Ok(String::from_utf8(sent.to_vec()).expect("utf-8")))
                 }
                 Ok(Step::Skip) => {}
                 Err(e) => out.push(Err(e.kind().to_owned())),
@@ -208,8 +210,12 @@ mod tests {
             fn arbitrary_event_data_never_panics(data in prop::collection::vec(any::<u8>(), 0..200)) {
                 let mut rewriter = ChunkRewriter::new("alias", false, o200k(), MeterSlot::default());
                 let event = Event { name: Bytes::new(), data: data.into() };
-                if let Ok(Step::Send(out) | Step::Finish(out)) = rewriter.on_event(event) {
-                    prop_assert!(out.starts_with(b"data: ") && out.ends_with(b"\n\n"));
+                let mut out = BytesMut::new();
+                match rewriter.on_event(event, &mut out) {
+                    Ok(Step::Send | Step::Finish) => {
+                        prop_assert!(out.starts_with(b"data: ") && out.ends_with(b"\n\n"));
+                    }
+                    Ok(Step::Skip) | Err(_) => prop_assert!(out.is_empty(), "nothing appended"),
                 }
             }
 
@@ -230,7 +236,8 @@ mod tests {
                 let data = serde_json::to_vec(&chunk).expect("serialises");
                 let mut rewriter = ChunkRewriter::new("alias", include_usage, o200k(), MeterSlot::default());
                 let event = Event { name: Bytes::new(), data: data.into() };
-                let Ok(Step::Send(out)) = rewriter.on_event(event) else {
+                let mut out = BytesMut::new();
+                let Ok(Step::Send) = rewriter.on_event(event, &mut out) else {
                     return Err(TestCaseError::fail("a content chunk is sent"));
                 };
                 let text = std::str::from_utf8(&out).expect("UTF-8");

@@ -10,7 +10,7 @@ use std::future::Future;
 use std::pin::pin;
 use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use futures_util::{FutureExt, Stream, StreamExt};
 use tokio::time::{Instant, MissedTickBehavior, interval_at, sleep_until};
 
@@ -18,22 +18,23 @@ use super::decoder::{DecodeError, Decoder, Event};
 use super::encoder::HEARTBEAT;
 use crate::telemetry::metrics;
 
-/// What the caller does with one upstream event.
-#[derive(Debug)]
+/// What the caller did with one upstream event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Step {
-    /// Forward these bytes; the first `Send` is the commit point of the response.
-    Send(Bytes),
-    /// Forward nothing for this event.
+    /// It appended bytes to forward; the first `Send` is the commit point of the response.
+    Send,
+    /// It forwards nothing for this event.
     Skip,
-    /// Forward these bytes and end the stream: the upstream said it is done.
-    Finish(Bytes),
+    /// It appended its last bytes: the upstream said it is done, the stream ends.
+    Finish,
 }
 
 /// Turns upstream events into client bytes. Knows the payload format; the relay does not.
 pub trait Rewrite: Send + 'static {
     type Error: From<RelayError> + Send + 'static;
 
-    fn on_event(&mut self, event: Event) -> Result<Step, Self::Error>;
+    /// Appends what `event` becomes for the client to `out` (nothing on `Skip` or an error).
+    fn on_event(&mut self, event: Event, out: &mut BytesMut) -> Result<Step, Self::Error>;
 }
 
 /// Failures the relay itself detects.
@@ -94,26 +95,31 @@ where
         let mut upstream: Option<S> = None;
         let mut committed = false;
         loop {
-            loop {
+            // Every event one read brought leaves as one frame: one buffer, one chunk to the
+            // client, however many events a fast backend packed into its write.
+            let mut out = BytesMut::new();
+            let ending = loop {
                 let step = match decoder.next_event() {
-                    Ok(Some(event)) => rewrite.on_event(event),
-                    Ok(None) => break,
+                    Ok(Some(event)) => rewrite.on_event(event, &mut out),
+                    Ok(None) => break None,
                     Err(e) => Err(RelayError::Decode(e).into()),
                 };
                 match step {
-                    Ok(Step::Send(bytes)) => {
-                        committed = true;
-                        yield Ok(bytes);
-                    }
+                    Ok(Step::Send) => committed = true,
                     Ok(Step::Skip) => {}
-                    Ok(Step::Finish(bytes)) => {
-                        yield Ok(bytes);
-                        return;
-                    }
-                    Err(e) => {
-                        yield Err(e);
-                        return;
-                    }
+                    Ok(Step::Finish) => break Some(Ok(())),
+                    Err(e) => break Some(Err(e)),
+                }
+            };
+            if !out.is_empty() {
+                yield Ok(out.freeze());
+            }
+            match ending {
+                None => {}
+                Some(Ok(())) => return,
+                Some(Err(e)) => {
+                    yield Err(e);
+                    return;
                 }
             }
             let (wait_until, on_timeout) = next_deadline(committed, first_byte_at, &options);
@@ -206,11 +212,13 @@ mod tests {
     impl Rewrite for Echo {
         type Error = RelayError;
 
-        fn on_event(&mut self, event: Event) -> Result<Step, RelayError> {
+        fn on_event(&mut self, event: Event, out: &mut BytesMut) -> Result<Step, RelayError> {
             if &event.data[..] == b"[DONE]" {
-                return Ok(Step::Finish(Bytes::from_static(b"done")));
+                out.extend_from_slice(b"done");
+                return Ok(Step::Finish);
             }
-            Ok(Step::Send(event.data))
+            out.extend_from_slice(&event.data);
+            Ok(Step::Send)
         }
     }
 
@@ -252,7 +260,11 @@ mod tests {
             std::future::pending(),
         ))
         .await;
-        assert_eq!(out, [Ok("a".into()), Ok("b".into()), Ok("done".into())]);
+        assert_eq!(
+            out,
+            [Ok("a".into()), Ok("bdone".into())],
+            "the events of one read leave together"
+        );
     }
 
     #[tokio::test(start_paused = true)]
