@@ -3,13 +3,12 @@
 //! times, events per stream and errors by kind (a status other than 200, no `[DONE]`, an error
 //! event, a broken connection), as one JSON line.
 //!
-//! Each client is one task on its own kept-alive connection (`client.rs`, a minimal HTTP/1.1
+//! Each client is one future on its own kept-alive connection (`client.rs`, a minimal HTTP/1.1
 //! client) and keeps its own counts, merged at the end, so clients share nothing while they
-//! run. Time to first token is measured to the first `data:` event carrying JSON, so heartbeat
+//! run; the clients are split over one single-threaded runtime per core (`--threads`). Time to first token is measured to the first `data:` event carrying JSON, so heartbeat
 //! comments do not count. Every request loop is bounded by `--duration`.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
@@ -48,6 +47,10 @@ struct Args {
     /// No progress bar and no summary table on stderr (the JSON line stays on stdout).
     #[arg(long)]
     quiet: bool,
+    /// Threads generating load, each with its own share of the clients (default: one per
+    /// core).
+    #[arg(long)]
+    threads: Option<usize>,
 }
 
 fn parse_duration(text: &str) -> Result<Duration, String> {
@@ -129,8 +132,7 @@ impl Totals {
     }
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let body = serde_json::json!({
         "model": args.model,
@@ -138,29 +140,40 @@ async fn main() -> anyhow::Result<()> {
         "stream": true,
     })
     .to_string();
+    let threads = args
+        .threads
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+        .clamp(1, args.concurrency.max(1));
     let started = Instant::now();
     let deadline = started + args.duration;
-    let done = Arc::new(AtomicU64::new(0));
-    let workers: Vec<_> = (0..args.concurrency)
-        .map(|_| {
-            let client = client::Client::new(&args.url, &args.key, &body);
-            let done = done.clone();
-            #[expect(
-                clippy::disallowed_methods,
-                reason = "one worker per simulated client, bounded by the deadline"
-            )]
-            tokio::spawn(async move { worker(client?, started, deadline, &done).await })
-        })
-        .collect();
-    let progress = progress(&args, done);
-    let mut totals = Totals::default();
-    for worker in workers {
-        totals.merge(worker.await.context("worker panicked")??);
-    }
-    let elapsed = started.elapsed();
-    if let Some(progress) = progress {
-        progress.abort();
-    }
+    let done = AtomicU64::new(0);
+    let running = AtomicBool::new(true);
+    let totals = std::thread::scope(|scope| {
+        let progress = (!args.quiet).then(|| scope.spawn(|| progress(&args, &done, &running)));
+        let shares: Vec<_> = (0..threads)
+            .map(|thread| {
+                let clients =
+                    args.concurrency / threads + usize::from(thread < args.concurrency % threads);
+                let (args, body, done) = (&args, &body, &done);
+                scope.spawn(move || run_share(args, body, clients, started, deadline, done))
+            })
+            .collect();
+        let mut totals = Totals::default();
+        let mut failed = None;
+        for share in shares {
+            match share.join().expect("a load thread panicked") {
+                Ok(share) => totals.merge(share),
+                Err(error) => failed = Some(error),
+            }
+        }
+        let elapsed = started.elapsed();
+        running.store(false, Ordering::Relaxed);
+        if let Some(progress) = progress {
+            progress.join().expect("the progress thread panicked");
+        }
+        failed.map_or(Ok((totals, elapsed)), Err)
+    })?;
+    let (mut totals, elapsed) = totals;
     if totals.streams == 0 {
         bail!("no stream completed ({} errors)", totals.errors.count());
     }
@@ -177,34 +190,58 @@ async fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// A progress bar on stderr (drawn only on a terminal), ticking until its task is aborted.
-fn progress(args: &Args, done: Arc<AtomicU64>) -> Option<tokio::task::JoinHandle<()>> {
-    if args.quiet {
-        return None;
-    }
+/// One thread's share of the clients, on a runtime of its own: a client's task never moves
+/// between threads, so the generator spends its time on requests rather than on waking and
+/// stealing work across cores (which kept it below what a direct connection can take).
+fn run_share(
+    args: &Args,
+    body: &str,
+    clients: usize,
+    started: Instant,
+    deadline: Instant,
+    done: &AtomicU64,
+) -> anyhow::Result<Totals> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("a runtime for a load thread")?;
+    runtime.block_on(async {
+        let workers = (0..clients).map(|_| async {
+            worker(
+                client::Client::new(&args.url, &args.key, body)?,
+                started,
+                deadline,
+                done,
+            )
+            .await
+        });
+        let mut totals = Totals::default();
+        for result in futures_util::future::join_all(workers).await {
+            totals.merge(result?);
+        }
+        Ok(totals)
+    })
+}
+
+/// A progress bar on stderr (drawn only on a terminal), redrawn until `running` turns false.
+fn progress(args: &Args, done: &AtomicU64, running: &AtomicBool) {
     let seconds = args.duration.as_secs().max(1);
     let bar = indicatif::ProgressBar::new(seconds).with_style(
         indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} s  {msg}")
             .expect("a valid template"),
     );
     let started = Instant::now();
-    #[expect(
-        clippy::disallowed_methods,
-        reason = "redraws the bar until the run ends, when main aborts it"
-    )]
-    let task = tokio::spawn(async move {
-        loop {
-            tokio::time::sleep(Duration::from_millis(200)).await;
-            let elapsed = started.elapsed();
-            bar.set_position(elapsed.as_secs().min(seconds));
-            let streams = done.load(Ordering::Relaxed);
-            bar.set_message(format!(
-                "{streams} streams, {:.0}/s",
-                streams as f64 / elapsed.as_secs_f64().max(0.001)
-            ));
-        }
-    });
-    Some(task)
+    while running.load(Ordering::Relaxed) {
+        std::thread::sleep(Duration::from_millis(200));
+        let elapsed = started.elapsed();
+        bar.set_position(elapsed.as_secs().min(seconds));
+        let streams = done.load(Ordering::Relaxed);
+        bar.set_message(format!(
+            "{streams} streams, {:.0}/s",
+            streams as f64 / elapsed.as_secs_f64().max(0.001)
+        ));
+    }
+    bar.finish_and_clear();
 }
 
 /// The run as a table for a person (the JSON line is for programs).
