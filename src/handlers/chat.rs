@@ -175,12 +175,12 @@ async fn stream_reply(
             }
         }
     };
-    let connect = async move {
+    let connect = Box::pin(async move {
         let routed = retry::send(plan, request_for).await?;
         let _ = backend_slot.set(served(&routed));
         let _ = verdict_slot.set(routed.verdict);
         Ok(routed.body)
-    };
+    });
     let mut events = Box::pin(relay(connect, rewriter, options, state.drain.expired()));
     let first = match events.next().await {
         Some(Ok(bytes)) => bytes,

@@ -372,12 +372,7 @@ impl RequestGuard {
     /// closes, the client that left early and the tokens reported.
     fn record_metrics(&self, metering: &Metering, usage: Option<Usage>) {
         let model = self.model.as_deref().unwrap_or_default();
-        metrics::record_request(
-            self.route,
-            model,
-            self.status.as_u16(),
-            self.started.elapsed(),
-        );
+        metrics::record_request(self.route, model, self.status, self.started.elapsed());
         if self.model.is_none() {
             return;
         }

@@ -65,9 +65,9 @@ pub struct RelayOptions {
     pub max_event_bytes: usize,
 }
 
-/// Relays the upstream that `connect` resolves to. Yields bytes for the client; an `Err` is
-/// always the last item, and the caller renders it (as a response before any byte went out, as
-/// a final event after). `stop` resolving ends the stream with [`RelayError::Stopped`].
+/// Relays the upstream that `connect` (boxed by the caller: it is large) resolves to. Yields
+/// bytes for the client; an `Err` is always the last item, and the caller renders it (as a
+/// response before any byte went out, as a final event after). `stop` resolving ends the stream with [`RelayError::Stopped`].
 pub fn relay<C, S, R>(
     connect: C,
     mut rewrite: R,
@@ -75,7 +75,7 @@ pub fn relay<C, S, R>(
     stop: impl Future<Output = ()> + Send + 'static,
 ) -> impl Stream<Item = Result<Bytes, R::Error>> + Send + 'static
 where
-    C: Future<Output = Result<S, R::Error>> + Send + 'static,
+    C: Future<Output = Result<S, R::Error>> + Send + Unpin + 'static,
     S: Stream<Item = Result<Bytes, R::Error>> + Send + Unpin + 'static,
     R: Rewrite,
 {
@@ -87,9 +87,9 @@ where
         let mut heartbeat = interval_at(started + options.heartbeat_interval, options.heartbeat_interval);
         heartbeat.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let mut stop = pin!(stop.fuse());
-        // Boxed and dropped once resolved: it holds every attempt, and an open stream should
-        // not keep that much memory for the rest of its life.
-        let mut connect = Some(Box::pin(connect));
+        // Dropped once resolved: it holds every attempt (the caller boxes it, so only a pointer
+        // moves), and an open stream should not keep that much memory for the rest of its life.
+        let mut connect = Some(connect);
         let mut timer = pin!(sleep_until(options.deadline));
         let mut decoder = Decoder::new(options.max_event_bytes);
         let mut upstream: Option<S> = None;
@@ -254,7 +254,7 @@ mod tests {
     async fn forwards_events_and_ends_at_finish() {
         let upstream = chunks(&["data: a\n\nda", "ta: b\n\ndata: [DONE]\n\ndata: after\n\n"]);
         let out = collect(relay(
-            async { Ok(upstream) },
+            Box::pin(async { Ok(upstream) }),
             Echo,
             options(),
             std::future::pending(),
@@ -273,7 +273,13 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(2500)).await;
             Ok(stream::pending::<Result<Bytes, RelayError>>())
         };
-        let out = collect(relay(connect, Echo, options(), std::future::pending())).await;
+        let out = collect(relay(
+            Box::pin(connect),
+            Echo,
+            options(),
+            std::future::pending(),
+        ))
+        .await;
         let beats = out
             .iter()
             .filter(|i| matches!(i, Ok(s) if s == ": keep-alive\n\n"))
@@ -290,7 +296,7 @@ mod tests {
         let upstream = chunks(&["data: a\n\n"]).chain(stream::pending());
         let started = Instant::now();
         let out = collect(relay(
-            async { Ok(upstream) },
+            Box::pin(async { Ok(upstream) }),
             Echo,
             options(),
             std::future::pending(),
@@ -310,7 +316,7 @@ mod tests {
         opts.deadline = Instant::now() + Duration::from_millis(1500);
         let upstream = chunks(&["data: a\n\n"]).chain(stream::pending());
         let out = collect(relay(
-            async { Ok(upstream) },
+            Box::pin(async { Ok(upstream) }),
             Echo,
             opts,
             std::future::pending(),
@@ -322,7 +328,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn eof_without_finish_is_an_error_and_stop_ends_the_stream() {
         let out = collect(relay(
-            async { Ok(chunks(&["data: a\n\n"])) },
+            Box::pin(async { Ok(chunks(&["data: a\n\n"])) }),
             Echo,
             options(),
             std::future::pending(),
@@ -332,7 +338,13 @@ mod tests {
 
         let stop = tokio::time::sleep(Duration::from_millis(500));
         let upstream = chunks(&["data: a\n\n"]).chain(stream::pending());
-        let out = collect(relay(async { Ok(upstream) }, Echo, options(), stop)).await;
+        let out = collect(relay(
+            Box::pin(async { Ok(upstream) }),
+            Echo,
+            options(),
+            stop,
+        ))
+        .await;
         assert_eq!(out, [Ok("a".into()), Err(RelayError::Stopped)]);
     }
 }

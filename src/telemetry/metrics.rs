@@ -1,12 +1,16 @@
 //! Metric names, typed recorders and the Prometheus exporter. Labels are low-cardinality by
 //! construction: tier, model and backend names come from the configuration, routes and limit
 //! kinds are fixed sets; never a key id, a request id or user text. Recording is the `metrics`
-//! facade (an atomic per series); rendering happens only when `/metrics` is scraped.
+//! facade (an atomic per series; the per-request series through thread-local handles,
+//! `handles.rs`); rendering happens only when `/metrics` is scraped.
 
 use std::sync::OnceLock;
 use std::time::Duration;
 
+use http::StatusCode;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+use super::handles;
 
 use crate::limits::LimitKind;
 
@@ -35,6 +39,11 @@ pub fn exporter() -> &'static PrometheusHandle {
     })
 }
 
+/// Whether the Prometheus recorder was installed (handles may be kept from then on).
+pub fn installed() -> bool {
+    EXPORTER.get().is_some()
+}
+
 /// The Prometheus text exposition of every series.
 pub fn render() -> String {
     exporter().render()
@@ -61,18 +70,21 @@ pub const REQUEST_DURATION: &str = "sluicegate_request_duration_seconds";
 
 /// One finished request: its route (a fixed name), its model (configured names only, empty
 /// when there was none) and status.
-pub fn record_request(route: &'static str, model: &str, status: u16, took: Duration) {
-    metrics::counter!(REQUESTS, "route" => route, "model" => model.to_owned(), "status" => status.to_string())
-        .increment(1);
-    metrics::histogram!(REQUEST_DURATION, "route" => route, "model" => model.to_owned())
-        .record(took.as_secs_f64());
+pub fn record_request(route: &'static str, model: &str, status: StatusCode, took: Duration) {
+    let labels = [
+        ("route", route),
+        ("model", model),
+        ("status", status.as_str()),
+    ];
+    handles::count(REQUESTS, &labels, 1);
+    handles::observe(REQUEST_DURATION, &labels[..2], took.as_secs_f64());
 }
 
 pub const LIMIT_ADMISSIONS: &str = "sluicegate_admissions_total";
 pub const LIMIT_REJECTIONS: &str = "sluicegate_rate_limited_total";
 
 pub fn record_admission(tier: &str) {
-    metrics::counter!(LIMIT_ADMISSIONS, "tier" => tier.to_owned()).increment(1);
+    handles::count(LIMIT_ADMISSIONS, &[("tier", tier)], 1);
 }
 
 pub fn record_rejection(tier: &str, kind: LimitKind) {
@@ -111,8 +123,11 @@ pub const UPSTREAM_ATTEMPTS: &str = "sluicegate_upstream_attempts_total";
 /// One attempt on a backend ended with `outcome` (`success`, `failure` or `neutral`, as its
 /// breaker counted it).
 pub fn record_attempt(backend: &str, outcome: &'static str) {
-    metrics::counter!(UPSTREAM_ATTEMPTS, "backend" => backend.to_owned(), "outcome" => outcome)
-        .increment(1);
+    handles::count(
+        UPSTREAM_ATTEMPTS,
+        &[("backend", backend), ("outcome", outcome)],
+        1,
+    );
 }
 
 pub const HEDGES: &str = "sluicegate_hedges_total";
@@ -128,7 +143,7 @@ pub const HEARTBEATS: &str = "sluicegate_heartbeats_total";
 
 /// A stream to a client opened (`+1`) or ended (`-1`).
 pub fn record_stream_open(model: &str, delta: f64) {
-    metrics::gauge!(STREAMS_OPEN, "model" => model.to_owned()).increment(delta);
+    handles::add(STREAMS_OPEN, &[("model", model)], delta);
 }
 
 /// A client left before its answer was complete.
@@ -146,15 +161,13 @@ pub const TOKENS: &str = "sluicegate_tokens_total";
 /// Tokens of a request, as its upstream reported them or else as the gateway counted them:
 /// `input` (prompt) and `output` (completion).
 pub fn record_tokens(model: &str, tier: &str, input: u64, output: u64) {
-    let labels = |kind: &'static str| {
-        [
-            ("model", model.to_owned()),
-            ("tier", tier.to_owned()),
-            ("type", kind.to_owned()),
-        ]
-    };
-    metrics::counter!(TOKENS, &labels("input")).increment(input);
-    metrics::counter!(TOKENS, &labels("output")).increment(output);
+    for (kind, n) in [("input", input), ("output", output)] {
+        handles::count(
+            TOKENS,
+            &[("model", model), ("tier", tier), ("type", kind)],
+            n,
+        );
+    }
 }
 
 pub const REDIS_CALLS: &str = "sluicegate_redis_calls_total";
@@ -164,8 +177,9 @@ pub const REDIS_UP: &str = "sluicegate_redis_up";
 /// One call of a limiter script (`admit`, `settle`, `undo`): `ok`, `error` (an error reply) or
 /// `unreachable` (a timeout or a broken connection), and how long it took.
 pub fn record_redis_call(script: &'static str, result: &'static str, took: Duration) {
-    metrics::counter!(REDIS_CALLS, "script" => script, "result" => result).increment(1);
-    metrics::histogram!(REDIS_DURATION, "script" => script).record(took.as_secs_f64());
+    let labels = [("script", script), ("result", result)];
+    handles::count(REDIS_CALLS, &labels, 1);
+    handles::observe(REDIS_DURATION, &labels[..1], took.as_secs_f64());
 }
 
 /// Whether the limiter's breaker lets calls through to Redis (1) or not (0).
@@ -180,11 +194,10 @@ pub const TIME_PER_OUTPUT_TOKEN: &str = "gen_ai_server_time_per_output_token_sec
 /// more than one, the mean time between its output tokens (the OpenTelemetry GenAI server
 /// metrics, in Prometheus spelling).
 pub fn record_token_timing(model: &str, first: Duration, per_token: Option<Duration>) {
-    metrics::histogram!(TIME_TO_FIRST_TOKEN, "model" => model.to_owned())
-        .record(first.as_secs_f64());
+    let labels = [("model", model)];
+    handles::observe(TIME_TO_FIRST_TOKEN, &labels, first.as_secs_f64());
     if let Some(per_token) = per_token {
-        metrics::histogram!(TIME_PER_OUTPUT_TOKEN, "model" => model.to_owned())
-            .record(per_token.as_secs_f64());
+        handles::observe(TIME_PER_OUTPUT_TOKEN, &labels, per_token.as_secs_f64());
     }
 }
 
@@ -194,7 +207,7 @@ pub const OVERHEAD: &str = "sluicegate_overhead_seconds";
 /// the response body's polls plus the admission's wait on Redis, which leaves out every wait on
 /// the upstream and on the client socket.
 pub fn record_overhead(model: &str, busy: Duration) {
-    metrics::histogram!(OVERHEAD, "model" => model.to_owned()).record(busy.as_secs_f64());
+    handles::observe(OVERHEAD, &[("model", model)], busy.as_secs_f64());
 }
 
 pub const TRACE_SPANS_DROPPED: &str = "sluicegate_trace_spans_dropped_total";

@@ -1,6 +1,7 @@
 //! Logging: one subscriber, JSON or text, filtered by `log.level` (or `RUST_LOG` when set).
 //! Every request writes one access-log line (target `sluicegate::access`) when it settles.
 
+mod handles;
 pub mod metrics;
 pub mod traces;
 pub mod usage;
