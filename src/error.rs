@@ -53,8 +53,16 @@ pub enum GatewayError {
     BodyTimeout { timeout: Duration },
     #[error("request body exceeds the limit of {limit_bytes} bytes")]
     BodyTooLarge { limit_bytes: usize },
-    #[error("the model '{model}' does not exist or you do not have access to it")]
-    ModelNotFound { model: String },
+    /// No such model, or (with `api`) no backend of it serves that API, as OpenAI answers for a
+    /// model that lacks an endpoint.
+    #[error("{}", match .api {
+        None => format!("the model '{model}' does not exist or you do not have access to it"),
+        Some(api) => format!("the model '{model}' is not available on /v1/{api}"),
+    })]
+    ModelNotFound {
+        model: String,
+        api: Option<&'static str>,
+    },
     #[error("missing API key; send it as 'Authorization: Bearer <key>'")]
     MissingApiKey,
     #[error("incorrect API key provided")]

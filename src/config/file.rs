@@ -189,6 +189,8 @@ pub struct BackendFile {
     pub weight: u32,
     /// Requests this backend may have in flight; absent = no cap.
     pub max_inflight: Option<usize>,
+    /// The OpenAI APIs it serves; absent = `[chat]`.
+    pub apis: Option<Vec<super::Api>>,
 }
 
 fn one() -> u32 {

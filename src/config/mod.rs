@@ -186,6 +186,60 @@ pub struct BackendConfig {
     pub kind: BackendKind,
     pub weight: NonZeroU32,
     pub max_inflight: Option<NonZeroUsize>,
+    /// The OpenAI APIs it serves (`apis`, default chat completions only).
+    pub apis: Apis,
+}
+
+/// An OpenAI API a backend may serve, by the path it answers under the base URL.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Api {
+    /// `chat/completions`
+    Chat,
+    /// `responses`
+    Responses,
+    /// `embeddings`
+    Embeddings,
+    /// `completions` (the legacy text completions)
+    Completions,
+}
+
+impl Api {
+    /// The path under a backend's base URL (and under the gateway's `/v1/`).
+    pub fn path(self) -> &'static str {
+        match self {
+            Self::Chat => "chat/completions",
+            Self::Responses => "responses",
+            Self::Embeddings => "embeddings",
+            Self::Completions => "completions",
+        }
+    }
+
+    fn bit(self) -> u8 {
+        1 << (self as u8)
+    }
+}
+
+/// A set of [`Api`]s.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Apis(u8);
+
+impl Apis {
+    /// Chat completions only: what a backend serves unless told otherwise.
+    pub const CHAT: Self = Self(1);
+    /// Every API (the in-process mock's, in the embedded default).
+    pub const ALL: Self = Self(0b1111);
+
+    pub fn contains(self, api: Api) -> bool {
+        self.0 & api.bit() != 0
+    }
+
+    /// The set of `apis`; `None` when an API is listed twice.
+    pub fn of(apis: &[Api]) -> Option<Self> {
+        apis.iter().try_fold(Self(0), |set, api| {
+            (!set.contains(*api)).then_some(Self(set.0 | api.bit()))
+        })
+    }
 }
 
 #[derive(Debug, Clone)]

@@ -6,7 +6,7 @@ use super::file::{BackendFile, BackendKindFile, ModelFile};
 use super::validate::{MAX_DURATION, at_most, non_zero, positive, unique};
 use tiktoken_rs::tokenizer::get_tokenizer;
 
-use super::{BackendConfig, BackendKind, ConfigError, MockConfig, Model, Secret, Tokenizer};
+use super::{Apis, BackendConfig, BackendKind, ConfigError, MockConfig, Model, Secret, Tokenizer};
 
 pub(super) fn model(file: ModelFile, path: &str) -> Result<Model, ConfigError> {
     if file.name.is_empty() {
@@ -153,6 +153,18 @@ fn backend(
             .max_inflight
             .map(|n| non_zero(n, &format!("{path}.max_inflight")))
             .transpose()?,
+        apis: match file.apis {
+            None => Apis::CHAT,
+            Some(apis) if apis.is_empty() => {
+                return Err(ConfigError::invalid(
+                    format!("{path}.apis"),
+                    "must name at least one API (chat, responses, embeddings, completions)",
+                ));
+            }
+            Some(apis) => Apis::of(&apis).ok_or_else(|| {
+                ConfigError::invalid(format!("{path}.apis"), "names an API twice")
+            })?,
+        },
     })
 }
 

@@ -313,6 +313,19 @@ mod tests {
                 "models[0].backends[0].base_url: must be an http",
             ),
             (
+                "models: [{name: m, backends: [{name: b, kind: mock, apis: []}]}]".into(),
+                "models[0].backends[0].apis: must name at least one API",
+            ),
+            (
+                "models: [{name: m, backends: [{name: b, kind: mock, apis: [chat, chat]}]}]"
+                    .into(),
+                "models[0].backends[0].apis: names an API twice",
+            ),
+            (
+                "models: [{name: m, backends: [{name: b, kind: mock, apis: [images]}]}]".into(),
+                "models[0].backends[0].apis[0]: unknown variant `images`",
+            ),
+            (
                 format!(
                     "{model}\ntiers: {{t: {{}}}}\napi_keys: [{{id: k, sha256: {KEY}, tier: nope}}]"
                 ),

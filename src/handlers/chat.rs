@@ -12,6 +12,7 @@ use tokio::time::{Instant, timeout_at};
 use super::json::{json_response, sse_response};
 use super::request_body::read_capped;
 use crate::body::{self, Body};
+use crate::config::Api;
 use crate::error::{GatewayError, TimeoutPhase};
 use crate::limits::{self, Ask};
 use crate::openai::chunk::ChunkRewriter;
@@ -49,7 +50,7 @@ pub async fn chat_completions(
     )
     .await?;
     let chat = Arc::new(ChatRequest::parse(&body)?);
-    let pool = state.models.get(&chat.model)?;
+    let pool = state.models.get(&chat.model, Api::Chat)?;
     principal.authorize(&pool.name)?;
     if !pool.supports_choices(chat.choices) {
         return Err(GatewayError::invalid(
@@ -93,7 +94,8 @@ pub async fn chat_completions(
     guard.settle_with(state.limiter.clone(), admission, reserved);
     guard.total_usage_in(state.usage.clone());
     let plan = Plan {
-        pools: state.models.route(pool),
+        api: Api::Chat,
+        pools: state.models.route(pool, Api::Chat),
         max_attempts: state.upstream.max_attempts.get(),
         retry_backoff: state.upstream.retry_backoff,
         first_byte_timeout: state.upstream.first_byte_timeout,
@@ -137,6 +139,7 @@ fn upstream_request(
     request_id: Arc<str>,
 ) -> impl Fn(&Backend) -> UpstreamRequest + Send + Sync + 'static {
     move |backend| UpstreamRequest {
+        api: Api::Chat,
         body: chat.upstream_body(&backend.upstream_model, output_cap),
         stream: chat.stream,
         request_id: request_id.clone(),

@@ -53,10 +53,11 @@ pub fn get(
     guard: &mut RequestGuard,
 ) -> Result<Response<Body>, GatewayError> {
     let principal = authenticated(headers, state, guard)?;
-    let pool = state.models.get(id)?;
+    let pool = state.models.find(id)?;
     if !principal.models.allows(&pool.name) {
         return Err(GatewayError::ModelNotFound {
             model: id.to_owned(),
+            api: None,
         });
     }
     let object = model_object(&pool.name, state);

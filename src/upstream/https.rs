@@ -31,7 +31,8 @@ pub fn http_client(timeouts: &UpstreamConfig) -> Result<reqwest::Client, reqwest
 #[derive(Debug)]
 pub struct HttpsBackend {
     client: reqwest::Client,
-    url: String,
+    /// Ends in `/`: an API's path follows it.
+    base_url: String,
     authorization: Option<HeaderValue>,
     max_retry_after: Duration,
 }
@@ -50,7 +51,7 @@ impl HttpsBackend {
         });
         Self {
             client,
-            url: format!("{base_url}chat/completions"),
+            base_url: base_url.to_owned(),
             authorization,
             max_retry_after,
         }
@@ -64,7 +65,7 @@ impl HttpsBackend {
         };
         let mut call = self
             .client
-            .post(&self.url)
+            .post(format!("{}{}", self.base_url, request.api.path()))
             .header(header::CONTENT_TYPE, "application/json")
             .header(header::ACCEPT, accept)
             .header("x-request-id", &*request.request_id)

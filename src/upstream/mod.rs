@@ -18,7 +18,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use futures_util::Stream;
 
-use crate::config::{BackendConfig, BackendKind, UpstreamConfig};
+use crate::config::{Api, Apis, BackendConfig, BackendKind, UpstreamConfig};
 use crate::error::GatewayError;
 use crate::telemetry::traces::TraceHeaders;
 
@@ -30,6 +30,8 @@ pub type ByteStream = Pin<Box<dyn Stream<Item = Result<Bytes, GatewayError>> + S
 /// One call to a backend, already in the upstream's terms.
 #[derive(Debug, Clone)]
 pub struct UpstreamRequest {
+    /// Which API it calls (the path under the backend's base URL).
+    pub api: Api,
     /// The JSON body (model rewritten, destination fields removed).
     pub body: Bytes,
     pub stream: bool,
@@ -47,6 +49,8 @@ pub struct UpstreamRequest {
 pub struct Backend {
     pub name: String,
     pub upstream_model: String,
+    /// The APIs it serves.
+    pub apis: Apis,
     transport: Transport,
     /// Routing state: weight, in-flight count, breaker, 429 cool-down.
     pub health: health::BackendHealth,
@@ -89,6 +93,7 @@ impl Backend {
         Self {
             name: config.name.clone(),
             upstream_model: config.upstream_model.clone(),
+            apis: config.apis,
             transport,
             health: health::BackendHealth::new(
                 config,

@@ -10,7 +10,7 @@ use tokio::time::Instant;
 
 use super::Backend;
 use super::breaker::{Outcome, Permit, PermitKind};
-use crate::config::{Model, Tokenizer, UpstreamConfig};
+use crate::config::{Api, Model, Tokenizer, UpstreamConfig};
 use crate::error::GatewayError;
 use crate::telemetry::metrics;
 
@@ -114,15 +114,17 @@ impl Drop for Attempt {
 }
 
 impl Pool {
-    /// Chooses a backend not yet `tried` and takes its permit.
-    pub fn acquire(&self, tried: &[usize]) -> Result<Attempt, GatewayError> {
-        let mut excluded = tried.to_vec();
+    /// Chooses a backend that serves `api`, not yet `tried`, and takes its permit.
+    pub fn acquire(&self, api: Api, tried: &[usize]) -> Result<Attempt, GatewayError> {
+        let mut excluded: Vec<usize> = (0..self.backends.len())
+            .filter(|i| tried.contains(i) || !self.backends[*i].apis.contains(api))
+            .collect();
         loop {
             let candidates: Vec<usize> = (0..self.backends.len())
                 .filter(|i| !excluded.contains(i) && self.backends[*i].health.is_usable())
                 .collect();
             let Some(index) = self.choose(&candidates) else {
-                return Err(self.unavailable(tried));
+                return Err(self.unavailable(api, tried));
             };
             let backend = &self.backends[index];
             // Another request may have taken the last in-flight slot or the half-open probe
@@ -204,12 +206,12 @@ impl Pool {
 
     /// Why no backend could be chosen: all cooling down after 429s (the client may retry when
     /// the first cools off), or none usable at all.
-    fn unavailable(&self, tried: &[usize]) -> GatewayError {
+    fn unavailable(&self, api: Api, tried: &[usize]) -> GatewayError {
         let untried = || {
             self.backends
                 .iter()
                 .enumerate()
-                .filter(|(i, _)| !tried.contains(i))
+                .filter(|(i, b)| !tried.contains(i) && b.apis.contains(api))
         };
         let cooling: Option<Duration> = untried().filter_map(|(_, b)| b.health.cooling()).min();
         match cooling {
@@ -232,6 +234,11 @@ impl Pool {
     /// Whether every backend can produce `n` choices per request.
     pub fn supports_choices(&self, n: u64) -> bool {
         self.backends.iter().all(|b| b.supports_choices(n))
+    }
+
+    /// Whether any backend serves `api`.
+    pub fn serves(&self, api: Api) -> bool {
+        self.backends.iter().any(|b| b.apis.contains(api))
     }
 }
 
@@ -279,22 +286,39 @@ impl ModelTable {
         tokenizers
     }
 
-    pub fn get(&self, name: &str) -> Result<&Arc<Pool>, GatewayError> {
+    /// The model `name`, when one of its backends serves `api` (else a 404 naming the API, as
+    /// OpenAI answers for a model without that endpoint).
+    pub fn get(&self, name: &str, api: Api) -> Result<&Arc<Pool>, GatewayError> {
+        let pool = self.find(name)?;
+        if !pool.serves(api) {
+            return Err(GatewayError::ModelNotFound {
+                model: name.to_owned(),
+                api: Some(api.path()),
+            });
+        }
+        Ok(pool)
+    }
+
+    /// The model `name`, whatever it serves.
+    pub fn find(&self, name: &str) -> Result<&Arc<Pool>, GatewayError> {
         self.by_name
             .get(name)
             .ok_or_else(|| GatewayError::ModelNotFound {
                 model: name.to_owned(),
+                api: None,
             })
     }
 
-    /// The pool of `name` followed by its fallbacks', in order.
-    pub fn route(&self, primary: &Arc<Pool>) -> Vec<Arc<Pool>> {
+    /// The pool of `name` followed by its fallbacks' that serve `api`, in order.
+    pub fn route(&self, primary: &Arc<Pool>, api: Api) -> Vec<Arc<Pool>> {
         std::iter::once(primary.clone())
             .chain(
                 primary
                     .fallbacks
                     .iter()
-                    .filter_map(|name| self.by_name.get(name).cloned()),
+                    .filter_map(|name| self.by_name.get(name))
+                    .filter(|pool| pool.serves(api))
+                    .cloned(),
             )
             .collect()
     }

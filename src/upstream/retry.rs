@@ -20,6 +20,7 @@ use tokio::time::{Instant, sleep_until, timeout_at};
 use super::breaker::Outcome;
 use super::pool::{Attempt, Pool, Verdict};
 use super::{Backend, ByteStream, UpstreamRequest};
+use crate::config::Api;
 use crate::error::{GatewayError, TimeoutPhase};
 use crate::telemetry::metrics;
 use crate::telemetry::traces::TraceCx;
@@ -27,6 +28,8 @@ use crate::telemetry::traces::TraceCx;
 /// Where and how a request may be sent.
 #[derive(Debug)]
 pub struct Plan {
+    /// The API called: only backends that serve it are chosen.
+    pub api: Api,
     /// The requested model's pool, then its fallbacks'.
     pub pools: Vec<Arc<Pool>>,
     pub max_attempts: u32,
@@ -78,7 +81,7 @@ pub async fn send(
             if attempts > 0 {
                 pause(&plan, attempts).await?;
             }
-            let attempt = match pool.acquire(&tried) {
+            let attempt = match pool.acquire(plan.api, &tried) {
                 Ok(attempt) => attempt,
                 Err(unavailable) => {
                     last_error.get_or_insert(unavailable);
@@ -135,7 +138,7 @@ async fn call_hedged(
         result = &mut first_call => return settle(first, result),
         () = tokio::time::sleep(hedge_after) => {}
     }
-    let Ok(second) = pool.acquire(tried) else {
+    let Ok(second) = pool.acquire(plan.api, tried) else {
         return settle(first, first_call.await);
     };
     tried.push(second.index);

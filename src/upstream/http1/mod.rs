@@ -36,6 +36,8 @@ pub struct Http1Backend {
     host: String,
     port: u16,
     /// Everything of the request head that is the same for every request.
+    /// The base URL's path, ending in `/`: an API's path follows it.
+    base_path: String,
     head_prefix: HeadPrefix,
     connect_timeout: Duration,
     max_retry_after: Duration,
@@ -57,9 +59,7 @@ impl Http1Backend {
             None => host.to_owned(),
         };
         let mut head_prefix = format!(
-            "POST {}chat/completions HTTP/1.1\r\nhost: {authority}\r\ncontent-type: application/json\r\n\
-             user-agent: sluicegate/{}\r\n",
-            base_url.path(),
+            "host: {authority}\r\ncontent-type: application/json\r\nuser-agent: sluicegate/{}\r\n",
             env!("CARGO_PKG_VERSION")
         );
         if let Some(key) = api_key {
@@ -72,6 +72,7 @@ impl Http1Backend {
                 .trim_end_matches(']')
                 .to_owned(),
             port,
+            base_path: base_url.path().to_owned(),
             head_prefix: HeadPrefix(head_prefix.into_bytes()),
             connect_timeout: config.connect_timeout,
             max_retry_after: config.max_retry_after,
@@ -158,7 +159,15 @@ impl Http1Backend {
             "application/json"
         };
         let prefix = &self.head_prefix.0;
-        let mut wire = Vec::with_capacity(prefix.len() + request.body.len() + 128);
+        let mut wire = Vec::with_capacity(prefix.len() + request.body.len() + 192);
+        for part in [
+            "POST ",
+            &self.base_path,
+            request.api.path(),
+            " HTTP/1.1\r\n",
+        ] {
+            wire.extend_from_slice(part.as_bytes());
+        }
         wire.extend_from_slice(prefix);
         wire.extend_from_slice(
             format!(
@@ -192,7 +201,7 @@ fn may_resend(when: EarlyClose, replayable: bool) -> bool {
     }
 }
 
-/// The fixed part of every request head. It carries the backend's key, so its `Debug` shows
+/// The fixed headers of every request head. They carry the backend's key, so its `Debug` shows
 /// only its length.
 struct HeadPrefix(Vec<u8>);
 
