@@ -317,8 +317,7 @@ mod tests {
                 "models[0].backends[0].apis: must name at least one API",
             ),
             (
-                "models: [{name: m, backends: [{name: b, kind: mock, apis: [chat, chat]}]}]"
-                    .into(),
+                "models: [{name: m, backends: [{name: b, kind: mock, apis: [chat, chat]}]}]".into(),
                 "models[0].backends[0].apis: names an API twice",
             ),
             (

@@ -2,45 +2,34 @@
 
 use std::sync::{Arc, OnceLock};
 
-use bytes::{Bytes, BytesMut};
 use futures_util::{StreamExt, stream};
-use http::{HeaderMap, HeaderValue, Request, Response, header};
+use http::{Request, Response};
 use hyper::body::Incoming;
 use opentelemetry::KeyValue;
-use tokio::time::{Instant, timeout_at};
 
 use super::json::{json_response, sse_response};
+use super::pipeline;
 use super::request_body::read_capped;
 use crate::body::{self, Body};
 use crate::config::Api;
-use crate::error::{GatewayError, TimeoutPhase};
-use crate::limits::{self, Ask};
+use crate::error::GatewayError;
 use crate::openai::chunk::ChunkRewriter;
-use crate::openai::response::rewrite_completion;
 use crate::openai::tokens::{TokenCounter, completion_tokens};
 use crate::openai::{ChatRequest, Metering, Reservation};
-use crate::settle::{RequestGuard, Served};
+use crate::settle::RequestGuard;
 use crate::sse::relay::{RelayOptions, relay};
 use crate::state::AppState;
 use crate::telemetry::traces::TraceHeaders;
 use crate::upstream::pool::Verdict;
-use crate::upstream::retry::{self, Plan, Routed};
-use crate::upstream::{Backend, ByteStream, UpstreamRequest};
-
-/// The most a non-streamed upstream answer may hold.
-const MAX_COMPLETION_BYTES: usize = 16 * 1024 * 1024;
+use crate::upstream::retry::{self, Plan};
+use crate::upstream::{Backend, UpstreamRequest};
 
 pub async fn chat_completions(
     request: Request<Incoming>,
     state: &Arc<AppState>,
     guard: &mut RequestGuard,
 ) -> Result<Response<Body>, GatewayError> {
-    let authenticating = guard.trace().step("auth");
-    let principal = state.auth.authenticate(request.headers())?;
-    drop(authenticating);
-    guard.set_key(principal.key_id.clone());
-    guard.set_tier(&principal.tier);
-    require_json(request.headers())?;
+    let principal = pipeline::authenticate(request.headers(), state, guard)?;
     let (parts, body) = request.into_parts();
     let body = read_capped(
         &parts.headers,
@@ -74,35 +63,8 @@ pub async fn chat_completions(
         output_cap,
         chat.choices,
     );
-    let ask = Ask {
-        key_id: &principal.key_id,
-        tier: &principal.tier,
-        limits: &principal.limits,
-        tokens: reserved.usage.total_tokens,
-    };
-    // Waiting on Redis is the gateway's own time (the handler's polls count only the work).
-    let admitting = Instant::now();
-    let admission_span = guard.trace().step("admission");
-    let admission = state.limiter.admit(ask).await;
-    if let Err(error) = &admission {
-        admission_span.record(KeyValue::new("error.type", error.kind()));
-    }
-    drop(admission_span);
-    guard.add_busy(admitting.elapsed());
-    let admission = admission?;
-    let rate = admission.state;
-    guard.settle_with(state.limiter.clone(), admission, reserved);
-    guard.total_usage_in(state.usage.clone());
-    let plan = Plan {
-        api: Api::Chat,
-        pools: state.models.route(pool, Api::Chat),
-        max_attempts: state.upstream.max_attempts.get(),
-        retry_backoff: state.upstream.retry_backoff,
-        first_byte_timeout: state.upstream.first_byte_timeout,
-        deadline: Instant::now() + state.upstream.total_timeout,
-        may_hedge: chat.is_safe_to_duplicate(),
-        trace: guard.trace().clone(),
-    };
+    let rate = pipeline::admit(state, guard, &principal, reserved).await?;
+    let plan = pipeline::plan(state, pool, Api::Chat, chat.is_safe_to_duplicate(), guard);
     let request_for = upstream_request(chat.clone(), output_cap, guard.request_id().as_arc());
     guard.mark_dispatched();
     let mut response = if chat.stream {
@@ -115,20 +77,7 @@ pub async fn chat_completions(
         *guard.meter_slot().lock().unwrap_or_else(|p| p.into_inner()) = metering;
         response
     };
-    limits::headers::put(response.headers_mut(), &rate);
-    if !chat.stream {
-        // As OpenAI sends it: the time the gateway took to produce the whole answer.
-        let took = u64::try_from(guard.elapsed().as_millis()).unwrap_or(u64::MAX);
-        response
-            .headers_mut()
-            .insert("openai-processing-ms", HeaderValue::from(took));
-    }
-    if let Some(name) = guard
-        .backend()
-        .and_then(|name| HeaderValue::from_str(&name).ok())
-    {
-        response.headers_mut().insert("x-sluicegate-backend", name);
-    }
+    pipeline::finish(&mut response, &rate, !chat.stream, guard);
     Ok(response)
 }
 
@@ -180,7 +129,7 @@ async fn stream_reply(
     };
     let connect = Box::pin(async move {
         let routed = retry::send(plan, request_for).await?;
-        let _ = backend_slot.set(served(&routed));
+        let _ = backend_slot.set(pipeline::served(&routed));
         let _ = verdict_slot.set(routed.verdict);
         Ok(routed.body)
     });
@@ -217,18 +166,7 @@ async fn complete_reply(
     counter: TokenCounter,
     guard: &RequestGuard,
 ) -> Result<(Response<Body>, Metering), GatewayError> {
-    let deadline = plan.deadline;
-    let mut routed = retry::send(plan, request_for).await?;
-    let _ = guard.backend_slot().set(served(&routed));
-    // The upstream body stays alive until the answer is judged, so a failure found in it
-    // reaches the backend's breaker before its attempt ends.
-    let answer = collect_capped(&mut routed.body, state, deadline)
-        .await
-        .and_then(|body| rewrite_completion(&body, model));
-    if let Err(error) = &answer {
-        let _ = routed.verdict.set(error.breaker_outcome_mid_answer());
-    }
-    let (body, usage) = answer?;
+    let (body, usage) = pipeline::whole_answer(state, plan, request_for, model, guard).await?;
     let counted_completion = match usage {
         Some(_) => None,
         // Up to 16 MiB of JSON to parse: off the runtime's threads.
@@ -246,65 +184,4 @@ async fn complete_reply(
         ..Metering::default()
     };
     Ok((json_response(body), metering))
-}
-
-async fn collect_capped(
-    chunks: &mut ByteStream,
-    state: &AppState,
-    deadline: Instant,
-) -> Result<Bytes, GatewayError> {
-    let mut body = BytesMut::new();
-    loop {
-        let idle_until = (Instant::now() + state.upstream.idle_timeout).min(deadline);
-        let next = timeout_at(idle_until, chunks.next())
-            .await
-            .map_err(|_| timeout_error(idle_until, deadline, TimeoutPhase::Idle))?;
-        match next {
-            Some(chunk) => body.extend_from_slice(&chunk?),
-            None => return Ok(body.freeze()),
-        }
-        if body.len() > MAX_COMPLETION_BYTES {
-            return Err(GatewayError::UpstreamProtocol {
-                detail: "the response body exceeded the size limit",
-            });
-        }
-    }
-}
-
-/// The timeout error for a wait that ended at `at`: the total deadline when that was sooner.
-fn timeout_error(at: Instant, deadline: Instant, phase: TimeoutPhase) -> GatewayError {
-    let phase = if at >= deadline {
-        TimeoutPhase::Total
-    } else {
-        phase
-    };
-    GatewayError::UpstreamTimeout { phase }
-}
-
-/// What the access log says of the backend that answered.
-fn served(routed: &Routed) -> Served {
-    Served {
-        backend: routed.backend.name.as_str().into(),
-        attempts: routed.attempts,
-        hedged: routed.hedged,
-    }
-}
-
-/// Accepts `application/json` (with parameters) or no content-type at all.
-fn require_json(headers: &HeaderMap) -> Result<(), GatewayError> {
-    let Some(value) = headers.get(header::CONTENT_TYPE) else {
-        return Ok(());
-    };
-    let essence = value
-        .to_str()
-        .unwrap_or_default()
-        .split(';')
-        .next()
-        .unwrap_or_default()
-        .trim();
-    if essence.eq_ignore_ascii_case("application/json") {
-        Ok(())
-    } else {
-        Err(GatewayError::UnsupportedContentType)
-    }
 }

@@ -3,6 +3,7 @@
 pub mod chat;
 mod json;
 pub mod models;
+mod pipeline;
 pub mod probes;
 mod request_body;
 pub mod usage;

@@ -1,0 +1,193 @@
+//! The stages every model endpoint shares, so each handler reads as its own short list of
+//! calls: who is asking, what they may spend, where the request may go, and, for an answer
+//! sent whole, reading it back bounded and in the client's names.
+
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+use futures_util::StreamExt;
+use http::{HeaderMap, HeaderValue, Response, header};
+use tokio::time::{Instant, timeout_at};
+
+use crate::auth::Principal;
+use crate::body::Body;
+use crate::config::Api;
+use crate::error::{GatewayError, TimeoutPhase};
+use crate::limits::{self, Ask, RateState};
+use crate::openai::response::rewrite_completion;
+use crate::openai::{Reservation, Usage};
+use crate::settle::{RequestGuard, Served};
+use crate::state::AppState;
+use crate::upstream::pool::Pool;
+use crate::upstream::retry::{self, Plan, Routed};
+use crate::upstream::{Backend, ByteStream, UpstreamRequest};
+
+/// The most a non-streamed upstream answer may hold.
+const MAX_ANSWER_BYTES: usize = 16 * 1024 * 1024;
+
+/// The caller's credential, checked; the guard learns the key and tier. The body must be JSON
+/// (or say nothing of its type).
+pub fn authenticate(
+    headers: &HeaderMap,
+    state: &AppState,
+    guard: &mut RequestGuard,
+) -> Result<Principal, GatewayError> {
+    let authenticating = guard.trace().step("auth");
+    let principal = state.auth.authenticate(headers)?;
+    drop(authenticating);
+    guard.set_key(principal.key_id.clone());
+    guard.set_tier(&principal.tier);
+    require_json(headers)?;
+    Ok(principal)
+}
+
+/// Takes `reserved` from the caller's limits (one Redis round trip when limits are shared); the
+/// guard settles it when the request ends, and records its usage.
+pub async fn admit(
+    state: &AppState,
+    guard: &mut RequestGuard,
+    principal: &Principal,
+    reserved: Reservation,
+) -> Result<RateState, GatewayError> {
+    let ask = Ask {
+        key_id: &principal.key_id,
+        tier: &principal.tier,
+        limits: &principal.limits,
+        tokens: reserved.usage.total_tokens,
+    };
+    // Waiting on Redis is the gateway's own time (the handler's polls count only the work).
+    let admitting = Instant::now();
+    let span = guard.trace().step("admission");
+    let admission = state.limiter.admit(ask).await;
+    if let Err(error) = &admission {
+        span.record(opentelemetry::KeyValue::new("error.type", error.kind()));
+    }
+    drop(span);
+    guard.add_busy(admitting.elapsed());
+    let admission = admission?;
+    let rate = admission.state;
+    guard.settle_with(state.limiter.clone(), admission, reserved);
+    guard.total_usage_in(state.usage.clone());
+    Ok(rate)
+}
+
+/// Where a request for `pool` on `api` may go: the pool, then its fallbacks that serve `api`.
+pub fn plan(
+    state: &AppState,
+    pool: &Arc<Pool>,
+    api: Api,
+    may_hedge: bool,
+    guard: &RequestGuard,
+) -> Plan {
+    Plan {
+        api,
+        pools: state.models.route(pool, api),
+        max_attempts: state.upstream.max_attempts.get(),
+        retry_backoff: state.upstream.retry_backoff,
+        first_byte_timeout: state.upstream.first_byte_timeout,
+        deadline: Instant::now() + state.upstream.total_timeout,
+        may_hedge,
+        trace: guard.trace().clone(),
+    }
+}
+
+/// Sends the request and reads the whole answer (bounded in size and time) with its `model`
+/// written as the client named it; returns it with the usage it reported. A failure found in
+/// the answer reaches the backend's breaker before its attempt ends.
+pub async fn whole_answer(
+    state: &AppState,
+    plan: Plan,
+    request_for: impl Fn(&Backend) -> UpstreamRequest + Sync,
+    model: &str,
+    guard: &RequestGuard,
+) -> Result<(Bytes, Option<Usage>), GatewayError> {
+    let deadline = plan.deadline;
+    let mut routed = retry::send(plan, request_for).await?;
+    let _ = guard.backend_slot().set(served(&routed));
+    let answer = collect_capped(&mut routed.body, state, deadline)
+        .await
+        .and_then(|body| rewrite_completion(&body, model));
+    if let Err(error) = &answer {
+        let _ = routed.verdict.set(error.breaker_outcome_mid_answer());
+    }
+    answer
+}
+
+/// The headers an answer ends with: the rate limits, for an answer sent whole the time it took
+/// (`openai-processing-ms`, as OpenAI sends it), and the backend that served it.
+pub fn finish(response: &mut Response<Body>, rate: &RateState, whole: bool, guard: &RequestGuard) {
+    limits::headers::put(response.headers_mut(), rate);
+    if whole {
+        let took = u64::try_from(guard.elapsed().as_millis()).unwrap_or(u64::MAX);
+        response
+            .headers_mut()
+            .insert("openai-processing-ms", HeaderValue::from(took));
+    }
+    if let Some(name) = guard
+        .backend()
+        .and_then(|name| HeaderValue::from_str(&name).ok())
+    {
+        response.headers_mut().insert("x-sluicegate-backend", name);
+    }
+}
+
+/// What the access log says of the backend that answered.
+pub fn served(routed: &Routed) -> Served {
+    Served {
+        backend: routed.backend.name.as_str().into(),
+        attempts: routed.attempts,
+        hedged: routed.hedged,
+    }
+}
+
+async fn collect_capped(
+    chunks: &mut ByteStream,
+    state: &AppState,
+    deadline: Instant,
+) -> Result<Bytes, GatewayError> {
+    let mut body = BytesMut::new();
+    loop {
+        let idle_until = (Instant::now() + state.upstream.idle_timeout).min(deadline);
+        let next = timeout_at(idle_until, chunks.next())
+            .await
+            .map_err(|_| timeout_error(idle_until, deadline, TimeoutPhase::Idle))?;
+        match next {
+            Some(chunk) => body.extend_from_slice(&chunk?),
+            None => return Ok(body.freeze()),
+        }
+        if body.len() > MAX_ANSWER_BYTES {
+            return Err(GatewayError::UpstreamProtocol {
+                detail: "the response body exceeded the size limit",
+            });
+        }
+    }
+}
+
+/// The timeout error for a wait that ended at `at`: the total deadline when that was sooner.
+fn timeout_error(at: Instant, deadline: Instant, phase: TimeoutPhase) -> GatewayError {
+    let phase = if at >= deadline {
+        TimeoutPhase::Total
+    } else {
+        phase
+    };
+    GatewayError::UpstreamTimeout { phase }
+}
+
+/// Accepts `application/json` (with parameters) or no content-type at all.
+fn require_json(headers: &HeaderMap) -> Result<(), GatewayError> {
+    let Some(value) = headers.get(header::CONTENT_TYPE) else {
+        return Ok(());
+    };
+    let essence = value
+        .to_str()
+        .unwrap_or_default()
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .trim();
+    if essence.eq_ignore_ascii_case("application/json") {
+        Ok(())
+    } else {
+        Err(GatewayError::UnsupportedContentType)
+    }
+}
