@@ -84,6 +84,9 @@ enum Command {
         /// Time before the first token.
         #[arg(long, default_value = "0ms", value_parser = humantime::parse_duration)]
         first_token_delay: Duration,
+        /// The size of an embedding when a request does not ask for one.
+        #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=65536))]
+        dimensions: u32,
     },
 }
 
@@ -202,11 +205,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             tokens,
             pace,
             first_token_delay,
+            dimensions,
         } => {
             let script = MockConfig {
                 tokens,
                 pace,
                 first_token_delay,
+                dimensions,
             };
             mock_upstream(SocketAddr::new(host, port), script)
         }

@@ -16,7 +16,7 @@ use tracing::Instrument;
 use crate::body::Body;
 use crate::error::GatewayError;
 use crate::forwarded::client_addr;
-use crate::handlers::{chat, models, probes, usage};
+use crate::handlers::{chat, embeddings, models, probes, usage};
 use crate::request_id::{self, RequestId};
 use crate::settle::RequestGuard;
 use crate::state::AppState;
@@ -104,6 +104,10 @@ async fn dispatch(
             guard.hold(state.admission.try_admit()?);
             chat::chat_completions(request, state, guard).await
         }
+        Route::Embeddings if method == Method::POST => {
+            guard.hold(state.admission.try_admit()?);
+            embeddings::embeddings(request, state, guard).await
+        }
         Route::Models if read => {
             guard.hold(state.admission.try_admit()?);
             models::list(request.headers(), state, guard)
@@ -121,6 +125,7 @@ async fn dispatch(
         | Route::Metrics
         | Route::Usage
         | Route::ChatCompletions
+        | Route::Embeddings
         | Route::Models
         | Route::Model(_) => Err(GatewayError::MethodNotAllowed {
             method: method.to_string(),
@@ -135,6 +140,7 @@ fn shortened(path: &str) -> String {
 
 enum Route {
     ChatCompletions,
+    Embeddings,
     Models,
     Model(String),
     Health,
@@ -149,6 +155,7 @@ impl Route {
     fn label(&self) -> &'static str {
         match self {
             Self::ChatCompletions => "chat_completions",
+            Self::Embeddings => "embeddings",
             Self::Models => "models",
             Self::Model(_) => "model",
             Self::Health => "healthz",
@@ -163,6 +170,7 @@ impl Route {
     fn template(&self) -> &'static str {
         match self {
             Self::ChatCompletions => "/v1/chat/completions",
+            Self::Embeddings => "/v1/embeddings",
             Self::Models => "/v1/models",
             Self::Model(_) => "/v1/models/{model}",
             Self::Health => "/healthz",
@@ -176,6 +184,7 @@ impl Route {
     fn of(path: &str) -> Self {
         match path {
             "/v1/chat/completions" => Self::ChatCompletions,
+            "/v1/embeddings" => Self::Embeddings,
             "/v1/models" => Self::Models,
             "/healthz" => Self::Health,
             "/readyz" => Self::Ready,

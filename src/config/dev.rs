@@ -28,6 +28,7 @@ models:
       - name: mock
         kind: mock
         mock: { tokens: 16, pace: 20ms }
+        apis: [chat, embeddings]
 "#;
 
 /// Builds the development configuration.

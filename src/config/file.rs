@@ -212,6 +212,7 @@ pub struct MockFile {
     pub pace: Duration,
     #[serde(with = "humantime_serde")]
     pub first_token_delay: Duration,
+    pub dimensions: u32,
 }
 
 impl Default for MockFile {
@@ -220,6 +221,7 @@ impl Default for MockFile {
             tokens: 16,
             pace: Duration::from_millis(20),
             first_token_delay: Duration::ZERO,
+            dimensions: 64,
         }
     }
 }

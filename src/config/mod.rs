@@ -258,6 +258,8 @@ pub struct MockConfig {
     pub tokens: u32,
     pub pace: Duration,
     pub first_token_delay: Duration,
+    /// The size of its embeddings when a request does not ask for one.
+    pub dimensions: u32,
 }
 
 /// A secret read from the environment; never printed.

@@ -6,7 +6,12 @@ use super::file::{BackendFile, BackendKindFile, ModelFile};
 use super::validate::{MAX_DURATION, at_most, non_zero, positive, unique};
 use tiktoken_rs::tokenizer::get_tokenizer;
 
-use super::{Apis, BackendConfig, BackendKind, ConfigError, MockConfig, Model, Secret, Tokenizer};
+use super::{
+    Api, Apis, BackendConfig, BackendKind, ConfigError, MockConfig, Model, Secret, Tokenizer,
+};
+
+/// The largest embedding the mock makes.
+const MAX_MOCK_DIMENSIONS: u32 = 1 << 16;
 
 pub(super) fn model(file: ModelFile, path: &str) -> Result<Model, ConfigError> {
     if file.name.is_empty() {
@@ -138,9 +143,29 @@ fn backend(
                     MAX_DURATION,
                     &format!("{path}.mock.first_token_delay"),
                 )?,
+                dimensions: match mock.dimensions {
+                    1..=MAX_MOCK_DIMENSIONS => mock.dimensions,
+                    _ => {
+                        return Err(ConfigError::invalid(
+                            format!("{path}.mock.dimensions"),
+                            format!("must be from 1 to {MAX_MOCK_DIMENSIONS}"),
+                        ));
+                    }
+                },
             })
         }
     };
+    let apis = apis(file.apis, path)?;
+    if matches!(kind, BackendKind::Mock(_))
+        && [Api::Responses, Api::Completions]
+            .iter()
+            .any(|api| apis.contains(*api))
+    {
+        return Err(ConfigError::invalid(
+            format!("{path}.apis"),
+            "the mock serves chat and embeddings only",
+        ));
+    }
     Ok(BackendConfig {
         name: file.name,
         upstream_model: file
@@ -153,19 +178,21 @@ fn backend(
             .max_inflight
             .map(|n| non_zero(n, &format!("{path}.max_inflight")))
             .transpose()?,
-        apis: match file.apis {
-            None => Apis::CHAT,
-            Some(apis) if apis.is_empty() => {
-                return Err(ConfigError::invalid(
-                    format!("{path}.apis"),
-                    "must name at least one API (chat, responses, embeddings, completions)",
-                ));
-            }
-            Some(apis) => Apis::of(&apis).ok_or_else(|| {
-                ConfigError::invalid(format!("{path}.apis"), "names an API twice")
-            })?,
-        },
+        apis,
     })
+}
+
+/// A backend's `apis`: chat completions when absent; never empty, no API twice.
+fn apis(listed: Option<Vec<Api>>, path: &str) -> Result<Apis, ConfigError> {
+    match listed {
+        None => Ok(Apis::CHAT),
+        Some(apis) if apis.is_empty() => Err(ConfigError::invalid(
+            format!("{path}.apis"),
+            "must name at least one API (chat, responses, embeddings, completions)",
+        )),
+        Some(apis) => Apis::of(&apis)
+            .ok_or_else(|| ConfigError::invalid(format!("{path}.apis"), "names an API twice")),
+    }
 }
 
 fn base_url_with_slash(raw: &str, path: &str) -> Result<String, ConfigError> {

@@ -321,6 +321,15 @@ mod tests {
                 "models[0].backends[0].apis: names an API twice",
             ),
             (
+                "models: [{name: m, backends: [{name: b, kind: mock, apis: [responses]}]}]".into(),
+                "models[0].backends[0].apis: the mock serves chat and embeddings only",
+            ),
+            (
+                "models: [{name: m, backends: [{name: b, kind: mock, mock: {dimensions: 0}}]}]"
+                    .into(),
+                "models[0].backends[0].mock.dimensions: must be from 1",
+            ),
+            (
                 "models: [{name: m, backends: [{name: b, kind: mock, apis: [images]}]}]".into(),
                 "models[0].backends[0].apis[0]: unknown variant `images`",
             ),

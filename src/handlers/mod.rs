@@ -1,6 +1,7 @@
 //! Request handlers: each reads top to bottom as the list of stages it runs.
 
 pub mod chat;
+pub mod embeddings;
 mod json;
 pub mod models;
 mod pipeline;

@@ -2,6 +2,7 @@
 //! Invariant: `openai/` does no I/O; it turns bytes into checked values and back.
 
 pub mod chunk;
+pub mod embeddings;
 pub mod error_body;
 mod fields;
 pub mod request;

@@ -22,7 +22,7 @@ const ROLES: [&str; 6] = [
 
 /// Body fields that other gateways read as a destination or a credential. sluicegate never
 /// does, and never forwards them either.
-const DESTINATION_FIELDS: [&str; 3] = ["api_base", "base_url", "api_key"];
+pub(super) const DESTINATION_FIELDS: [&str; 3] = ["api_base", "base_url", "api_key"];
 
 /// The largest `max_tokens` / `max_completion_tokens` accepted, as OpenAI bounds them: every
 /// reservation built from it fits an `i64` with room to spare.
@@ -49,19 +49,7 @@ pub struct ChatRequest {
 impl ChatRequest {
     /// Parses and validates a request body.
     pub fn parse(body: &[u8]) -> Result<Self, GatewayError> {
-        let text = std::str::from_utf8(body).map_err(|_| GatewayError::InvalidJson {
-            detail: "the body is not valid UTF-8".into(),
-        })?;
-        let value: Value = serde_json::from_str(text).map_err(|e| GatewayError::InvalidJson {
-            detail: e.to_string(),
-        })?;
-        let Value::Object(fields) = value else {
-            return Err(GatewayError::InvalidRequest {
-                message: "the request body must be a JSON object".into(),
-                param: None,
-                code: "invalid_type",
-            });
-        };
+        let fields = object(body)?;
         let model = model(&fields)?;
         messages(&fields)?;
         check_well_known(&fields)?;
@@ -290,7 +278,25 @@ fn with_usage(stream_options: &Value) -> Value {
     Value::Object(options)
 }
 
-fn model(fields: &Map<String, Value>) -> Result<String, GatewayError> {
+/// A request body as a JSON object (UTF-8, well-formed, an object).
+pub(super) fn object(body: &[u8]) -> Result<Map<String, Value>, GatewayError> {
+    let text = std::str::from_utf8(body).map_err(|_| GatewayError::InvalidJson {
+        detail: "the body is not valid UTF-8".into(),
+    })?;
+    let value: Value = serde_json::from_str(text).map_err(|e| GatewayError::InvalidJson {
+        detail: e.to_string(),
+    })?;
+    match value {
+        Value::Object(fields) => Ok(fields),
+        _ => Err(GatewayError::InvalidRequest {
+            message: "the request body must be a JSON object".into(),
+            param: None,
+            code: "invalid_type",
+        }),
+    }
+}
+
+pub(super) fn model(fields: &Map<String, Value>) -> Result<String, GatewayError> {
     match fields.get("model") {
         None | Some(Value::Null) => Err(missing("model")),
         Some(Value::String(name)) if !name.is_empty() => Ok(name.clone()),
@@ -387,7 +393,7 @@ fn stream_options(fields: &Map<String, Value>, stream: bool) -> Result<bool, Gat
 
 /// An optional integer field in `1..=max`. Out-of-range values are refused here, before any
 /// arithmetic sees them, with the codes OpenAI uses.
-fn bounded_integer(
+pub(super) fn bounded_integer(
     fields: &Map<String, Value>,
     param: &str,
     max: u64,

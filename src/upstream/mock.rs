@@ -8,7 +8,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 use serde_json::{Value, json};
 
 use super::ByteStream;
-use crate::config::MockConfig;
+use crate::config::{Api, MockConfig};
 
 const WORDS: [&str; 8] = [
     "The ",
@@ -45,8 +45,13 @@ impl MockBackend {
         }
     }
 
-    /// The answer to a chat completion body: SSE bytes when it asks to stream, else JSON.
-    pub fn respond(&self, body: &[u8]) -> ByteStream {
+    /// The answer to a body for `api`: embeddings as JSON; chat completions as SSE bytes when
+    /// it asks to stream, else JSON. (Configuration lets a mock serve only those two.)
+    pub fn respond(&self, api: Api, body: &[u8]) -> ByteStream {
+        if api == Api::Embeddings {
+            let answer = super::mock_embeddings::answer(&self.model, self.script.dimensions, body);
+            return Box::pin(futures_util::stream::once(async move { Ok(answer) }));
+        }
         let request: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
         let ask = Ask {
             stream: request["stream"].as_bool().unwrap_or(false),

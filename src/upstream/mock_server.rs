@@ -15,7 +15,7 @@ use tokio::net::TcpListener;
 
 use super::mock::MockBackend;
 use crate::body::{Body, full, streamed};
-use crate::config::MockConfig;
+use crate::config::{Api, MockConfig};
 
 /// Largest request body the mock reads.
 const MAX_BODY_BYTES: usize = 4 * 1024 * 1024;
@@ -55,12 +55,15 @@ pub async fn serve(
 
 async fn answer(request: Request<Incoming>, backend: &MockBackend) -> Response<Body> {
     let path = request.uri().path();
-    if request.method() != Method::POST || !path.ends_with("/chat/completions") {
+    let api = [Api::Chat, Api::Embeddings]
+        .into_iter()
+        .find(|api| path.ends_with(&format!("/{}", api.path())));
+    let (Some(api), &Method::POST) = (api, request.method()) else {
         return plain(
             StatusCode::NOT_FOUND,
             r#"{"error":{"message":"not found","type":"invalid_request_error","param":null,"code":null}}"#,
         );
-    }
+    };
     let body = match http_body_util::Limited::new(request.into_body(), MAX_BODY_BYTES)
         .collect()
         .await
@@ -75,7 +78,7 @@ async fn answer(request: Request<Incoming>, backend: &MockBackend) -> Response<B
     };
     let is_stream =
         serde_json::from_slice::<serde_json::Value>(&body).is_ok_and(|v| v["stream"] == true);
-    let chunks = backend.respond(&body);
+    let chunks = backend.respond(api, &body);
     let content_type = if is_stream {
         "text/event-stream"
     } else {

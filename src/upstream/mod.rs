@@ -6,6 +6,7 @@ pub mod health;
 mod http1;
 mod https;
 pub mod mock;
+mod mock_embeddings;
 pub mod mock_server;
 pub mod pool;
 mod rejection;
@@ -108,7 +109,7 @@ impl Backend {
         match &self.transport {
             Transport::Http1(backend) => backend.send(request).await,
             Transport::Https(backend) => backend.send(request).await,
-            Transport::Mock(backend) => Ok(backend.respond(&request.body)),
+            Transport::Mock(backend) => Ok(backend.respond(request.api, &request.body)),
         }
     }
 
