@@ -12,6 +12,7 @@ mod chat;
 mod cli;
 mod deploy_files;
 mod edge;
+mod embeddings;
 mod hostile_upstream;
 mod jwt;
 mod limits;

@@ -97,4 +97,20 @@ const limited = await expectError(OpenAI.RateLimitError, { model: "test-model", 
 assert.equal(limited.headers.get("x-ratelimit-limit-requests"), "1");
 assert.equal(limited.code, "rate_limit_exceeded");
 
+// Embeddings (test-model's mock serves them; the SDK asks for base64 and decodes it).
+const embedded = await client.embeddings.create({ model: "test-model", input: ["hello world", "hello world", "other"] });
+assert.equal(embedded.model, "test-model");
+const vectors = embedded.data.map((item) => item.embedding);
+assert.deepEqual(vectors.map((v) => v.length), [64, 64, 64]);
+assert.deepEqual(vectors[0], vectors[1]);
+assert.notDeepEqual(vectors[0], vectors[2]);
+assert.equal(embedded.usage.prompt_tokens, 5);
+try {
+  await client.embeddings.create({ model: "other-model", input: "x" });
+  assert.fail("other-model serves chat only");
+} catch (error) {
+  assert.ok(error instanceof OpenAI.NotFoundError, `a NotFoundError, got ${error}`);
+  assert.equal(error.code, "model_not_found");
+}
+
 console.log("node sdk ok");

@@ -79,4 +79,21 @@ except openai.RateLimitError as error:
 else:
     raise AssertionError("the second request must be rate limited")
 
+# Embeddings (test-model's mock serves them; the SDK asks for base64 and decodes it).
+embedded = client.embeddings.create(model="test-model", input=["hello world", "hello world", "other"])
+assert embedded.model == "test-model", embedded.model
+vectors = [item.embedding for item in embedded.data]
+assert [len(v) for v in vectors] == [64, 64, 64], [len(v) for v in vectors]
+assert vectors[0] == vectors[1] and vectors[0] != vectors[2], "deterministic per input"
+assert abs(sum(x * x for x in vectors[0]) - 1.0) < 1e-3, "unit vectors"
+assert embedded.usage.prompt_tokens == 5, embedded.usage
+floats = client.embeddings.create(model="test-model", input="hello world", encoding_format="float", dimensions=8)
+assert len(floats.data[0].embedding) == 8
+try:
+    client.embeddings.create(model="other-model", input="x")
+except openai.NotFoundError as error:
+    assert error.code == "model_not_found", error.code
+else:
+    raise AssertionError("other-model serves chat only")
+
 print("sdk ok")
