@@ -185,3 +185,21 @@ fn the_image_is_multi_stage_non_root_and_checks_its_health() {
         "everything is ignored but what is named"
     );
 }
+
+/// The OpenAPI description parses and names every model route the gateway serves.
+#[test]
+fn the_openapi_document_parses_and_names_the_served_routes() {
+    let document = documents(&read("proto/openapi.yaml")).remove(0);
+    let paths = document["paths"].as_mapping().expect("paths");
+    for route in [
+        "/v1/chat/completions",
+        "/v1/embeddings",
+        "/v1/models",
+        "/v1/models/{model}",
+    ] {
+        assert!(
+            paths.contains_key(route),
+            "proto/openapi.yaml lacks {route}"
+        );
+    }
+}
