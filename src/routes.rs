@@ -17,6 +17,7 @@ use crate::body::Body;
 use crate::error::GatewayError;
 use crate::forwarded::client_addr;
 use crate::handlers::{chat, embeddings, models, probes, usage};
+use crate::openai::ChatRequest;
 use crate::request_id::{self, RequestId};
 use crate::settle::RequestGuard;
 use crate::state::AppState;
@@ -102,7 +103,7 @@ async fn dispatch(
         Route::Ready if read => Ok(probes::ready(state)),
         Route::ChatCompletions if method == Method::POST => {
             guard.hold(state.admission.try_admit()?);
-            chat::chat_completions(request, state, guard).await
+            chat::generate::<ChatRequest>(request, state, guard).await
         }
         Route::Embeddings if method == Method::POST => {
             guard.hold(state.admission.try_admit()?);

@@ -1,4 +1,5 @@
-//! `POST /v1/chat/completions`: the whole pipeline as a short list of calls, top to bottom.
+//! `POST /v1/chat/completions` and `POST /v1/completions` (the legacy text completions): the
+//! whole pipeline as a short list of calls, top to bottom, for any [`Generation`] request.
 
 use std::sync::{Arc, OnceLock};
 
@@ -11,11 +12,11 @@ use super::json::{json_response, sse_response};
 use super::pipeline;
 use super::request_body::read_capped;
 use crate::body::{self, Body};
-use crate::config::Api;
 use crate::error::GatewayError;
 use crate::openai::chunk::ChunkRewriter;
+use crate::openai::generation::Generation;
 use crate::openai::tokens::{TokenCounter, completion_tokens};
-use crate::openai::{ChatRequest, Metering, Reservation};
+use crate::openai::{Metering, Reservation};
 use crate::settle::RequestGuard;
 use crate::sse::relay::{RelayOptions, relay};
 use crate::state::AppState;
@@ -24,7 +25,7 @@ use crate::upstream::pool::Verdict;
 use crate::upstream::retry::{self, Plan};
 use crate::upstream::{Backend, UpstreamRequest};
 
-pub async fn chat_completions(
+pub async fn generate<R: Generation>(
     request: Request<Incoming>,
     state: &Arc<AppState>,
     guard: &mut RequestGuard,
@@ -38,20 +39,20 @@ pub async fn chat_completions(
         state.server.body_read_timeout,
     )
     .await?;
-    let chat = Arc::new(ChatRequest::parse(&body)?);
-    let pool = state.models.get(&chat.model, Api::Chat)?;
+    let chat = Arc::new(R::parse(&body)?);
+    let pool = state.models.get(chat.model(), R::API)?;
     principal.authorize(&pool.name)?;
-    if !pool.supports_choices(chat.choices) {
+    if !pool.supports_choices(chat.choices()) {
         return Err(GatewayError::invalid(
             "n",
             "unsupported_value",
             "this model only supports n = 1",
         ));
     }
-    guard.set_route(&pool.name, chat.stream);
+    guard.set_route(&pool.name, chat.stream());
     let counter = TokenCounter::new(pool.tokenizer);
-    guard.count_prompt_with(&body, counter);
-    let output_cap = principal.output.effective(chat.max_output_tokens);
+    guard.count_prompt_with(&body, counter, R::count_prompt);
+    let output_cap = principal.output.effective(chat.max_output_tokens());
     guard.trace().record([KeyValue::new(
         "gen_ai.request.max_tokens",
         i64::try_from(output_cap).unwrap_or(i64::MAX),
@@ -61,36 +62,36 @@ pub async fn chat_completions(
         prompt_estimate,
         chat.prompt_tokens_ceiling(prompt_estimate),
         output_cap,
-        chat.choices,
+        chat.choices(),
     );
     let rate = pipeline::admit(state, guard, &principal, reserved).await?;
-    let plan = pipeline::plan(state, pool, Api::Chat, chat.is_safe_to_duplicate(), guard);
+    let plan = pipeline::plan(state, pool, R::API, chat.is_safe_to_duplicate(), guard);
     let request_for = upstream_request(chat.clone(), output_cap, guard.request_id().as_arc());
     guard.mark_dispatched();
-    let mut response = if chat.stream {
-        let response = stream_reply(state, plan, request_for, &chat, counter, guard).await?;
+    let mut response = if chat.stream() {
+        let response = stream_reply(state, plan, request_for, &*chat, counter, guard).await?;
         guard.mark_stream_open();
         response
     } else {
         let (response, metering) =
-            complete_reply(state, plan, request_for, &chat.model, counter, guard).await?;
+            complete_reply(state, plan, request_for, chat.model(), counter, guard).await?;
         *guard.meter_slot().lock().unwrap_or_else(|p| p.into_inner()) = metering;
         response
     };
-    pipeline::finish(&mut response, &rate, !chat.stream, guard);
+    pipeline::finish(&mut response, &rate, !chat.stream(), guard);
     Ok(response)
 }
 
 /// Builds each attempt's request: the body names that backend's own model.
-fn upstream_request(
-    chat: Arc<ChatRequest>,
+fn upstream_request<R: Generation>(
+    chat: Arc<R>,
     output_cap: u64,
     request_id: Arc<str>,
 ) -> impl Fn(&Backend) -> UpstreamRequest + Send + Sync + 'static {
     move |backend| UpstreamRequest {
-        api: Api::Chat,
+        api: R::API,
         body: chat.upstream_body(&backend.upstream_model, output_cap),
-        stream: chat.stream,
+        stream: chat.stream(),
         request_id: request_id.clone(),
         replayable: chat.is_safe_to_duplicate(),
         trace: TraceHeaders::default(),
@@ -103,11 +104,16 @@ async fn stream_reply(
     state: &AppState,
     plan: Plan,
     request_for: impl Fn(&Backend) -> UpstreamRequest + Send + Sync + 'static,
-    chat: &ChatRequest,
+    chat: &impl Generation,
     counter: TokenCounter,
     guard: &RequestGuard,
 ) -> Result<Response<Body>, GatewayError> {
-    let rewriter = ChunkRewriter::new(&chat.model, chat.include_usage, counter, guard.meter_slot());
+    let rewriter = ChunkRewriter::new(
+        chat.model(),
+        chat.include_usage(),
+        counter,
+        guard.meter_slot(),
+    );
     let options = RelayOptions {
         heartbeat_interval: state.stream.heartbeat_interval,
         first_byte_timeout: state.upstream.first_byte_timeout,

@@ -5,6 +5,7 @@ pub mod chunk;
 pub mod embeddings;
 pub mod error_body;
 mod fields;
+pub mod generation;
 pub mod request;
 pub mod response;
 pub mod sanitize;

@@ -8,7 +8,9 @@ use serde::ser::{Serialize, SerializeMap, Serializer};
 use serde_json::{Map, Value};
 
 use super::fields::{check_well_known, missing, wrong_type};
+use super::generation::Generation;
 use super::tokens::TokenCounter;
+use crate::config::Api;
 use crate::error::GatewayError;
 
 const ROLES: [&str; 6] = [
@@ -75,15 +77,76 @@ impl ChatRequest {
     /// reserved, and for streams `stream_options.include_usage` forced on so usage is always
     /// known (the usage chunk is dropped again when the client did not ask for it).
     pub fn upstream_body(&self, upstream_model: &str, output_cap: u64) -> Bytes {
-        let body = UpstreamBody {
-            request: self,
-            upstream_model,
-            output_cap,
-        };
-        serde_json::to_vec(&body)
-            .expect("invariant: a parsed JSON object serialises")
-            .into()
+        upstream_body(&self.fields, self.stream, upstream_model, output_cap)
     }
+}
+
+impl Generation for ChatRequest {
+    const API: Api = Api::Chat;
+
+    fn parse(body: &[u8]) -> Result<Self, GatewayError> {
+        Self::parse(body)
+    }
+
+    fn model(&self) -> &str {
+        &self.model
+    }
+
+    fn stream(&self) -> bool {
+        self.stream
+    }
+
+    fn include_usage(&self) -> bool {
+        self.include_usage
+    }
+
+    fn max_output_tokens(&self) -> Option<u64> {
+        self.max_output_tokens
+    }
+
+    fn choices(&self) -> u64 {
+        self.choices
+    }
+
+    fn prompt_tokens_estimate(&self) -> u64 {
+        self.prompt_tokens_estimate()
+    }
+
+    fn prompt_tokens_ceiling(&self, estimate: u64) -> u64 {
+        self.prompt_tokens_ceiling(estimate)
+    }
+
+    fn prompt_tokens_counted(&self, counter: TokenCounter) -> u64 {
+        self.prompt_tokens_counted(counter)
+    }
+
+    fn upstream_body(&self, upstream_model: &str, output_cap: u64) -> Bytes {
+        self.upstream_body(upstream_model, output_cap)
+    }
+
+    fn is_safe_to_duplicate(&self) -> bool {
+        self.is_safe_to_duplicate()
+    }
+}
+
+/// A request object as sent upstream: `model` replaced, destination fields removed, the
+/// output cap written into `max_tokens` / `max_completion_tokens` (whichever the client used;
+/// `max_tokens` when neither), and for streams `stream_options.include_usage` forced on.
+pub(super) fn upstream_body(
+    fields: &Map<String, Value>,
+    stream: bool,
+    upstream_model: &str,
+    output_cap: u64,
+) -> Bytes {
+    let body = UpstreamBody {
+        fields,
+        stream,
+        upstream_model,
+        output_cap,
+    };
+    serde_json::to_vec(&body)
+        .expect("invariant: a parsed JSON object serialises")
+        .into()
 }
 
 impl ChatRequest {
@@ -237,7 +300,8 @@ impl PromptSize {
 }
 
 struct UpstreamBody<'a> {
-    request: &'a ChatRequest,
+    fields: &'a Map<String, Value>,
+    stream: bool,
     upstream_model: &'a str,
     output_cap: u64,
 }
@@ -245,16 +309,14 @@ struct UpstreamBody<'a> {
 impl Serialize for UpstreamBody<'_> {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         let mut map = serializer.serialize_map(None)?;
-        let fields = &self.request.fields;
+        let fields = self.fields;
         for (key, value) in fields {
             match key.as_str() {
                 "model" => map.serialize_entry(key, self.upstream_model)?,
                 "max_tokens" | "max_completion_tokens" => {
                     map.serialize_entry(key, &self.output_cap)?
                 }
-                "stream_options" if self.request.stream => {
-                    map.serialize_entry(key, &with_usage(value))?
-                }
+                "stream_options" if self.stream => map.serialize_entry(key, &with_usage(value))?,
                 k if DESTINATION_FIELDS.contains(&k) => {}
                 _ => map.serialize_entry(key, value)?,
             }
@@ -262,7 +324,7 @@ impl Serialize for UpstreamBody<'_> {
         if !fields.contains_key("max_tokens") && !fields.contains_key("max_completion_tokens") {
             map.serialize_entry("max_tokens", &self.output_cap)?;
         }
-        if self.request.stream && !fields.contains_key("stream_options") {
+        if self.stream && !fields.contains_key("stream_options") {
             map.serialize_entry("stream_options", &with_usage(&Value::Null))?;
         }
         map.end()

@@ -18,7 +18,7 @@ use crate::error::{Blame, GatewayError};
 use crate::limits::{Admission, Limiter};
 use crate::openai::chunk::MeterSlot;
 use crate::openai::tokens::TokenCounter;
-use crate::openai::{ChatRequest, Metering, Reservation, Usage};
+use crate::openai::{Metering, Reservation, Usage};
 use crate::request_id::RequestId;
 use crate::telemetry::metrics;
 use crate::telemetry::traces::{StepSpan, TraceCx};
@@ -71,8 +71,8 @@ pub struct RequestGuard {
     stream_span: Option<StepSpan>,
     /// Where the key's usage is totalled, once the request was admitted.
     usage: Option<Arc<UsageLedger>>,
-    /// The request body and the model's tokenizer, to count the prompt if no usage arrives.
-    prompt: Option<(Bytes, TokenCounter)>,
+    /// The request body and how to count its prompt, should no usage arrive.
+    prompt: Option<KeptPrompt>,
     _permit: Option<OwnedSemaphorePermit>,
 }
 
@@ -153,11 +153,15 @@ impl RequestGuard {
     /// report no usage (the count happens only then, when the request ends). A body larger
     /// than `MAX_KEPT_PROMPT_BYTES` is not kept (its prompt estimate stands in), so an open
     /// stream never holds more than that of its request.
-    pub fn count_prompt_with(&mut self, body: &Bytes, counter: TokenCounter) {
+    pub fn count_prompt_with(&mut self, body: &Bytes, counter: TokenCounter, count: PromptCount) {
         if body.len() <= MAX_KEPT_PROMPT_BYTES {
             // A copy of exactly its size: the body may be a slice of the connection's read
             // buffer, which a long stream must not keep alive.
-            self.prompt = Some((Bytes::copy_from_slice(body), counter));
+            self.prompt = Some(KeptPrompt {
+                body: Bytes::copy_from_slice(body),
+                counter,
+                count,
+            });
         }
     }
 
@@ -248,11 +252,10 @@ impl Drop for RequestGuard {
         if self.prompt_count_needed(&metering) {
             // Bounded work (a body of at most `MAX_KEPT_PROMPT_BYTES`), done only when no usage
             // was reported.
-            metering.counted_prompt = self.prompt.take().and_then(|(body, counter)| {
-                ChatRequest::parse(&body)
-                    .ok()
-                    .map(|chat| chat.prompt_tokens_counted(counter))
-            });
+            metering.counted_prompt = self
+                .prompt
+                .take()
+                .and_then(|kept| (kept.count)(&kept.body, kept.counter));
         }
         let accounted = metering.accounted(self.settlement.as_ref().map(|s| &s.reserved));
         if let Some(settlement) = self.settlement.take() {
@@ -402,6 +405,17 @@ impl RequestGuard {
             metrics::record_tokens(model, tier, usage.prompt_tokens, usage.completion_tokens);
         }
     }
+}
+
+/// How a kept request body's prompt is counted (`None` when it no longer parses).
+pub type PromptCount = fn(&[u8], TokenCounter) -> Option<u64>;
+
+/// A request body kept to count its prompt, should no usage arrive.
+#[derive(Debug)]
+struct KeptPrompt {
+    body: Bytes,
+    counter: TokenCounter,
+    count: PromptCount,
 }
 
 /// The largest request body kept for counting its prompt when no usage is reported.

@@ -244,7 +244,7 @@ async fn unknown_paths_are_404_and_wrong_methods_405() {
     let gateway = TestGateway::start(&gateway_config()).await;
     let (status, body) = error_of(
         http()
-            .get(gateway.url("/v1/embeddings"))
+            .get(gateway.url("/v1/images/generations"))
             .send()
             .await
             .expect("answer"),
@@ -254,6 +254,12 @@ async fn unknown_paths_are_404_and_wrong_methods_405() {
         (status, body["error"]["code"].as_str()),
         (404, Some("unknown_url"))
     );
+    let response = http()
+        .get(gateway.url("/v1/embeddings"))
+        .send()
+        .await
+        .expect("answer");
+    assert_eq!(response.status(), 405, "embeddings are POSTed");
     let response = http()
         .get(gateway.url("/v1/chat/completions"))
         .send()
