@@ -18,6 +18,7 @@ use crate::error::GatewayError;
 use crate::forwarded::client_addr;
 use crate::handlers::{chat, embeddings, models, probes, usage};
 use crate::openai::ChatRequest;
+use crate::openai::completions::CompletionRequest;
 use crate::request_id::{self, RequestId};
 use crate::settle::RequestGuard;
 use crate::state::AppState;
@@ -105,6 +106,10 @@ async fn dispatch(
             guard.hold(state.admission.try_admit()?);
             chat::generate::<ChatRequest>(request, state, guard).await
         }
+        Route::Completions if method == Method::POST => {
+            guard.hold(state.admission.try_admit()?);
+            chat::generate::<CompletionRequest>(request, state, guard).await
+        }
         Route::Embeddings if method == Method::POST => {
             guard.hold(state.admission.try_admit()?);
             embeddings::embeddings(request, state, guard).await
@@ -126,6 +131,7 @@ async fn dispatch(
         | Route::Metrics
         | Route::Usage
         | Route::ChatCompletions
+        | Route::Completions
         | Route::Embeddings
         | Route::Models
         | Route::Model(_) => Err(GatewayError::MethodNotAllowed {
@@ -141,6 +147,7 @@ fn shortened(path: &str) -> String {
 
 enum Route {
     ChatCompletions,
+    Completions,
     Embeddings,
     Models,
     Model(String),
@@ -156,6 +163,7 @@ impl Route {
     fn label(&self) -> &'static str {
         match self {
             Self::ChatCompletions => "chat_completions",
+            Self::Completions => "completions",
             Self::Embeddings => "embeddings",
             Self::Models => "models",
             Self::Model(_) => "model",
@@ -171,6 +179,7 @@ impl Route {
     fn template(&self) -> &'static str {
         match self {
             Self::ChatCompletions => "/v1/chat/completions",
+            Self::Completions => "/v1/completions",
             Self::Embeddings => "/v1/embeddings",
             Self::Models => "/v1/models",
             Self::Model(_) => "/v1/models/{model}",
@@ -185,6 +194,7 @@ impl Route {
     fn of(path: &str) -> Self {
         match path {
             "/v1/chat/completions" => Self::ChatCompletions,
+            "/v1/completions" => Self::Completions,
             "/v1/embeddings" => Self::Embeddings,
             "/v1/models" => Self::Models,
             "/healthz" => Self::Health,

@@ -156,14 +156,10 @@ fn backend(
         }
     };
     let apis = apis(file.apis, path)?;
-    if matches!(kind, BackendKind::Mock(_))
-        && [Api::Responses, Api::Completions]
-            .iter()
-            .any(|api| apis.contains(*api))
-    {
+    if matches!(kind, BackendKind::Mock(_)) && apis.contains(Api::Responses) {
         return Err(ConfigError::invalid(
             format!("{path}.apis"),
-            "the mock serves chat and embeddings only",
+            "the mock serves chat, embeddings and completions",
         ));
     }
     Ok(BackendConfig {

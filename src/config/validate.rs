@@ -322,7 +322,7 @@ mod tests {
             ),
             (
                 "models: [{name: m, backends: [{name: b, kind: mock, apis: [responses]}]}]".into(),
-                "models[0].backends[0].apis: the mock serves chat and embeddings only",
+                "models[0].backends[0].apis: the mock serves chat, embeddings and completions",
             ),
             (
                 "models: [{name: m, backends: [{name: b, kind: mock, mock: {dimensions: 0}}]}]"

@@ -4,17 +4,14 @@
 use bytes::Bytes;
 use serde_json::{Map, Value};
 
-use super::fields::{missing, wrong_type};
+use super::fields::wrong_type;
 use super::request::{DESTINATION_FIELDS, bounded_integer, model};
+use super::texts;
 use super::tokens::TokenCounter;
 use crate::error::GatewayError;
 
-/// The most inputs one request may carry, as OpenAI bounds them.
-pub const MAX_INPUTS: usize = 2048;
 /// The largest `dimensions` accepted.
 pub const MAX_DIMENSIONS: u64 = 1 << 16;
-/// The largest token id accepted in a token array.
-const MAX_TOKEN_ID: u64 = (1 << 31) - 1;
 
 /// A validated embeddings request.
 #[derive(Debug)]
@@ -31,7 +28,7 @@ impl EmbeddingsRequest {
     pub fn parse(body: &[u8]) -> Result<Self, GatewayError> {
         let fields = super::request::object(body)?;
         let model = model(&fields)?;
-        let estimate = input(&fields)?;
+        let estimate = texts::check(&fields, "input")?;
         match fields.get("encoding_format") {
             None | Some(Value::Null) => {}
             Some(Value::String(format)) if matches!(format.as_str(), "float" | "base64") => {}
@@ -67,22 +64,7 @@ impl EmbeddingsRequest {
     /// The input's tokens counted with the model's tokenizer (for when the upstream reports
     /// none): text exactly within the counter's budget, token ids one each.
     pub fn prompt_tokens_counted(&self, counter: TokenCounter) -> u64 {
-        let mut text = counter.budgeted();
-        let mut ids = 0u64;
-        match self.fields.get("input") {
-            Some(Value::String(input)) => text.add(input),
-            Some(Value::Array(items)) => {
-                for item in items {
-                    match item {
-                        Value::String(input) => text.add(input),
-                        Value::Array(tokens) => ids = ids.saturating_add(tokens.len() as u64),
-                        _ => ids = ids.saturating_add(1),
-                    }
-                }
-            }
-            _ => {}
-        }
-        text.total().saturating_add(ids)
+        texts::count(self.fields.get("input"), counter)
     }
 
     /// The most an upstream report of the input's tokens is believed: three times the
@@ -101,92 +83,6 @@ impl EmbeddingsRequest {
             .expect("invariant: a parsed JSON object serialises")
             .into()
     }
-}
-
-/// Checks `input` (a string, an array of strings, an array of token ids, or an array of such
-/// arrays; never empty) and returns its token estimate.
-fn input(fields: &Map<String, Value>) -> Result<u64, GatewayError> {
-    let invalid = |message: &str| GatewayError::invalid("input", "invalid_value", message);
-    let items = match fields.get("input") {
-        None | Some(Value::Null) => return Err(missing("input")),
-        Some(Value::String(text)) => return text_tokens(text),
-        Some(Value::Array(items)) => items,
-        Some(other) => {
-            return Err(wrong_type(
-                "input",
-                "a string, an array of strings, or an array of token arrays",
-                other,
-            ));
-        }
-    };
-    if items.is_empty() {
-        return Err(invalid("'input' must not be an empty array"));
-    }
-    if items.len() > MAX_INPUTS {
-        return Err(invalid(&format!(
-            "'input' may hold at most {MAX_INPUTS} items, got {}",
-            items.len()
-        )));
-    }
-    let mut total = 0u64;
-    match &items[0] {
-        Value::String(_) => {
-            for item in items {
-                let Value::String(text) = item else {
-                    return Err(invalid("'input' mixes strings with other values"));
-                };
-                total = total.saturating_add(text_tokens(text)?);
-            }
-        }
-        Value::Number(_) => total = token_ids(items)?,
-        Value::Array(_) => {
-            for item in items {
-                let Value::Array(ids) = item else {
-                    return Err(invalid("'input' mixes token arrays with other values"));
-                };
-                total = total.saturating_add(token_ids(ids)?);
-            }
-        }
-        _ => {
-            return Err(invalid(
-                "'input' items must be strings, token ids or token arrays",
-            ));
-        }
-    }
-    Ok(total)
-}
-
-fn text_tokens(text: &str) -> Result<u64, GatewayError> {
-    if text.is_empty() {
-        return Err(GatewayError::invalid(
-            "input",
-            "invalid_value",
-            "'input' must not contain an empty string",
-        ));
-    }
-    Ok((text.len() as u64).div_ceil(3))
-}
-
-/// The count of a token array, each id a non-negative integer.
-fn token_ids(ids: &[Value]) -> Result<u64, GatewayError> {
-    if ids.is_empty() {
-        return Err(GatewayError::invalid(
-            "input",
-            "invalid_value",
-            "'input' must not contain an empty token array",
-        ));
-    }
-    if ids
-        .iter()
-        .any(|id| id.as_u64().is_none_or(|id| id > MAX_TOKEN_ID))
-    {
-        return Err(GatewayError::invalid(
-            "input",
-            "invalid_value",
-            "a token array must hold only non-negative integer token ids",
-        ));
-    }
-    Ok(ids.len() as u64)
 }
 
 #[cfg(test)]
@@ -250,7 +146,7 @@ mod tests {
         }
         let many = format!(
             r#"{{"model":"m","input":[{}]}}"#,
-            vec!["\"a\""; MAX_INPUTS + 1].join(",")
+            vec!["\"a\""; texts::MAX_ITEMS + 1].join(",")
         );
         assert!(parse(&many).expect_err("too many").contains("at most 2048"));
     }

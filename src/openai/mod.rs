@@ -2,6 +2,7 @@
 //! Invariant: `openai/` does no I/O; it turns bytes into checked values and back.
 
 pub mod chunk;
+pub mod completions;
 pub mod embeddings;
 pub mod error_body;
 mod fields;
@@ -9,6 +10,7 @@ pub mod generation;
 pub mod request;
 pub mod response;
 pub mod sanitize;
+mod texts;
 pub mod tokens;
 pub mod usage;
 pub mod view;

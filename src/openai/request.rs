@@ -421,7 +421,10 @@ fn message(index: usize, message: &Value) -> Result<(), GatewayError> {
     }
 }
 
-fn optional_bool(fields: &Map<String, Value>, param: &str) -> Result<Option<bool>, GatewayError> {
+pub(super) fn optional_bool(
+    fields: &Map<String, Value>,
+    param: &str,
+) -> Result<Option<bool>, GatewayError> {
     match fields.get(param) {
         None | Some(Value::Null) => Ok(None),
         Some(Value::Bool(b)) => Ok(Some(*b)),
@@ -429,7 +432,10 @@ fn optional_bool(fields: &Map<String, Value>, param: &str) -> Result<Option<bool
     }
 }
 
-fn stream_options(fields: &Map<String, Value>, stream: bool) -> Result<bool, GatewayError> {
+pub(super) fn stream_options(
+    fields: &Map<String, Value>,
+    stream: bool,
+) -> Result<bool, GatewayError> {
     let options = match fields.get("stream_options") {
         None | Some(Value::Null) => return Ok(false),
         Some(Value::Object(options)) => options,

@@ -50,7 +50,7 @@ impl<'a> ObjectView<'a> {
     }
 
     /// True when no choice carries anything for the client: `choices` absent, empty, or every
-    /// choice with an empty (or no) `delta` and no `finish_reason`. Servers such as LiteLLM
+    /// choice with an empty (or no) `delta` or `text` and no `finish_reason`. Servers such as LiteLLM
     /// send their usage chunk so (`"choices":[{"index":0,"delta":{}}]`) instead of OpenAI's
     /// `"choices":[]`. Only asked of chunks that carry usage, so the parse is rare.
     pub fn choices_carry_nothing(&self) -> bool {
@@ -62,6 +62,7 @@ impl<'a> ObjectView<'a> {
         };
         choices.iter().all(|choice| {
             non_null(choice.finish_reason).is_none()
+                && non_null(choice.text).is_none_or(|text| text.get() == "\"\"")
                 && non_null(choice.delta).is_none_or(|delta| {
                     delta
                         .get()
@@ -108,6 +109,9 @@ impl<'a> ObjectView<'a> {
 struct ChoiceView<'a> {
     #[serde(borrow, default)]
     delta: Option<&'a RawValue>,
+    /// A legacy completion's generated text.
+    #[serde(borrow, default)]
+    text: Option<&'a RawValue>,
     #[serde(borrow, default)]
     finish_reason: Option<&'a RawValue>,
 }
@@ -173,5 +177,18 @@ mod tests {
         assert!(!view.has_no_choices());
         assert_eq!(view.usage(), None);
         assert_eq!(view.error(), Some(r#"{"message":"m"}"#));
+    }
+
+    #[test]
+    fn a_legacy_choice_with_text_carries_something() {
+        let carrying = ObjectView::parse(br#"{"choices":[{"index":0,"text":"hi","finish_reason":null}],"usage":{"total_tokens":1}}"#)
+            .expect("valid");
+        assert!(
+            !carrying.choices_carry_nothing(),
+            "text rides with the usage"
+        );
+        let empty = ObjectView::parse(br#"{"choices":[{"index":0,"text":"","finish_reason":null}],"usage":{"total_tokens":1}}"#)
+            .expect("valid");
+        assert!(empty.choices_carry_nothing());
     }
 }

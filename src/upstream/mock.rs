@@ -45,8 +45,8 @@ impl MockBackend {
         }
     }
 
-    /// The answer to a body for `api`: embeddings as JSON; chat completions as SSE bytes when
-    /// it asks to stream, else JSON. (Configuration lets a mock serve only those two.)
+    /// The answer to a body for `api`: embeddings as JSON; chat or legacy completions as SSE
+    /// bytes when it asks to stream, else JSON. (Configuration keeps the Responses API away.)
     pub fn respond(&self, api: Api, body: &[u8]) -> ByteStream {
         if api == Api::Embeddings {
             let answer = super::mock_embeddings::answer(&self.model, self.script.dimensions, body);
@@ -63,7 +63,15 @@ impl MockBackend {
                 .or(request["max_tokens"].as_u64()),
         };
         let answer = Answer {
-            id: format!("chatcmpl-mock-{}", NEXT_ID.fetch_add(1, Ordering::Relaxed)),
+            id: format!(
+                "{}-mock-{}",
+                if api == Api::Completions {
+                    "cmpl"
+                } else {
+                    "chatcmpl"
+                },
+                NEXT_ID.fetch_add(1, Ordering::Relaxed)
+            ),
             created: SystemTime::now()
                 .duration_since(UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs()),
@@ -72,6 +80,7 @@ impl MockBackend {
                 cap.min(self.script.tokens as u64)
             }),
             prompt_tokens: prompt_tokens(&request),
+            legacy: api == Api::Completions,
         };
         if ask.stream {
             Box::pin(stream(answer, self.script, ask.include_usage))
@@ -87,14 +96,39 @@ struct Answer {
     model: String,
     tokens: u64,
     prompt_tokens: u64,
+    /// A legacy text completion (`text_completion` objects with `text`) rather than chat.
+    legacy: bool,
 }
 
 impl Answer {
     fn chunk(&self, delta: Value, finish_reason: Option<&str>) -> Bytes {
+        if self.legacy {
+            let text = delta["content"].as_str().unwrap_or_default();
+            return event(&json!({
+                "id": self.id, "object": "text_completion", "created": self.created, "model": self.model,
+                "choices": [{"index": 0, "text": text, "logprobs": null, "finish_reason": finish_reason}],
+            }));
+        }
         event(&json!({
             "id": self.id, "object": "chat.completion.chunk", "created": self.created, "model": self.model,
             "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason}],
         }))
+    }
+
+    /// The whole answer as one JSON object.
+    fn whole(&self) -> Value {
+        if self.legacy {
+            return json!({
+                "id": self.id, "object": "text_completion", "created": self.created, "model": self.model,
+                "choices": [{"index": 0, "text": self.text(), "logprobs": null, "finish_reason": "stop"}],
+                "usage": self.usage(),
+            });
+        }
+        json!({
+            "id": self.id, "object": "chat.completion", "created": self.created, "model": self.model,
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": self.text()}, "finish_reason": "stop"}],
+            "usage": self.usage(),
+        })
     }
 
     fn usage(&self) -> Value {
@@ -128,8 +162,9 @@ fn stream(
         }
         yield Ok(answer.chunk(json!({}), Some("stop")));
         if include_usage {
+            let object = if answer.legacy { "text_completion" } else { "chat.completion.chunk" };
             yield Ok(event(&json!({
-                "id": answer.id, "object": "chat.completion.chunk", "created": answer.created,
+                "id": answer.id, "object": object, "created": answer.created,
                 "model": answer.model, "choices": [], "usage": answer.usage(),
             })));
         }
@@ -144,11 +179,7 @@ fn complete(
     async_stream::stream! {
         let generation = script.pace.saturating_mul(answer.tokens.saturating_sub(1) as u32);
         pause(script.first_token_delay + generation.min(Duration::from_secs(600))).await;
-        let body = json!({
-            "id": answer.id, "object": "chat.completion", "created": answer.created, "model": answer.model,
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": answer.text()}, "finish_reason": "stop"}],
-            "usage": answer.usage(),
-        });
+        let body = answer.whole();
         yield Ok(Bytes::from(serde_json::to_vec(&body).expect("invariant: JSON value serialises")));
     }
 }
@@ -169,7 +200,7 @@ fn event(value: &Value) -> Bytes {
     out.freeze()
 }
 
-/// A rough prompt size: one token per four bytes of message content.
+/// A rough prompt size: one token per four bytes of message content (or of a legacy prompt).
 fn prompt_tokens(request: &Value) -> u64 {
     let bytes: usize = request["messages"]
         .as_array()
@@ -179,6 +210,6 @@ fn prompt_tokens(request: &Value) -> u64 {
                 .map(|m| m["content"].to_string().len())
                 .sum()
         })
-        .unwrap_or(0);
+        .unwrap_or_else(|| request["prompt"].to_string().len());
     (bytes as u64).div_ceil(4)
 }

@@ -55,7 +55,7 @@ pub async fn serve(
 
 async fn answer(request: Request<Incoming>, backend: &MockBackend) -> Response<Body> {
     let path = request.uri().path();
-    let api = [Api::Chat, Api::Embeddings]
+    let api = [Api::Chat, Api::Embeddings, Api::Completions]
         .into_iter()
         .find(|api| path.ends_with(&format!("/{}", api.path())));
     let (Some(api), &Method::POST) = (api, request.method()) else {

@@ -10,6 +10,7 @@ mod bad_requests;
 mod breaker_outcomes;
 mod chat;
 mod cli;
+mod completions;
 mod deploy_files;
 mod edge;
 mod embeddings;

@@ -27,7 +27,7 @@ async fn sdk_gateway() -> (RunningBinary, MockUpstream) {
     let dropping = MockUpstream::stream(10).drop_after(3).start().await;
     let yaml = format!(
         "server: {{listen: '127.0.0.1:0'}}\nlog: {{format: json}}\ntiers: {{basic: {{}}}}\n\
-         models:\n  - {{name: test-model, backends: [{{name: mock, kind: mock, mock: {{tokens: 5, pace: 1ms}}, apis: [chat, embeddings]}}]}}\n  \
+         models:\n  - {{name: test-model, backends: [{{name: mock, kind: mock, mock: {{tokens: 5, pace: 1ms}}, apis: [chat, embeddings, completions]}}]}}\n  \
          - {{name: other-model, backends: [{{name: up, kind: openai, base_url: '{}'}}]}}\n  \
          - {{name: slow-model, backends: [{{name: slow, kind: mock, mock: {{tokens: 400, pace: 10ms}}}}]}}\n\
          api_keys:\n  - {{id: full, sha256: {}, tier: basic}}\n  - {{id: limited, sha256: {}, tier: basic, models: [other-model]}}\n  \

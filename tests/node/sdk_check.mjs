@@ -113,4 +113,14 @@ try {
   assert.equal(error.code, "model_not_found");
 }
 
+// Legacy completions, whole and streamed.
+const legacy = await client.completions.create({ model: "test-model", prompt: "Once upon a time", max_tokens: 5 });
+assert.equal(legacy.model, "test-model");
+assert.equal(legacy.choices[0].text, "The quick brown fox jumps ");
+let legacyText = "";
+for await (const piece of await client.completions.create({ model: "test-model", prompt: "Once", max_tokens: 3, stream: true })) {
+  legacyText += piece.choices[0]?.text ?? "";
+}
+assert.equal(legacyText, "The quick brown ");
+
 console.log("node sdk ok");

@@ -96,4 +96,16 @@ except openai.NotFoundError as error:
 else:
     raise AssertionError("other-model serves chat only")
 
+# Legacy completions, whole and streamed.
+legacy = client.completions.create(model="test-model", prompt="Once upon a time", max_tokens=5)
+assert legacy.model == "test-model" and legacy.choices[0].text == "The quick brown fox jumps ", legacy
+assert legacy.usage.completion_tokens == 5
+pieces = list(
+    client.completions.create(
+        model="test-model", prompt="Once", max_tokens=3, stream=True, stream_options={"include_usage": True}
+    )
+)
+assert "".join(p.choices[0].text for p in pieces if p.choices) == "The quick brown ", pieces
+assert pieces[-1].usage is not None and pieces[-1].usage.completion_tokens == 3, pieces[-1]
+
 print("sdk ok")
