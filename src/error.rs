@@ -112,6 +112,10 @@ pub enum GatewayError {
     UpstreamDisconnected,
     #[error("the upstream model backend sent a malformed response: {detail}")]
     UpstreamProtocol { detail: &'static str },
+    /// The upstream's whole answer was larger than the gateway keeps: the request asked for
+    /// that much (many inputs, large vectors), so it says nothing about the backend's health.
+    #[error("the upstream's answer exceeded the gateway's limit of {limit_bytes} bytes")]
+    UpstreamAnswerTooLarge { limit_bytes: usize },
     /// An `error` object inside a 200 stream (vLLM, llama.cpp); the message is sanitised.
     /// `request_fault` when the error's own code or type blames the request (a 4xx).
     #[error("the upstream model backend reported an error: {message}")]
@@ -155,6 +159,7 @@ impl GatewayError {
             Self::UpstreamRejected { status, .. } => *status,
             Self::UpstreamDisconnected
             | Self::UpstreamProtocol { .. }
+            | Self::UpstreamAnswerTooLarge { .. }
             | Self::UpstreamInBand { .. } => StatusCode::BAD_GATEWAY,
         }
     }
@@ -190,6 +195,7 @@ impl GatewayError {
             | Self::UpstreamFailed { .. }
             | Self::UpstreamDisconnected
             | Self::UpstreamProtocol { .. }
+            | Self::UpstreamAnswerTooLarge { .. }
             | Self::UpstreamInBand { .. } => "upstream_error",
             Self::UpstreamRejected { status, .. } => {
                 if *status == StatusCode::TOO_MANY_REQUESTS {
@@ -235,6 +241,7 @@ impl GatewayError {
             Self::UpstreamRejected { .. } => None,
             Self::UpstreamDisconnected => Some("upstream_disconnected"),
             Self::UpstreamProtocol { .. } => Some("upstream_protocol_error"),
+            Self::UpstreamAnswerTooLarge { .. } => Some("upstream_answer_too_large"),
             Self::UpstreamInBand { .. } => Some("upstream_error"),
         }
     }
@@ -267,12 +274,15 @@ impl GatewayError {
             | Self::UpstreamRejected { .. }
             | Self::UpstreamDisconnected
             | Self::UpstreamProtocol { .. }
+            | Self::UpstreamAnswerTooLarge { .. }
             | Self::UpstreamInBand { .. } => None,
         }
     }
 
     pub fn blame(&self) -> Blame {
         match self {
+            // The request asked for an answer that large.
+            Self::UpstreamAnswerTooLarge { .. } => Blame::Client,
             Self::InvalidRequest { .. }
             | Self::InvalidJson { .. }
             | Self::UnsupportedContentType
@@ -341,6 +351,7 @@ impl GatewayError {
             Self::UpstreamRejected { .. } => "upstream_rejected",
             Self::UpstreamDisconnected => "upstream_disconnected",
             Self::UpstreamProtocol { .. } => "upstream_protocol",
+            Self::UpstreamAnswerTooLarge { .. } => "upstream_answer_too_large",
             Self::UpstreamInBand { .. } => "upstream_in_band",
         }
     }
@@ -348,6 +359,7 @@ impl GatewayError {
     /// How long a client should wait before retrying, when the error says so.
     pub fn retry_after(&self) -> Option<Duration> {
         match self {
+            Self::UpstreamAnswerTooLarge { .. } => None,
             Self::Overloaded { retry_after } => Some(*retry_after),
             Self::RateLimited(refusal) => (!refusal.never_fits).then_some(refusal.retry_after),
             Self::UpstreamRejected { retry_after, .. } => *retry_after,
@@ -382,6 +394,8 @@ impl GatewayError {
     /// client: after it, a retry would duplicate output.
     pub fn is_retryable_before_first_byte(&self) -> bool {
         match self {
+            // Another backend would answer as much.
+            Self::UpstreamAnswerTooLarge { .. } => false,
             Self::UpstreamUnavailable
             | Self::UpstreamTimeout { .. }
             | Self::UpstreamFailed { .. }
@@ -415,6 +429,7 @@ impl GatewayError {
     /// What this error says about the backend that produced it, for its circuit breaker.
     pub fn breaker_outcome(&self) -> Outcome {
         match self {
+            Self::UpstreamAnswerTooLarge { .. } => Outcome::Neutral,
             Self::UpstreamUnavailable
             | Self::UpstreamTimeout { .. }
             | Self::UpstreamFailed { .. }

@@ -172,7 +172,15 @@ async fn complete_reply(
     counter: TokenCounter,
     guard: &RequestGuard,
 ) -> Result<(Response<Body>, Metering), GatewayError> {
-    let (body, usage) = pipeline::whole_answer(state, plan, request_for, model, guard).await?;
+    let (body, usage) = pipeline::whole_answer(
+        state,
+        plan,
+        request_for,
+        model,
+        pipeline::MAX_COMPLETION_BYTES,
+        guard,
+    )
+    .await?;
     let counted_completion = match usage {
         Some(_) => None,
         // Up to 16 MiB of JSON to parse: off the runtime's threads.

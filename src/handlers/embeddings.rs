@@ -55,17 +55,31 @@ pub async fn embeddings(
         }
     };
     guard.mark_dispatched();
-    let (answer, usage) =
-        pipeline::whole_answer(state, plan, request_for, &embed.model, guard).await?;
-    // Without a report, the input is counted with the model's tokenizer (within its budget);
-    // embeddings produce no output tokens.
-    let counter = TokenCounter::new(pool.tokenizer);
+    let (answer, usage) = pipeline::whole_answer(
+        state,
+        plan,
+        request_for,
+        &embed.model,
+        pipeline::MAX_EMBEDDINGS_BYTES,
+        guard,
+    )
+    .await?;
+    // Without a report, the input is counted with the model's tokenizer (bounded work, off the
+    // runtime's threads); embeddings produce no output tokens.
+    let counted_prompt = match usage {
+        Some(_) => None,
+        None => {
+            let counter = TokenCounter::new(pool.tokenizer);
+            let embed = embed.clone();
+            tokio::task::spawn_blocking(move || embed.prompt_tokens_counted(counter))
+                .await
+                .ok()
+        }
+    };
     *guard.meter_slot().lock().unwrap_or_else(|p| p.into_inner()) = Metering {
         usage,
         reported: usage.is_some(),
-        counted_prompt: usage
-            .is_none()
-            .then(|| embed.prompt_tokens_counted(counter)),
+        counted_prompt,
         ..Metering::default()
     };
     let mut response = json_response(answer);

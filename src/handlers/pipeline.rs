@@ -22,8 +22,11 @@ use crate::upstream::pool::Pool;
 use crate::upstream::retry::{self, Plan, Routed};
 use crate::upstream::{Backend, ByteStream, UpstreamRequest};
 
-/// The most a non-streamed upstream answer may hold.
-const MAX_ANSWER_BYTES: usize = 16 * 1024 * 1024;
+/// The most a non-streamed completion may hold.
+pub const MAX_COMPLETION_BYTES: usize = 16 * 1024 * 1024;
+/// The most an embeddings answer may hold: 2,048 vectors of 3,072 dimensions as base64 (what
+/// the SDKs ask for) is about 34 MB; as JSON floats, 2,048 of 1,536 about 60 MB.
+pub const MAX_EMBEDDINGS_BYTES: usize = 64 * 1024 * 1024;
 
 /// The caller's credential, checked; the guard learns the key and tier. The body must be JSON
 /// (or say nothing of its type).
@@ -91,20 +94,21 @@ pub fn plan(
     }
 }
 
-/// Sends the request and reads the whole answer (bounded in size and time) with its `model`
-/// written as the client named it; returns it with the usage it reported. A failure found in
-/// the answer reaches the backend's breaker before its attempt ends.
+/// Sends the request and reads the whole answer (at most `cap` bytes, bounded in time) with
+/// its `model` written as the client named it; returns it with the usage it reported. A
+/// failure found in the answer reaches the backend's breaker before its attempt ends.
 pub async fn whole_answer(
     state: &AppState,
     plan: Plan,
     request_for: impl Fn(&Backend) -> UpstreamRequest + Sync,
     model: &str,
+    cap: usize,
     guard: &RequestGuard,
 ) -> Result<(Bytes, Option<Usage>), GatewayError> {
     let deadline = plan.deadline;
     let mut routed = retry::send(plan, request_for).await?;
     let _ = guard.backend_slot().set(served(&routed));
-    let answer = collect_capped(&mut routed.body, state, deadline)
+    let answer = collect_capped(&mut routed.body, cap, state, deadline)
         .await
         .and_then(|body| rewrite_completion(&body, model));
     if let Err(error) = &answer {
@@ -142,6 +146,7 @@ pub fn served(routed: &Routed) -> Served {
 
 async fn collect_capped(
     chunks: &mut ByteStream,
+    cap: usize,
     state: &AppState,
     deadline: Instant,
 ) -> Result<Bytes, GatewayError> {
@@ -155,10 +160,8 @@ async fn collect_capped(
             Some(chunk) => body.extend_from_slice(&chunk?),
             None => return Ok(body.freeze()),
         }
-        if body.len() > MAX_ANSWER_BYTES {
-            return Err(GatewayError::UpstreamProtocol {
-                detail: "the response body exceeded the size limit",
-            });
+        if body.len() > cap {
+            return Err(GatewayError::UpstreamAnswerTooLarge { limit_bytes: cap });
         }
     }
 }

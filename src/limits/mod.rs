@@ -147,7 +147,9 @@ impl Limiter {
     /// running, so a deploy does not leave leases and reservations to expire on their own.
     pub async fn finish_settling(&self) {
         if let Self::Shared(shared) = self {
-            shared.finish(redis::SETTLE_TIMEOUT).await;
+            // Two calls' worth: a flusher may owe a second round for what queued during its
+            // first.
+            shared.finish(redis::SETTLE_TIMEOUT * 2).await;
         }
     }
 

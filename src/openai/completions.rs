@@ -45,6 +45,18 @@ impl Generation for CompletionRequest {
         let estimate = texts::check(&fields, "prompt")?;
         let stream = optional_bool(&fields, "stream")?.unwrap_or(false);
         let include_usage = stream_options(&fields, stream)?;
+        if fields
+            .get("max_completion_tokens")
+            .is_some_and(|v| !v.is_null())
+        {
+            // The legacy API caps output with `max_tokens` only; a backend that knows only that
+            // would ignore this one, and generate past what was reserved.
+            return Err(GatewayError::invalid(
+                "max_completion_tokens",
+                "unsupported_parameter",
+                "'max_completion_tokens' is not a parameter of /v1/completions; use 'max_tokens'",
+            ));
+        }
         optional_bool(&fields, "echo")?;
         if let Some(suffix) = fields
             .get("suffix")

@@ -118,8 +118,14 @@ pub async fn serve(
             reason = "a connection outlives the accept loop iteration; GracefulShutdown tracks it"
         )]
         tokio::spawn(async move {
+            // A connection that has said nothing when the drain begins is closed, as hyper
+            // closes an idle one; the drain does not wait out its header timeout.
             let header_timeout = state.server.header_read_timeout;
-            let Some(protocol) = sniff::protocol(&stream, header_timeout).await else {
+            let told = tokio::select! {
+                told = sniff::protocol(&stream, header_timeout) => told,
+                () = state.drain.began() => None,
+            };
+            let Some(protocol) = told else {
                 return;
             };
             let io = TokioIo::new(StallTimeoutIo::new(

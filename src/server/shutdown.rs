@@ -2,20 +2,19 @@
 //! expired when the grace period is over (open streams end with a final error event).
 
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, Ordering};
 
 use tokio::sync::watch;
 
 #[derive(Debug)]
 pub struct Drain {
-    draining: AtomicBool,
+    draining: watch::Sender<bool>,
     expired: watch::Sender<bool>,
 }
 
 impl Default for Drain {
     fn default() -> Self {
         Self {
-            draining: AtomicBool::new(false),
+            draining: watch::Sender::new(false),
             expired: watch::Sender::new(false),
         }
     }
@@ -23,11 +22,16 @@ impl Default for Drain {
 
 impl Drain {
     pub fn begin(&self) {
-        self.draining.store(true, Ordering::Release);
+        self.draining.send_replace(true);
     }
 
     pub fn is_draining(&self) -> bool {
-        self.draining.load(Ordering::Acquire)
+        *self.draining.borrow()
+    }
+
+    /// Resolves when draining begins; never resolves otherwise.
+    pub fn began(&self) -> impl Future<Output = ()> + Send + 'static {
+        turned_true(&self.draining)
     }
 
     /// Tells every open stream to end now.
@@ -37,11 +41,16 @@ impl Drain {
 
     /// Resolves when the grace period is over; never resolves otherwise.
     pub fn expired(&self) -> impl Future<Output = ()> + Send + 'static {
-        let mut receiver = self.expired.subscribe();
-        async move {
-            if receiver.wait_for(|expired| *expired).await.is_err() {
-                std::future::pending::<()>().await;
-            }
+        turned_true(&self.expired)
+    }
+}
+
+/// Resolves once `flag` is true (at once if it already is).
+fn turned_true(flag: &watch::Sender<bool>) -> impl Future<Output = ()> + Send + 'static {
+    let mut receiver = flag.subscribe();
+    async move {
+        if receiver.wait_for(|set| *set).await.is_err() {
+            std::future::pending::<()>().await;
         }
     }
 }

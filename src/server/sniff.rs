@@ -13,8 +13,11 @@ use tokio::time::{Instant, sleep, timeout_at};
 
 /// The HTTP/2 connection preface (RFC 9113, section 3.4).
 const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
-/// How long to wait for the rest of a preface that arrived in pieces.
+/// The first wait for the rest of a preface that arrived in pieces; each further wait doubles,
+/// up to `PIECE_WAIT_MAX`, so a peer that sends a byte and stalls costs a few wakeups, not one
+/// a millisecond.
 const PIECE_WAIT: Duration = Duration::from_millis(1);
+const PIECE_WAIT_MAX: Duration = Duration::from_millis(64);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Protocol {
@@ -28,6 +31,7 @@ pub enum Protocol {
 pub async fn protocol(stream: &TcpStream, timeout: Duration) -> Option<Protocol> {
     let deadline = Instant::now() + timeout;
     let mut first = [0u8; PREFACE.len()];
+    let mut wait = PIECE_WAIT;
     loop {
         let seen = timeout_at(deadline, stream.peek(&mut first))
             .await
@@ -37,7 +41,10 @@ pub async fn protocol(stream: &TcpStream, timeout: Duration) -> Option<Protocol>
             Some(protocol) => return Some(protocol),
             None if seen == 0 => return None,
             // A strict prefix of the preface, so far: peek again once more may have come.
-            None => timeout_at(deadline, sleep(PIECE_WAIT)).await.ok()?,
+            None => {
+                timeout_at(deadline, sleep(wait)).await.ok()?;
+                wait = (wait * 2).min(PIECE_WAIT_MAX);
+            }
         }
     }
 }

@@ -50,7 +50,7 @@ impl MockBackend {
     pub fn respond(&self, api: Api, body: &[u8]) -> ByteStream {
         if api == Api::Embeddings {
             let answer = super::mock_embeddings::answer(&self.model, self.script.dimensions, body);
-            return Box::pin(futures_util::stream::once(async move { Ok(answer) }));
+            return Box::pin(futures_util::stream::once(async move { answer }));
         }
         let request: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
         let ask = Ask {

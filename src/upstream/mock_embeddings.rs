@@ -6,9 +6,15 @@ use base64::Engine;
 use bytes::Bytes;
 use serde_json::{Value, json};
 
+use crate::error::GatewayError;
+
+/// The most numbers the mock makes for one request (inputs times dimensions): enough for any
+/// test, and a bound on the memory and time a request can make it spend.
+pub const MAX_NUMBERS: usize = 1 << 20;
+
 /// The answer to an embeddings body (already validated by the gateway; anything odd in it is
-/// embedded as its JSON text).
-pub fn answer(model: &str, configured_dimensions: u32, body: &[u8]) -> Bytes {
+/// embedded as its JSON text); a 400 past `MAX_NUMBERS`.
+pub fn answer(model: &str, configured_dimensions: u32, body: &[u8]) -> Result<Bytes, GatewayError> {
     let request: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
     let dimensions = request["dimensions"]
         .as_u64()
@@ -20,6 +26,15 @@ pub fn answer(model: &str, configured_dimensions: u32, body: &[u8]) -> Bytes {
         Value::Array(items) => items.clone(),
         other => vec![other.clone()],
     };
+    if inputs.len().saturating_mul(dimensions) > MAX_NUMBERS {
+        return Err(GatewayError::invalid(
+            "dimensions",
+            "invalid_value",
+            format!(
+                "the mock model makes at most {MAX_NUMBERS} numbers a request (inputs x dimensions)"
+            ),
+        ));
+    }
     let mut prompt_tokens = 0u64;
     let data: Vec<Value> = inputs
         .iter()
@@ -42,9 +57,9 @@ pub fn answer(model: &str, configured_dimensions: u32, body: &[u8]) -> Bytes {
         "model": model,
         "usage": {"prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens},
     });
-    serde_json::to_vec(&body)
+    Ok(serde_json::to_vec(&body)
         .expect("invariant: a JSON value serialises")
-        .into()
+        .into())
 }
 
 /// The mock's count: a token per word of text, one per token id.
@@ -83,7 +98,15 @@ mod tests {
     use super::*;
 
     fn embeddings(body: &str) -> Value {
-        serde_json::from_slice(&answer("m", 8, body.as_bytes())).expect("JSON")
+        serde_json::from_slice(&answer("m", 8, body.as_bytes()).expect("an answer")).expect("JSON")
+    }
+
+    #[test]
+    fn a_request_for_too_many_numbers_is_refused() {
+        let inputs = vec!["\"a\""; 17].join(",");
+        let body = format!(r#"{{"input":[{inputs}],"dimensions":65536}}"#);
+        let error = answer("m", 8, body.as_bytes()).expect_err("17 x 65,536 > the bound");
+        assert_eq!(error.param(), Some("dimensions"));
     }
 
     #[test]

@@ -155,3 +155,26 @@ async fn readyz_turns_503_as_soon_as_draining_starts() {
         .expect("join")
         .expect("serve ok");
 }
+
+/// A connection that has not said a byte when the drain begins is closed at once (as hyper
+/// closes an idle one), so it does not hold the drain up for its header timeout.
+#[tokio::test]
+async fn a_silent_connection_does_not_hold_up_the_drain() {
+    let mut gateway = TestGateway::start(&GatewayConfig::mock(1, "0ms")).await;
+    let mut silent = tokio::net::TcpStream::connect(gateway.addr)
+        .await
+        .expect("connect");
+    tokio::time::sleep(ms(50)).await;
+    let serving = gateway.begin_shutdown();
+    within(Duration::from_secs(2), "serve to return", serving)
+        .await
+        .expect("join")
+        .expect("serve ok");
+    use tokio::io::AsyncReadExt;
+    let mut rest = Vec::new();
+    let read = tokio::time::timeout(ms(1000), silent.read_to_end(&mut rest)).await;
+    assert!(
+        matches!(read, Ok(Ok(0))),
+        "closed without an answer: {read:?}"
+    );
+}

@@ -208,13 +208,19 @@ impl RedisLimiter {
         if !self.settlements.push(entry) {
             return;
         }
+        // Should this flusher stop early (cancelled, or a panic), the turn passes on.
+        let mut turn = FlusherTurn {
+            queue: &self.settlements,
+            over: false,
+        };
         tokio::time::sleep(settle_batch::GATHER).await;
         while let Some(batch) = self.settlements.take() {
-            let calls = settle_batch::calls(batch)
+            let calls = settle_batch::calls(batch, |id| key_of(&self.prefix, id, "tpm"))
                 .into_iter()
                 .map(|entries| self.send_settlements(entries));
             futures_util::future::join_all(calls).await;
         }
+        turn.over = true;
     }
 
     /// One script call settling `entries` (all of one hash slot).
@@ -327,6 +333,22 @@ fn never_fits(ask: Ask<'_>) -> Option<Refusal> {
 /// A number as the scripts take it: saturated at the largest they accept.
 fn script_number(n: u64) -> i64 {
     i64::try_from(n.min(MAX_SCRIPT_NUMBER)).expect("invariant: below 2^53")
+}
+
+/// A flusher's turn: dropped before the queue was found empty, it ends the turn, so the next
+/// settlement flushes.
+struct FlusherTurn<'a> {
+    queue: &'a SettleQueue,
+    /// Set once `take` ended the turn itself.
+    over: bool,
+}
+
+impl Drop for FlusherTurn<'_> {
+    fn drop(&mut self) {
+        if !self.over {
+            self.queue.abandon_turn();
+        }
+    }
 }
 
 /// A limiter key of an API key, hash-tagged so all of that key's keys share a slot.

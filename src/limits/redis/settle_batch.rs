@@ -62,18 +62,25 @@ impl SettleQueue {
         Some(std::mem::take(&mut state.pending))
     }
 
+    /// Ends the flusher's turn whatever is left, so the next settlement flushes: called when a
+    /// flusher stops early (it was cancelled or panicked), lest settlements queue for ever.
+    pub fn abandon_turn(&self) {
+        self.lock().flushing = false;
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 
 /// Splits a batch into script calls: the entries of one hash slot together, in their order,
-/// at most [`MAX_ENTRIES`] per call.
-pub fn calls(batch: Vec<Entry>) -> Vec<Vec<Entry>> {
+/// at most [`MAX_ENTRIES`] per call. `key_of` is the key an entry's script call names (its
+/// hash tag decides the slot).
+pub fn calls(batch: Vec<Entry>, key_of: impl Fn(&str) -> String) -> Vec<Vec<Entry>> {
     let mut by_slot: BTreeMap<u16, Vec<Vec<Entry>>> = BTreeMap::new();
     for entry in batch {
         let calls = by_slot
-            .entry(redis_keyslot(entry.key_id.as_bytes()))
+            .entry(redis_keyslot(key_of(&entry.key_id).as_bytes()))
             .or_default();
         match calls.last_mut() {
             Some(call) if call.len() < MAX_ENTRIES => call.push(entry),
@@ -118,7 +125,7 @@ mod tests {
     fn calls_keep_one_slot_each_in_order_and_bounded() {
         let mut batch: Vec<Entry> = (0..300).map(|i| entry("busy", i)).collect();
         batch.insert(10, entry("other", 1000));
-        let calls = calls(batch);
+        let calls = calls(batch, |id| format!("p:{{{id}}}:tpm"));
         assert_eq!(
             calls.len(),
             3,
