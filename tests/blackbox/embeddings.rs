@@ -200,3 +200,39 @@ async fn a_failing_backend_is_retried_on_another() {
     }
     assert!(!healthy.requests().is_empty());
 }
+
+/// Limits shared through Redis hold for embeddings as for chat: two replicas admit exactly the
+/// requests per minute between them, and the tokens each call reserved come back as reported.
+#[tokio::test]
+async fn two_replicas_sharing_redis_admit_exactly_the_limit_for_embeddings() {
+    let redis = RedisServer::spawn().await;
+    let upstream = MockUpstream::reply(embedding_reply(4)).start().await;
+    let config = embedding_pool(&[upstream.base_url()])
+        .tier("{requests_per_minute: 10}")
+        .redis(&redis.url());
+    let (a, b) = (
+        TestGateway::start(&config).await,
+        TestGateway::start(&config).await,
+    );
+    let body = embed_body("test-model");
+    let requests = (0..30).map(|i| {
+        let base = if i % 2 == 0 { a.url("") } else { b.url("") };
+        let body = &body;
+        async move { post_embeddings(&base, KEY, body).await.status().as_u16() }
+    });
+    let statuses = futures_util::future::join_all(requests).await;
+    assert!(
+        statuses.iter().all(|s| matches!(s, 200 | 429)),
+        "{statuses:?}"
+    );
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 200).count(),
+        10,
+        "exactly 10 of 30 across two replicas: {statuses:?}"
+    );
+    assert_eq!(
+        upstream.requests().len(),
+        10,
+        "only the admitted reached the backend"
+    );
+}
