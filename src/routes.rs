@@ -102,17 +102,20 @@ async fn dispatch(
             path: shortened(request.uri().path()),
         }),
         Route::Ready if read => Ok(probes::ready(state)),
+        // Each model endpoint's future is boxed on its own: the request's future is only as
+        // large as its own endpoint's, not the largest of them all (moving and allocating
+        // that much on every request cost the chat path 4-5% of its throughput).
         Route::ChatCompletions if method == Method::POST => {
             guard.hold(state.admission.try_admit()?);
-            chat::generate::<ChatRequest>(request, state, guard).await
+            Box::pin(chat::generate::<ChatRequest>(request, state, guard)).await
         }
         Route::Completions if method == Method::POST => {
             guard.hold(state.admission.try_admit()?);
-            chat::generate::<CompletionRequest>(request, state, guard).await
+            Box::pin(chat::generate::<CompletionRequest>(request, state, guard)).await
         }
         Route::Embeddings if method == Method::POST => {
             guard.hold(state.admission.try_admit()?);
-            embeddings::embeddings(request, state, guard).await
+            Box::pin(embeddings::embeddings(request, state, guard)).await
         }
         Route::Models if read => {
             guard.hold(state.admission.try_admit()?);
