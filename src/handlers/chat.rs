@@ -10,7 +10,6 @@ use opentelemetry::KeyValue;
 
 use super::json::{json_response, sse_response};
 use super::pipeline;
-use super::request_body::read_capped;
 use crate::body::{self, Body};
 use crate::error::GatewayError;
 use crate::openai::chunk::ChunkRewriter;
@@ -31,17 +30,9 @@ pub async fn generate<R: Generation>(
     guard: &mut RequestGuard,
 ) -> Result<Response<Body>, GatewayError> {
     let principal = pipeline::authenticate(request.headers(), state, guard)?;
-    let (parts, body) = request.into_parts();
-    let body = read_capped(
-        &parts.headers,
-        body,
-        state.server.max_body_bytes.get(),
-        state.server.body_read_timeout,
-    )
-    .await?;
+    let body = pipeline::read_body(request, state).await?;
     let chat = Arc::new(R::parse(&body)?);
-    let pool = state.models.get(chat.model(), R::API)?;
-    principal.authorize(&pool.name)?;
+    let pool = pipeline::model_for(state, &principal, chat.model(), R::API)?;
     if !pool.supports_choices(chat.choices()) {
         return Err(GatewayError::invalid(
             "n",

@@ -8,7 +8,6 @@ use hyper::body::Incoming;
 
 use super::json::json_response;
 use super::pipeline;
-use super::request_body::read_capped;
 use crate::body::Body;
 use crate::config::Api;
 use crate::error::GatewayError;
@@ -26,17 +25,9 @@ pub async fn embeddings(
     guard: &mut RequestGuard,
 ) -> Result<Response<Body>, GatewayError> {
     let principal = pipeline::authenticate(request.headers(), state, guard)?;
-    let (parts, body) = request.into_parts();
-    let body = read_capped(
-        &parts.headers,
-        body,
-        state.server.max_body_bytes.get(),
-        state.server.body_read_timeout,
-    )
-    .await?;
+    let body = pipeline::read_body(request, state).await?;
     let embed = Arc::new(EmbeddingsRequest::parse(&body)?);
-    let pool = state.models.get(&embed.model, Api::Embeddings)?;
-    principal.authorize(&pool.name)?;
+    let pool = pipeline::model_for(state, &principal, &embed.model, Api::Embeddings)?;
     guard.set_route(&pool.name, false);
     let estimate = embed.prompt_tokens_estimate();
     let reserved = Reservation::new(estimate, embed.prompt_tokens_ceiling(), 0, 1);

@@ -6,9 +6,11 @@ use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
-use http::{HeaderMap, HeaderValue, Response, header};
+use http::{HeaderMap, HeaderValue, Request, Response, header};
+use hyper::body::Incoming;
 use tokio::time::{Instant, timeout_at};
 
+use super::request_body::read_capped;
 use crate::auth::Principal;
 use crate::body::Body;
 use crate::config::Api;
@@ -42,6 +44,33 @@ pub fn authenticate(
     guard.set_tier(&principal.tier);
     require_json(headers)?;
     Ok(principal)
+}
+
+/// The request's body, read whole within the configured size and time bounds.
+pub async fn read_body(
+    request: Request<Incoming>,
+    state: &AppState,
+) -> Result<Bytes, GatewayError> {
+    let (parts, body) = request.into_parts();
+    read_capped(
+        &parts.headers,
+        body,
+        state.server.max_body_bytes.get(),
+        state.server.body_read_timeout,
+    )
+    .await
+}
+
+/// The model `name` on `api`, when the caller may use it.
+pub fn model_for<'a>(
+    state: &'a AppState,
+    principal: &Principal,
+    name: &str,
+    api: Api,
+) -> Result<&'a Arc<Pool>, GatewayError> {
+    let pool = state.models.get(name, api)?;
+    principal.authorize(&pool.name)?;
+    Ok(pool)
 }
 
 /// Takes `reserved` from the caller's limits (one Redis round trip when limits are shared); the

@@ -170,6 +170,15 @@ mod tests {
                 "max_tokens: ",
             ),
             (r#"{"model":"m","prompt":"x","best_of":21}"#, "best_of: "),
+            (
+                r#"{"model":"m","prompt":"x","max_tokens":18446744073709551615}"#,
+                "max_tokens: ",
+            ),
+            (r#"{"model":"m","prompt":"x","n":1e300}"#, "n: "),
+            (
+                r#"{"model":"m","prompt":"x","logprobs":18446744073709551615}"#,
+                "logprobs: ",
+            ),
             (r#"{"model":"m","prompt":"x","logprobs":6}"#, "logprobs: "),
             (r#"{"model":"m","prompt":"x","echo":"yes"}"#, "echo: "),
             (r#"{"model":"m","prompt":"x","suffix":1}"#, "suffix: "),

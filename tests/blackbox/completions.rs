@@ -37,13 +37,7 @@ fn legacy_config(url: &str) -> GatewayConfig {
 }
 
 async fn post_completions(base: &str, body: &Value) -> reqwest::Response {
-    http()
-        .post(format!("{base}/v1/completions"))
-        .bearer_auth(KEY)
-        .json(body)
-        .send()
-        .await
-        .expect("gateway answers")
+    post_json(base, "/v1/completions", KEY, body).await
 }
 
 #[tokio::test]

@@ -26,13 +26,7 @@ fn embed_body(model: &str) -> Value {
 }
 
 async fn post_embeddings(base: &str, key: &str, body: &Value) -> reqwest::Response {
-    http()
-        .post(format!("{base}/v1/embeddings"))
-        .bearer_auth(key)
-        .json(body)
-        .send()
-        .await
-        .expect("gateway answers")
+    post_json(base, "/v1/embeddings", key, body).await
 }
 
 /// `test-model` on the upstreams at `urls`, serving chat and embeddings.

@@ -25,8 +25,13 @@ pub fn http() -> reqwest::Client {
 }
 
 pub async fn post_chat(base: &str, key: &str, body: &Value) -> reqwest::Response {
+    post_json(base, "/v1/chat/completions", key, body).await
+}
+
+/// Posts `body` to `path` (such as `/v1/embeddings`) with `key`.
+pub async fn post_json(base: &str, path: &str, key: &str, body: &Value) -> reqwest::Response {
     http()
-        .post(format!("{base}/v1/chat/completions"))
+        .post(format!("{base}{path}"))
         .bearer_auth(key)
         .json(body)
         .send()
