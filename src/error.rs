@@ -80,6 +80,12 @@ pub enum GatewayError {
     RateLimited(Box<Refusal>),
     #[error("the rate limiter is unavailable; retry shortly")]
     LimiterUnavailable,
+    /// No stored response of this id was made for the caller's key (or it expired).
+    #[error("Response with id '{id}' not found.")]
+    ResponseNotFound { id: String },
+    /// Where stored responses live cannot be read (Redis did not answer).
+    #[error("stored responses cannot be located right now; retry shortly")]
+    AffinityUnavailable,
     /// The usage totals could not be read (Redis did not answer).
     #[error("usage totals are unavailable; retry shortly")]
     UsageUnavailable,
@@ -140,7 +146,9 @@ impl GatewayError {
             Self::UnsupportedContentType => StatusCode::BAD_REQUEST,
             Self::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::BodyTimeout { .. } | Self::ClientStalled { .. } => StatusCode::REQUEST_TIMEOUT,
-            Self::ModelNotFound { .. } | Self::UnknownRoute { .. } => StatusCode::NOT_FOUND,
+            Self::ModelNotFound { .. }
+            | Self::ResponseNotFound { .. }
+            | Self::UnknownRoute { .. } => StatusCode::NOT_FOUND,
             Self::MissingApiKey | Self::InvalidApiKey | Self::InvalidToken(_) => {
                 StatusCode::UNAUTHORIZED
             }
@@ -151,6 +159,7 @@ impl GatewayError {
             | Self::ShuttingDown
             | Self::LimiterUnavailable
             | Self::UsageUnavailable
+            | Self::AffinityUnavailable
             | Self::CredentialsUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             Self::UpstreamUnavailable => StatusCode::BAD_GATEWAY,
             Self::NoUsableBackend => StatusCode::SERVICE_UNAVAILABLE,
@@ -174,6 +183,7 @@ impl GatewayError {
             | Self::BodyTimeout { .. }
             | Self::ClientStalled { .. }
             | Self::ModelNotFound { .. }
+            | Self::ResponseNotFound { .. }
             | Self::MissingApiKey
             | Self::InvalidApiKey
             | Self::InvalidToken(_)
@@ -188,6 +198,7 @@ impl GatewayError {
             | Self::ShuttingDown
             | Self::LimiterUnavailable
             | Self::UsageUnavailable
+            | Self::AffinityUnavailable
             | Self::CredentialsUnavailable => "server_error",
             Self::UpstreamUnavailable
             | Self::NoUsableBackend
@@ -227,6 +238,8 @@ impl GatewayError {
             Self::Overloaded { .. } => Some("overloaded"),
             Self::LimiterUnavailable => Some("limiter_unavailable"),
             Self::UsageUnavailable => Some("usage_unavailable"),
+            Self::AffinityUnavailable => Some("affinity_unavailable"),
+            Self::ResponseNotFound { .. } => None,
             Self::CredentialsUnavailable => Some("credentials_unavailable"),
             Self::ShuttingDown => Some("shutting_down"),
             Self::UpstreamUnavailable => Some("upstream_unavailable"),
@@ -256,6 +269,7 @@ impl GatewayError {
             | Self::BodyTooLarge { .. }
             | Self::BodyTimeout { .. }
             | Self::ClientStalled { .. }
+            | Self::ResponseNotFound { .. }
             | Self::MissingApiKey
             | Self::InvalidApiKey
             | Self::InvalidToken(_)
@@ -266,6 +280,7 @@ impl GatewayError {
             | Self::ShuttingDown
             | Self::LimiterUnavailable
             | Self::UsageUnavailable
+            | Self::AffinityUnavailable
             | Self::CredentialsUnavailable
             | Self::UpstreamUnavailable
             | Self::NoUsableBackend
@@ -290,6 +305,7 @@ impl GatewayError {
             | Self::BodyTimeout { .. }
             | Self::ClientStalled { .. }
             | Self::ModelNotFound { .. }
+            | Self::ResponseNotFound { .. }
             | Self::MissingApiKey
             | Self::InvalidApiKey
             | Self::InvalidToken(_)
@@ -302,6 +318,7 @@ impl GatewayError {
             | Self::ShuttingDown
             | Self::LimiterUnavailable
             | Self::UsageUnavailable
+            | Self::AffinityUnavailable
             | Self::CredentialsUnavailable => Blame::Gateway,
             Self::UpstreamUnavailable
             | Self::NoUsableBackend
@@ -337,6 +354,8 @@ impl GatewayError {
             Self::Overloaded { .. } => "overloaded",
             Self::LimiterUnavailable => "limiter_unavailable",
             Self::UsageUnavailable => "usage_unavailable",
+            Self::AffinityUnavailable => "affinity_unavailable",
+            Self::ResponseNotFound { .. } => "response_not_found",
             Self::CredentialsUnavailable => "credentials_unavailable",
             Self::ShuttingDown => "shutting_down",
             Self::UpstreamUnavailable => "upstream_unavailable",
@@ -366,6 +385,7 @@ impl GatewayError {
             Self::ShuttingDown
             | Self::LimiterUnavailable
             | Self::UsageUnavailable
+            | Self::AffinityUnavailable
             | Self::CredentialsUnavailable
             | Self::NoUsableBackend => Some(Duration::from_secs(1)),
             Self::InvalidRequest { .. }
@@ -375,6 +395,7 @@ impl GatewayError {
             | Self::BodyTimeout { .. }
             | Self::ClientStalled { .. }
             | Self::ModelNotFound { .. }
+            | Self::ResponseNotFound { .. }
             | Self::MissingApiKey
             | Self::InvalidApiKey
             | Self::InvalidToken(_)
@@ -409,6 +430,7 @@ impl GatewayError {
             | Self::ClientStalled { .. }
             | Self::BodyTooLarge { .. }
             | Self::ModelNotFound { .. }
+            | Self::ResponseNotFound { .. }
             | Self::MissingApiKey
             | Self::InvalidApiKey
             | Self::InvalidToken(_)
@@ -418,11 +440,25 @@ impl GatewayError {
             | Self::RateLimited(_)
             | Self::LimiterUnavailable
             | Self::UsageUnavailable
+            | Self::AffinityUnavailable
             | Self::CredentialsUnavailable
             | Self::Overloaded { .. }
             | Self::ShuttingDown
             | Self::NoUsableBackend
             | Self::UpstreamInBand { .. } => false,
+        }
+    }
+
+    /// Whether the backend may have acted on the request before this failure: it was sent
+    /// whole and not refused outright (a connection that never opened, or a 429, did nothing).
+    pub fn may_have_been_acted_on(&self) -> bool {
+        match self {
+            Self::UpstreamUnavailable
+            | Self::UpstreamTimeout {
+                phase: TimeoutPhase::Connect,
+            } => false,
+            Self::UpstreamRejected { status, .. } => *status != StatusCode::TOO_MANY_REQUESTS,
+            _ => true,
         }
     }
 
@@ -450,6 +486,7 @@ impl GatewayError {
             | Self::ClientStalled { .. }
             | Self::BodyTooLarge { .. }
             | Self::ModelNotFound { .. }
+            | Self::ResponseNotFound { .. }
             | Self::MissingApiKey
             | Self::InvalidApiKey
             | Self::InvalidToken(_)
@@ -459,6 +496,7 @@ impl GatewayError {
             | Self::RateLimited(_)
             | Self::LimiterUnavailable
             | Self::UsageUnavailable
+            | Self::AffinityUnavailable
             | Self::CredentialsUnavailable
             | Self::Overloaded { .. }
             | Self::ShuttingDown

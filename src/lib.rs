@@ -23,6 +23,7 @@
 //! - [`sse`]: decoder, encoder and the pull-based relay.
 //! - [`upstream`]: backends (inline HTTP/1.1, reqwest for TLS, the mock), pools with circuit
 //!   breakers, and the attempt loop.
+//! - [`affinity`]: response id -> the backend that stored it (Redis, or in process).
 //! - [`settle`]: the request guard: settlement, access log, request metrics and spans.
 //! - [`telemetry`]: logs, Prometheus metrics, OTLP traces, per-key usage totals.
 //! - [`error`]: `GatewayError`, the one error every stage returns.
@@ -35,6 +36,7 @@
 //!   pulls the upstream only when it needs bytes.
 //! - A response body owns its request's guard, so settlement happens however the request ends.
 
+pub mod affinity;
 pub mod auth;
 pub mod body;
 pub mod config;

@@ -16,6 +16,7 @@ use tracing::Instrument;
 use crate::body::Body;
 use crate::error::GatewayError;
 use crate::forwarded::client_addr;
+use crate::handlers::responses::{self, StoredAction};
 use crate::handlers::{chat, embeddings, models, probes, usage};
 use crate::openai::ChatRequest;
 use crate::openai::completions::CompletionRequest;
@@ -113,6 +114,30 @@ async fn dispatch(
             guard.hold(state.admission.try_admit()?);
             Box::pin(chat::generate::<CompletionRequest>(request, state, guard)).await
         }
+        Route::Responses if method == Method::POST => {
+            guard.hold(state.admission.try_admit()?);
+            Box::pin(responses::create(request, state, guard)).await
+        }
+        Route::Response(id) if method == Method::GET || method == Method::DELETE => {
+            guard.hold(state.admission.try_admit()?);
+            let action = if method == Method::GET {
+                StoredAction::Retrieve
+            } else {
+                StoredAction::Delete
+            };
+            Box::pin(responses::stored(request, &id, action, state, guard)).await
+        }
+        Route::ResponseCancel(id) if method == Method::POST => {
+            guard.hold(state.admission.try_admit()?);
+            Box::pin(responses::stored(
+                request,
+                &id,
+                StoredAction::Cancel,
+                state,
+                guard,
+            ))
+            .await
+        }
         Route::Embeddings if method == Method::POST => {
             guard.hold(state.admission.try_admit()?);
             Box::pin(embeddings::embeddings(request, state, guard)).await
@@ -135,6 +160,9 @@ async fn dispatch(
         | Route::Usage
         | Route::ChatCompletions
         | Route::Completions
+        | Route::Responses
+        | Route::Response(_)
+        | Route::ResponseCancel(_)
         | Route::Embeddings
         | Route::Models
         | Route::Model(_) => Err(GatewayError::MethodNotAllowed {
@@ -151,6 +179,11 @@ fn shortened(path: &str) -> String {
 enum Route {
     ChatCompletions,
     Completions,
+    Responses,
+    /// `/v1/responses/{id}`
+    Response(String),
+    /// `/v1/responses/{id}/cancel`
+    ResponseCancel(String),
     Embeddings,
     Models,
     Model(String),
@@ -167,6 +200,9 @@ impl Route {
         match self {
             Self::ChatCompletions => "chat_completions",
             Self::Completions => "completions",
+            Self::Responses => "responses",
+            Self::Response(_) => "response",
+            Self::ResponseCancel(_) => "response_cancel",
             Self::Embeddings => "embeddings",
             Self::Models => "models",
             Self::Model(_) => "model",
@@ -183,6 +219,9 @@ impl Route {
         match self {
             Self::ChatCompletions => "/v1/chat/completions",
             Self::Completions => "/v1/completions",
+            Self::Responses => "/v1/responses",
+            Self::Response(_) => "/v1/responses/{response_id}",
+            Self::ResponseCancel(_) => "/v1/responses/{response_id}/cancel",
             Self::Embeddings => "/v1/embeddings",
             Self::Models => "/v1/models",
             Self::Model(_) => "/v1/models/{model}",
@@ -198,16 +237,31 @@ impl Route {
         match path {
             "/v1/chat/completions" => Self::ChatCompletions,
             "/v1/completions" => Self::Completions,
+            "/v1/responses" => Self::Responses,
             "/v1/embeddings" => Self::Embeddings,
             "/v1/models" => Self::Models,
             "/healthz" => Self::Health,
             "/readyz" => Self::Ready,
             "/metrics" => Self::Metrics,
             "/usage" => Self::Usage,
-            _ => match path.strip_prefix("/v1/models/") {
-                Some(id) if !id.is_empty() => Self::Model(id.to_owned()),
-                _ => Self::Unknown,
-            },
+            _ => {
+                if let Some(id) = path.strip_prefix("/v1/models/").filter(|id| !id.is_empty()) {
+                    return Self::Model(id.to_owned());
+                }
+                match path
+                    .strip_prefix("/v1/responses/")
+                    .map(|rest| rest.split('/'))
+                {
+                    Some(mut parts) => match (parts.next(), parts.next(), parts.next()) {
+                        (Some(id), None, None) if !id.is_empty() => Self::Response(id.to_owned()),
+                        (Some(id), Some("cancel"), None) if !id.is_empty() => {
+                            Self::ResponseCancel(id.to_owned())
+                        }
+                        _ => Self::Unknown,
+                    },
+                    None => Self::Unknown,
+                }
+            }
         }
     }
 }

@@ -4,6 +4,7 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use crate::affinity::Affinity;
 use crate::auth::store::AuthStore;
 use crate::auth::{Authenticator, JwtSetupError};
 use crate::config::{Config, ServerConfig, StreamConfig, UpstreamConfig};
@@ -26,6 +27,8 @@ pub struct AppState {
     pub models: ModelTable,
     pub admission: Admission,
     pub limiter: Arc<Limiter>,
+    /// Which backend stored each response.
+    pub affinity: Affinity,
     pub drain: Drain,
     /// Streams in flight, swept for clients that stopped reading.
     pub stalls: StallWatch,
@@ -73,6 +76,13 @@ impl AppState {
             }
             None => UsageLedger::local(retention),
         };
+        let affinity = Affinity::new(
+            limiter
+                .redis()
+                .zip(config.redis.as_ref())
+                .map(|((pool, prefix), redis)| (pool, prefix, redis.timeout)),
+            config.upstream.response_affinity_ttl,
+        );
         Ok(Arc::new(Self {
             server: config.server.clone(),
             upstream: config.upstream.clone(),
@@ -81,6 +91,7 @@ impl AppState {
             models: ModelTable::new(&config.models, &http, &config.upstream),
             admission: Admission::new(config.server.max_concurrent_requests.get()),
             limiter,
+            affinity,
             usage: Arc::new(usage),
             drain: Drain::default(),
             stalls: StallWatch::new(config.stream.client_stall_timeout),

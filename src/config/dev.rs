@@ -28,7 +28,7 @@ models:
       - name: mock
         kind: mock
         mock: { tokens: 16, pace: 20ms }
-        apis: [chat, embeddings, completions]
+        apis: [chat, responses, embeddings, completions]
 "#;
 
 /// Builds the development configuration.

@@ -249,6 +249,10 @@ pub struct UpstreamFile {
     /// idle timeout (uvicorn closes after 5 s), so a pooled connection is rarely dead.
     #[serde(with = "humantime_serde")]
     pub pool_idle_timeout: Duration,
+    /// How long the gateway remembers which backend stored a response (OpenAI keeps stored
+    /// responses 30 days).
+    #[serde(with = "humantime_serde")]
+    pub response_affinity_ttl: Duration,
     pub breaker: BreakerFile,
 }
 
@@ -263,6 +267,7 @@ impl Default for UpstreamFile {
             retry_backoff: Duration::from_millis(50),
             max_retry_after: Duration::from_secs(60),
             pool_idle_timeout: Duration::from_secs(4),
+            response_affinity_ttl: Duration::from_secs(30 * 24 * 60 * 60),
             breaker: BreakerFile::default(),
         }
     }

@@ -290,6 +290,8 @@ pub struct UpstreamConfig {
     pub max_retry_after: Duration,
     /// How long an idle keep-alive connection to a backend is kept.
     pub pool_idle_timeout: Duration,
+    /// How long the backend that stored a response is remembered.
+    pub response_affinity_ttl: Duration,
     pub breaker: BreakerConfig,
 }
 

@@ -156,12 +156,6 @@ fn backend(
         }
     };
     let apis = apis(file.apis, path)?;
-    if matches!(kind, BackendKind::Mock(_)) && apis.contains(Api::Responses) {
-        return Err(ConfigError::invalid(
-            format!("{path}.apis"),
-            "the mock serves chat, embeddings and completions",
-        ));
-    }
     Ok(BackendConfig {
         name: file.name,
         upstream_model: file

@@ -20,6 +20,8 @@ use super::{
 /// The longest any duration setting may be: far beyond any sensible timeout, and small enough
 /// that adding it to an instant or multiplying it by a retry count cannot overflow.
 pub(super) const MAX_DURATION: Duration = Duration::from_secs(24 * 60 * 60);
+/// The longest a response's backend is remembered.
+const MAX_AFFINITY_TTL: Duration = Duration::from_secs(365 * 24 * 60 * 60);
 /// The longest pause between two attempts.
 const MAX_RETRY_BACKOFF: Duration = Duration::from_secs(60);
 
@@ -161,6 +163,15 @@ fn upstream(file: UpstreamFile) -> Result<UpstreamConfig, ConfigError> {
         )?,
         max_retry_after: positive(file.max_retry_after, "upstream.max_retry_after")?,
         pool_idle_timeout: positive(file.pool_idle_timeout, "upstream.pool_idle_timeout")?,
+        response_affinity_ttl: match file.response_affinity_ttl {
+            ttl if ttl < Duration::from_secs(1) => {
+                return Err(ConfigError::invalid(
+                    "upstream.response_affinity_ttl",
+                    "must be at least 1s",
+                ));
+            }
+            ttl => at_most(ttl, MAX_AFFINITY_TTL, "upstream.response_affinity_ttl")?,
+        },
         breaker: breaker(file.breaker)?,
     })
 }
@@ -319,10 +330,6 @@ mod tests {
             (
                 "models: [{name: m, backends: [{name: b, kind: mock, apis: [chat, chat]}]}]".into(),
                 "models[0].backends[0].apis: names an API twice",
-            ),
-            (
-                "models: [{name: m, backends: [{name: b, kind: mock, apis: [responses]}]}]".into(),
-                "models[0].backends[0].apis: the mock serves chat, embeddings and completions",
             ),
             (
                 "models: [{name: m, backends: [{name: b, kind: mock, mock: {dimensions: 0}}]}]"

@@ -12,12 +12,14 @@ use crate::body::Body;
 use crate::config::Api;
 use crate::error::GatewayError;
 use crate::openai::embeddings::EmbeddingsRequest;
+use crate::openai::response::rewrite_completion;
 use crate::openai::tokens::TokenCounter;
 use crate::openai::{Metering, Reservation};
 use crate::settle::RequestGuard;
 use crate::state::AppState;
 use crate::telemetry::traces::TraceHeaders;
-use crate::upstream::UpstreamRequest;
+use crate::upstream::pool::Eligible;
+use crate::upstream::{Call, UpstreamRequest};
 
 pub async fn embeddings(
     request: Request<Incoming>,
@@ -32,12 +34,12 @@ pub async fn embeddings(
     let estimate = embed.prompt_tokens_estimate();
     let reserved = Reservation::new(estimate, embed.prompt_tokens_ceiling(), 0, 1);
     let rate = pipeline::admit(state, guard, &principal, reserved).await?;
-    let plan = pipeline::plan(state, pool, Api::Embeddings, true, guard);
+    let plan = pipeline::plan(state, pool, Eligible::api(Api::Embeddings), true, guard);
     let request_id = guard.request_id().as_arc();
     let request_for = {
         let embed = embed.clone();
         move |backend: &crate::upstream::Backend| UpstreamRequest {
-            api: Api::Embeddings,
+            call: Call::Create(Api::Embeddings),
             body: embed.upstream_body(&backend.upstream_model),
             stream: false,
             request_id: request_id.clone(),
@@ -46,11 +48,11 @@ pub async fn embeddings(
         }
     };
     guard.mark_dispatched();
-    let (answer, usage) = pipeline::whole_answer(
+    let (answer, usage, _) = pipeline::whole_answer(
         state,
         plan,
         request_for,
-        &embed.model,
+        |_, body| rewrite_completion(body, &embed.model),
         pipeline::MAX_EMBEDDINGS_BYTES,
         guard,
     )

@@ -7,4 +7,5 @@ pub mod models;
 mod pipeline;
 pub mod probes;
 mod request_body;
+pub mod responses;
 pub mod usage;

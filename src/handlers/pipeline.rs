@@ -2,25 +2,28 @@
 //! calls: who is asking, what they may spend, where the request may go, and, for an answer
 //! sent whole, reading it back bounded and in the client's names.
 
-use std::sync::Arc;
+use std::pin::Pin;
+use std::sync::{Arc, OnceLock};
 
 use bytes::{Bytes, BytesMut};
-use futures_util::StreamExt;
+use futures_util::{Stream, StreamExt, stream};
 use http::{HeaderMap, HeaderValue, Request, Response, header};
 use hyper::body::Incoming;
 use tokio::time::{Instant, timeout_at};
 
+use super::json::sse_response;
 use super::request_body::read_capped;
 use crate::auth::Principal;
-use crate::body::Body;
+use crate::body::{self, Body};
 use crate::config::Api;
 use crate::error::{GatewayError, TimeoutPhase};
 use crate::limits::{self, Ask, RateState};
-use crate::openai::response::rewrite_completion;
-use crate::openai::{Reservation, Usage};
+use crate::openai::tokens::TokenCounter;
+use crate::openai::{Metering, Reservation, Usage};
 use crate::settle::{RequestGuard, Served};
+use crate::sse::relay::{RelayOptions, Rewrite, relay};
 use crate::state::AppState;
-use crate::upstream::pool::Pool;
+use crate::upstream::pool::{Eligible, Pool, Verdict};
 use crate::upstream::retry::{self, Plan, Routed};
 use crate::upstream::{Backend, ByteStream, UpstreamRequest};
 
@@ -73,6 +76,27 @@ pub fn model_for<'a>(
     Ok(pool)
 }
 
+/// The output cap of the caller's tier for what the request `asked`, and what the request
+/// reserves: its `prompt` (estimate, ceiling) and the cap for each of its `choices`.
+pub fn reserve(
+    guard: &RequestGuard,
+    principal: &Principal,
+    asked: Option<u64>,
+    prompt: (u64, u64),
+    choices: u64,
+) -> (u64, Reservation) {
+    let output_cap = principal.output.effective(asked);
+    guard.trace().record([opentelemetry::KeyValue::new(
+        "gen_ai.request.max_tokens",
+        i64::try_from(output_cap).unwrap_or(i64::MAX),
+    )]);
+    let (estimate, ceiling) = prompt;
+    (
+        output_cap,
+        Reservation::new(estimate, ceiling, output_cap, choices),
+    )
+}
+
 /// Takes `reserved` from the caller's limits (one Redis round trip when limits are shared); the
 /// guard settles it when the request ends, and records its usage.
 pub async fn admit(
@@ -103,47 +127,142 @@ pub async fn admit(
     Ok(rate)
 }
 
-/// Where a request for `pool` on `api` may go: the pool, then its fallbacks that serve `api`.
+/// Where a request for `pool` may go: its `eligible` backends, then its fallbacks'.
 pub fn plan(
     state: &AppState,
     pool: &Arc<Pool>,
-    api: Api,
-    may_hedge: bool,
+    eligible: Eligible,
+    duplicable: bool,
     guard: &RequestGuard,
 ) -> Plan {
     Plan {
-        api,
-        pools: state.models.route(pool, api),
+        pools: state.models.route(pool, &eligible),
+        eligible,
         max_attempts: state.upstream.max_attempts.get(),
         retry_backoff: state.upstream.retry_backoff,
         first_byte_timeout: state.upstream.first_byte_timeout,
         deadline: Instant::now() + state.upstream.total_timeout,
-        may_hedge,
+        duplicable,
         trace: guard.trace().clone(),
     }
 }
 
-/// Sends the request and reads the whole answer (at most `cap` bytes, bounded in time) with
-/// its `model` written as the client named it; returns it with the usage it reported. A
-/// failure found in the answer reaches the backend's breaker before its attempt ends.
+/// Sends the request and reads the whole answer (at most `cap` bytes, bounded in time), told
+/// for the client by `tell` (given the backend that answered); returns it with the usage it
+/// reported, and that backend. A failure found in the answer reaches the backend's breaker
+/// before its attempt ends.
 pub async fn whole_answer(
     state: &AppState,
     plan: Plan,
     request_for: impl Fn(&Backend) -> UpstreamRequest + Sync,
-    model: &str,
+    tell: impl FnOnce(&Backend, &[u8]) -> Result<(Bytes, Option<Usage>), GatewayError>,
     cap: usize,
     guard: &RequestGuard,
-) -> Result<(Bytes, Option<Usage>), GatewayError> {
+) -> Result<(Bytes, Option<Usage>, Arc<Backend>), GatewayError> {
     let deadline = plan.deadline;
     let mut routed = retry::send(plan, request_for).await?;
     let _ = guard.backend_slot().set(served(&routed));
     let answer = collect_capped(&mut routed.body, cap, state, deadline)
         .await
-        .and_then(|body| rewrite_completion(&body, model));
-    if let Err(error) = &answer {
-        let _ = routed.verdict.set(error.breaker_outcome_mid_answer());
+        .and_then(|body| tell(&routed.backend, &body));
+    match answer {
+        Ok((body, usage)) => Ok((body, usage, routed.backend)),
+        Err(error) => {
+            let _ = routed.verdict.set(error.breaker_outcome_mid_answer());
+            Err(error)
+        }
     }
-    answer
+}
+
+/// The metering of an answer sent whole: its usage report, or without one its output counted
+/// by `count` with the model's tokenizer (up to 16 MiB of JSON to parse: off the runtime's
+/// threads).
+pub async fn whole_metering(
+    body: &Bytes,
+    usage: Option<Usage>,
+    counter: TokenCounter,
+    count: fn(&[u8], TokenCounter) -> u64,
+) -> Metering {
+    let counted_completion = match usage {
+        Some(_) => None,
+        None => {
+            let body = body.clone();
+            tokio::task::spawn_blocking(move || count(&body, counter))
+                .await
+                .ok()
+        }
+    };
+    Metering {
+        usage,
+        reported: usage.is_some(),
+        counted_completion,
+        ..Metering::default()
+    }
+}
+
+/// A relayed answer's bytes for the client; an `Err` is the last item.
+pub type Events = Pin<Box<dyn Stream<Item = Result<Bytes, GatewayError>> + Send>>;
+
+/// Streams the answer: the relay with the rewrite `rewrite_for` picks for the backend that
+/// answered, wrapped by `around`. The status line waits for the first upstream event or
+/// heartbeat, so a failure before either is still a proper error status; after it, the
+/// stream's last event is `failure_event`'s telling of it.
+pub async fn stream_answer<R: Rewrite<Error = GatewayError>>(
+    state: &AppState,
+    plan: Plan,
+    request_for: impl Fn(&Backend) -> UpstreamRequest + Send + Sync + 'static,
+    rewrite_for: impl FnOnce(&Backend) -> R + Send + 'static,
+    around: impl FnOnce(Events) -> Events,
+    failure_event: impl Fn(&GatewayError) -> Bytes + Send + 'static,
+    guard: &RequestGuard,
+) -> Result<Response<Body>, GatewayError> {
+    let options = RelayOptions {
+        heartbeat_interval: state.stream.heartbeat_interval,
+        first_byte_timeout: state.upstream.first_byte_timeout,
+        idle_timeout: state.upstream.idle_timeout,
+        deadline: plan.deadline,
+        max_event_bytes: state.stream.max_event_bytes,
+    };
+    let backend_slot = guard.backend_slot();
+    // The relay sees failures the upstream byte stream cannot (an idle timeout, an in-band
+    // error, an end without its last event); they reach the backend's breaker through its
+    // verdict.
+    let verdict_slot = Arc::new(OnceLock::<Verdict>::new());
+    let report = {
+        let verdict_slot = verdict_slot.clone();
+        move |error: &GatewayError| {
+            if let Some(verdict) = verdict_slot.get() {
+                let _ = verdict.set(error.breaker_outcome_mid_answer());
+            }
+        }
+    };
+    let connect = Box::pin(async move {
+        let routed = retry::send(plan, request_for).await?;
+        let _ = backend_slot.set(served(&routed));
+        let _ = verdict_slot.set(routed.verdict);
+        Ok((routed.body, rewrite_for(&routed.backend)))
+    });
+    let mut events = around(Box::pin(relay(connect, options, state.drain.expired())));
+    let first = match events.next().await {
+        Some(Ok(bytes)) => bytes,
+        Some(Err(error)) => {
+            report(&error);
+            return Err(error);
+        }
+        None => return Err(GatewayError::UpstreamDisconnected),
+    };
+    let failure = guard.failure_slot();
+    let rest = events.map(move |item| match item {
+        Ok(bytes) => bytes,
+        Err(error) => {
+            report(&error);
+            let _ = failure.set((error.kind(), error.blame()));
+            failure_event(&error)
+        }
+    });
+    Ok(sse_response(body::streamed(
+        stream::once(async { first }).chain(rest),
+    )))
 }
 
 /// The headers an answer ends with: the rate limits, for an answer sent whole the time it took

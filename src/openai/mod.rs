@@ -9,6 +9,7 @@ mod fields;
 pub mod generation;
 pub mod request;
 pub mod response;
+pub mod responses;
 pub mod sanitize;
 mod texts;
 pub mod tokens;

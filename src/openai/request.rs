@@ -162,35 +162,20 @@ impl ChatRequest {
     /// and `response_format`; `IMAGE_PART_TOKENS` per image; plus four per message and three
     /// for the reply's priming, as OpenAI's own accounting adds.
     pub fn prompt_tokens_estimate(&self) -> u64 {
-        let mut size = PromptSize::default();
-        let messages = self.walk_prompt(|piece| size.add(piece));
-        size.bytes
-            .div_ceil(3)
-            .saturating_add(size.images.saturating_mul(IMAGE_PART_TOKENS))
-            .saturating_add(overhead(messages))
+        estimate_prompt(|visit| self.walk_prompt(visit))
     }
 
     /// The prompt's tokens counted with the model's tokenizer (for when the upstream reports
     /// none): the same pieces as the estimate, with the same allowances for images and
     /// messages.
     pub fn prompt_tokens_counted(&self, counter: TokenCounter) -> u64 {
-        let mut count = counter.budgeted();
-        let mut images = 0u64;
-        let messages = self.walk_prompt(|piece| match piece {
-            PromptPiece::Text(text) => count.add(text),
-            PromptPiece::Json(value) => count.add_json(value),
-            PromptPiece::Image => images = images.saturating_add(1),
-        });
-        count
-            .total()
-            .saturating_add(images.saturating_mul(IMAGE_PART_TOKENS))
-            .saturating_add(overhead(messages))
+        count_prompt(counter, |visit| self.walk_prompt(visit))
     }
 
     /// Visits everything the model reads as its prompt: message content, the other fields of
     /// each message (tool calls, names), and the request's `tools`, `functions` and
     /// `response_format`. Returns the number of messages.
-    fn walk_prompt(&self, mut visit: impl FnMut(PromptPiece<'_>)) -> usize {
+    fn walk_prompt<'a>(&'a self, mut visit: impl FnMut(PromptPiece<'a>)) -> usize {
         let messages = match self.fields.get("messages") {
             Some(Value::Array(messages)) => messages.as_slice(),
             _ => &[],
@@ -210,8 +195,47 @@ impl ChatRequest {
     /// `estimate`: no tokenizer yields more than one token per byte of the request, and images
     /// are allowed three times their estimate.
     pub fn prompt_tokens_ceiling(&self, estimate: u64) -> u64 {
-        estimate.saturating_mul(3).max(self.body_bytes as u64)
+        prompt_ceiling(estimate, self.body_bytes)
     }
+}
+
+/// The most prompt tokens an upstream report is believed for: no tokenizer yields more than one
+/// token per byte of the request, and images are allowed three times their estimate.
+pub(super) fn prompt_ceiling(estimate: u64, body_bytes: usize) -> u64 {
+    estimate.saturating_mul(3).max(body_bytes as u64)
+}
+
+/// A prompt's tokens estimated erring high from what `walk` visits (it returns the number of
+/// messages): one token per three bytes of text or JSON (English averages about four),
+/// `IMAGE_PART_TOKENS` per image, and OpenAI's per-message overhead.
+pub(super) fn estimate_prompt<'a>(
+    walk: impl FnOnce(&mut dyn FnMut(PromptPiece<'a>)) -> usize,
+) -> u64 {
+    let mut size = PromptSize::default();
+    let messages = walk(&mut |piece| size.add(piece));
+    size.bytes
+        .div_ceil(3)
+        .saturating_add(size.images.saturating_mul(IMAGE_PART_TOKENS))
+        .saturating_add(overhead(messages))
+}
+
+/// A prompt's tokens counted with the model's tokenizer, with the estimate's allowances for
+/// images and messages.
+pub(super) fn count_prompt<'a>(
+    counter: TokenCounter,
+    walk: impl FnOnce(&mut dyn FnMut(PromptPiece<'a>)) -> usize,
+) -> u64 {
+    let mut count = counter.budgeted();
+    let mut images = 0u64;
+    let messages = walk(&mut |piece| match piece {
+        PromptPiece::Text(text) => count.add(text),
+        PromptPiece::Json(value) => count.add_json(value),
+        PromptPiece::Image => images = images.saturating_add(1),
+    });
+    count
+        .total()
+        .saturating_add(images.saturating_mul(IMAGE_PART_TOKENS))
+        .saturating_add(overhead(messages))
 }
 
 /// Tokens an image part is reserved as: above what one image costs at OpenAI's high detail
@@ -240,7 +264,7 @@ fn overhead(messages: usize) -> u64 {
 }
 
 /// One piece of what the model reads of a request.
-enum PromptPiece<'a> {
+pub(super) enum PromptPiece<'a> {
     Text(&'a str),
     /// A structured field, read as its JSON text.
     Json(&'a Value),
@@ -249,7 +273,7 @@ enum PromptPiece<'a> {
 
 /// Content text is text, image parts are images, other parts (audio, files) and every other
 /// field of the message are read as JSON.
-fn walk_message<'a>(message: &'a Value, visit: &mut impl FnMut(PromptPiece<'a>)) {
+pub(super) fn walk_message<'a>(message: &'a Value, visit: &mut impl FnMut(PromptPiece<'a>)) {
     let Value::Object(fields) = message else {
         return;
     };
@@ -261,7 +285,9 @@ fn walk_message<'a>(message: &'a Value, visit: &mut impl FnMut(PromptPiece<'a>))
                 for part in parts {
                     match (&part["type"], &part["text"]) {
                         (_, Value::String(text)) => visit(PromptPiece::Text(text)),
-                        (Value::String(kind), _) if kind == "image_url" || kind == "image" => {
+                        (Value::String(kind), _)
+                            if matches!(kind.as_str(), "image_url" | "image" | "input_image") =>
+                        {
                             visit(PromptPiece::Image);
                         }
                         _ => visit(PromptPiece::Json(part)),

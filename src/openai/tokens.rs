@@ -132,7 +132,8 @@ impl CompletionTally {
         }
     }
 
-    /// Keeps one chunk's raw `choices` JSON for counting.
+    /// Keeps one chunk's raw `choices` JSON (or a Responses event's `delta`, a JSON string)
+    /// for counting.
     pub fn push_choices(&mut self, choices: &str) {
         let after = self.counted_bytes + self.pending.len() as u64 + choices.len() as u64 + 1;
         if after > EXACT_BYTES as u64 {
@@ -165,8 +166,11 @@ impl CompletionTally {
 
     fn flush(&mut self) {
         let values = serde_json::Deserializer::from_slice(&self.pending).into_iter::<Value>();
-        for choices in values.map_while(Result::ok) {
-            for text in generated_texts(&choices) {
+        for generated in values.map_while(Result::ok) {
+            if let Value::String(delta) = &generated {
+                self.tokens = self.tokens.saturating_add(self.counter.count(delta));
+            }
+            for text in generated_texts(&generated) {
                 self.tokens = self.tokens.saturating_add(self.counter.count(text));
             }
         }

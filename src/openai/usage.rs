@@ -14,12 +14,13 @@ use super::request::MAX_OUTPUT_TOKENS;
 /// The largest count read from an upstream report; anything above is taken as this.
 const MAX_REPORTED_TOKENS: u64 = MAX_OUTPUT_TOKENS;
 
-/// Token counts as the upstream reported them, each clamped to `0..=MAX_REPORTED_TOKENS`.
+/// Token counts as the upstream reported them, each clamped to `0..=MAX_REPORTED_TOKENS`. The
+/// Responses API's names (`input_tokens`, `output_tokens`) read as chat's.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 pub struct Usage {
-    #[serde(default, deserialize_with = "count")]
+    #[serde(default, alias = "input_tokens", deserialize_with = "count")]
     pub prompt_tokens: u64,
-    #[serde(default, deserialize_with = "count")]
+    #[serde(default, alias = "output_tokens", deserialize_with = "count")]
     pub completion_tokens: u64,
     #[serde(default, deserialize_with = "count")]
     pub total_tokens: u64,

@@ -11,6 +11,8 @@ use super::usage::Usage;
 #[derive(Debug, Deserialize)]
 pub struct ObjectView<'a> {
     #[serde(borrow, default)]
+    id: Option<&'a RawValue>,
+    #[serde(borrow, default)]
     model: Option<&'a RawValue>,
     #[serde(borrow, default)]
     usage: Option<&'a RawValue>,
@@ -23,6 +25,11 @@ pub struct ObjectView<'a> {
 impl<'a> ObjectView<'a> {
     pub fn parse(json: &'a [u8]) -> Result<Self, serde_json::Error> {
         serde_json::from_slice(json)
+    }
+
+    /// The `id`, when it is a string.
+    pub fn id(&self) -> Option<String> {
+        self.id.and_then(|raw| serde_json::from_str(raw.get()).ok())
     }
 
     /// The `usage` object, when present and not `null`.

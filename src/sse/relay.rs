@@ -65,17 +65,18 @@ pub struct RelayOptions {
     pub max_event_bytes: usize,
 }
 
-/// Relays the upstream that `connect` (boxed by the caller: it is large) resolves to. Yields
-/// bytes for the client; an `Err` is always the last item, and the caller renders it (as a
-/// response before any byte went out, as a final event after). `stop` resolving ends the stream with [`RelayError::Stopped`].
+/// Relays the upstream that `connect` (boxed by the caller: it is large) resolves to, with the
+/// rewrite that comes with it (chosen by the backend that answered). Yields bytes for the
+/// client; an `Err` is always the last item, and the caller renders it (as a response before
+/// any byte went out, as a final event after). `stop` resolving ends the stream with
+/// [`RelayError::Stopped`].
 pub fn relay<C, S, R>(
     connect: C,
-    mut rewrite: R,
     options: RelayOptions,
     stop: impl Future<Output = ()> + Send + 'static,
 ) -> impl Stream<Item = Result<Bytes, R::Error>> + Send + 'static
 where
-    C: Future<Output = Result<S, R::Error>> + Send + Unpin + 'static,
+    C: Future<Output = Result<(S, R), R::Error>> + Send + Unpin + 'static,
     S: Stream<Item = Result<Bytes, R::Error>> + Send + Unpin + 'static,
     R: Rewrite,
 {
@@ -93,12 +94,17 @@ where
         let mut timer = pin!(sleep_until(options.deadline));
         let mut decoder = Decoder::new(options.max_event_bytes);
         let mut upstream: Option<S> = None;
+        let mut rewrite: Option<R> = None;
         let mut committed = false;
         loop {
             // Every event one read brought leaves as one frame: one buffer, one chunk to the
             // client, however many events a fast backend packed into its write.
             let mut out = BytesMut::new();
             let ending = loop {
+                // No bytes, so no events, before the upstream (and its rewrite) arrived.
+                let Some(rewrite) = rewrite.as_mut() else {
+                    break None;
+                };
                 let step = match decoder.next_event() {
                     Ok(Some(event)) => rewrite.on_event(event, &mut out),
                     Ok(None) => break None,
@@ -128,7 +134,7 @@ where
                 biased;
                 () = &mut stop => Wake::Fail(RelayError::Stopped.into()),
                 connected = resolve(&mut connect), if connect.is_some() => match connected {
-                    Ok(stream) => Wake::Connected(stream),
+                    Ok((stream, chosen)) => Wake::Connected(stream, chosen),
                     Err(e) => Wake::Fail(e),
                 },
                 chunk = next_chunk(&mut upstream) => match chunk {
@@ -140,10 +146,11 @@ where
                 _ = heartbeat.tick(), if !committed => Wake::Heartbeat,
             };
             match wake {
-                Wake::Connected(stream) => {
+                Wake::Connected(stream, chosen) => {
                     connect = None;
                     first_byte_at = Some(Instant::now() + options.first_byte_timeout);
                     upstream = Some(stream);
+                    rewrite = Some(chosen);
                 }
                 Wake::Bytes(bytes) => decoder.feed(&bytes),
                 Wake::Heartbeat => {
@@ -159,8 +166,8 @@ where
     }
 }
 
-enum Wake<S, E> {
-    Connected(S),
+enum Wake<S, R, E> {
+    Connected(S, R),
     Bytes(Bytes),
     Heartbeat,
     Fail(E),
@@ -254,8 +261,7 @@ mod tests {
     async fn forwards_events_and_ends_at_finish() {
         let upstream = chunks(&["data: a\n\nda", "ta: b\n\ndata: [DONE]\n\ndata: after\n\n"]);
         let out = collect(relay(
-            Box::pin(async { Ok(upstream) }),
-            Echo,
+            Box::pin(async { Ok((upstream, Echo)) }),
             options(),
             std::future::pending(),
         ))
@@ -271,15 +277,9 @@ mod tests {
     async fn heartbeats_until_the_upstream_connects_then_first_byte_timeout() {
         let connect = async {
             tokio::time::sleep(Duration::from_millis(2500)).await;
-            Ok(stream::pending::<Result<Bytes, RelayError>>())
+            Ok((stream::pending::<Result<Bytes, RelayError>>(), Echo))
         };
-        let out = collect(relay(
-            Box::pin(connect),
-            Echo,
-            options(),
-            std::future::pending(),
-        ))
-        .await;
+        let out = collect(relay(Box::pin(connect), options(), std::future::pending())).await;
         let beats = out
             .iter()
             .filter(|i| matches!(i, Ok(s) if s == ": keep-alive\n\n"))
@@ -296,8 +296,7 @@ mod tests {
         let upstream = chunks(&["data: a\n\n"]).chain(stream::pending());
         let started = Instant::now();
         let out = collect(relay(
-            Box::pin(async { Ok(upstream) }),
-            Echo,
+            Box::pin(async { Ok((upstream, Echo)) }),
             options(),
             std::future::pending(),
         ))
@@ -316,8 +315,7 @@ mod tests {
         opts.deadline = Instant::now() + Duration::from_millis(1500);
         let upstream = chunks(&["data: a\n\n"]).chain(stream::pending());
         let out = collect(relay(
-            Box::pin(async { Ok(upstream) }),
-            Echo,
+            Box::pin(async { Ok((upstream, Echo)) }),
             opts,
             std::future::pending(),
         ))
@@ -328,8 +326,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn eof_without_finish_is_an_error_and_stop_ends_the_stream() {
         let out = collect(relay(
-            Box::pin(async { Ok(chunks(&["data: a\n\n"])) }),
-            Echo,
+            Box::pin(async { Ok((chunks(&["data: a\n\n"]), Echo)) }),
             options(),
             std::future::pending(),
         ))
@@ -339,8 +336,7 @@ mod tests {
         let stop = tokio::time::sleep(Duration::from_millis(500));
         let upstream = chunks(&["data: a\n\n"]).chain(stream::pending());
         let out = collect(relay(
-            Box::pin(async { Ok(upstream) }),
-            Echo,
+            Box::pin(async { Ok((upstream, Echo)) }),
             options(),
             stop,
         ))

@@ -65,7 +65,10 @@ impl HttpsBackend {
         };
         let mut call = self
             .client
-            .post(format!("{}{}", self.base_url, request.api.path()))
+            .request(
+                request.call.method(),
+                format!("{}{}", self.base_url, request.call.path()),
+            )
             .header(header::CONTENT_TYPE, "application/json")
             .header(header::ACCEPT, accept)
             .header("x-request-id", &*request.request_id)

@@ -1,13 +1,15 @@
 //! The mock backend: a synthesized OpenAI answer (token count, pace, first-token delay), so the
 //! gateway serves on a machine with no model server. Also served over HTTP by `mock-upstream`.
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::{BufMut, Bytes, BytesMut};
 use serde_json::{Value, json};
 
-use super::ByteStream;
+use super::mock_responses::{MockRefusal, StoredResponses};
+use super::{ByteStream, Call};
 use crate::config::{Api, MockConfig};
 
 const WORDS: [&str; 8] = [
@@ -27,6 +29,8 @@ static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 pub struct MockBackend {
     script: MockConfig,
     model: String,
+    /// The Responses API's stored responses.
+    responses: Arc<StoredResponses>,
 }
 
 /// What the mock reads from a request body.
@@ -42,16 +46,33 @@ impl MockBackend {
         Self {
             script,
             model: model.to_owned(),
+            responses: Arc::default(),
         }
     }
 
-    /// The answer to a body for `api`: embeddings as JSON; chat or legacy completions as SSE
-    /// bytes when it asks to stream, else JSON. (Configuration keeps the Responses API away.)
-    pub fn respond(&self, api: Api, body: &[u8]) -> ByteStream {
-        if api == Api::Embeddings {
-            let answer = super::mock_embeddings::answer(&self.model, self.script.dimensions, body);
-            return Box::pin(futures_util::stream::once(async move { answer }));
-        }
+    /// The answer to a call: embeddings as JSON; chat, legacy completions or responses as SSE
+    /// bytes when the body asks to stream, else JSON; stored responses read, deleted or
+    /// cancelled.
+    pub fn respond(&self, call: &Call, body: &[u8]) -> Result<ByteStream, MockRefusal> {
+        let api = match call {
+            Call::Create(api) => *api,
+            Call::Retrieve(id) => return self.responses.retrieve(id).map(once),
+            Call::Delete(id) => return self.responses.delete(id).map(once),
+            Call::Cancel(id) => return self.responses.cancel(id).map(once),
+        };
+        Ok(match api {
+            Api::Responses => return self.responses.create(&self.model, self.script, body),
+            Api::Embeddings => {
+                let answer =
+                    super::mock_embeddings::answer(&self.model, self.script.dimensions, body);
+                Box::pin(futures_util::stream::once(async move { answer }))
+            }
+            Api::Chat | Api::Completions => self.generate(api, body),
+        })
+    }
+
+    /// A chat or legacy completion.
+    fn generate(&self, api: Api, body: &[u8]) -> ByteStream {
         let request: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
         let ask = Ask {
             stream: request["stream"].as_bool().unwrap_or(false),
@@ -140,10 +161,17 @@ impl Answer {
     }
 
     fn text(&self) -> String {
-        (0..self.tokens)
-            .map(|i| WORDS[i as usize % WORDS.len()])
-            .collect()
+        (0..self.tokens).map(word).collect()
     }
+}
+
+/// The `i`th word of every mock answer.
+pub(super) fn word(i: u64) -> &'static str {
+    WORDS[i as usize % WORDS.len()]
+}
+
+fn once(body: Bytes) -> ByteStream {
+    Box::pin(futures_util::stream::once(async move { Ok(body) }))
 }
 
 fn stream(
@@ -158,7 +186,7 @@ fn stream(
             if i > 0 {
                 pause(script.pace).await;
             }
-            yield Ok(answer.chunk(json!({"content": WORDS[i as usize % WORDS.len()]}), None));
+            yield Ok(answer.chunk(json!({"content": word(i)}), None));
         }
         yield Ok(answer.chunk(json!({}), Some("stop")));
         if include_usage {
@@ -186,7 +214,7 @@ fn complete(
 
 /// Sleeps for `duration`; a zero pace does not sleep at all (a zero-length tokio sleep still
 /// waits for the next 1 ms timer tick, which would dominate benchmark latencies).
-async fn pause(duration: Duration) {
+pub(super) async fn pause(duration: Duration) {
     if !duration.is_zero() {
         tokio::time::sleep(duration).await;
     }

@@ -13,9 +13,11 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
 
+use super::Call;
 use super::mock::MockBackend;
 use crate::body::{Body, full, streamed};
 use crate::config::{Api, MockConfig};
+use crate::openai::responses::ResponseId;
 
 /// Largest request body the mock reads.
 const MAX_BODY_BYTES: usize = 4 * 1024 * 1024;
@@ -54,11 +56,7 @@ pub async fn serve(
 }
 
 async fn answer(request: Request<Incoming>, backend: &MockBackend) -> Response<Body> {
-    let path = request.uri().path();
-    let api = [Api::Chat, Api::Embeddings, Api::Completions]
-        .into_iter()
-        .find(|api| path.ends_with(&format!("/{}", api.path())));
-    let (Some(api), &Method::POST) = (api, request.method()) else {
+    let Some(call) = call_of(request.method(), request.uri().path()) else {
         return plain(
             StatusCode::NOT_FOUND,
             r#"{"error":{"message":"not found","type":"invalid_request_error","param":null,"code":null}}"#,
@@ -78,19 +76,49 @@ async fn answer(request: Request<Incoming>, backend: &MockBackend) -> Response<B
     };
     let is_stream =
         serde_json::from_slice::<serde_json::Value>(&body).is_ok_and(|v| v["stream"] == true);
-    let chunks = backend.respond(api, &body);
-    let content_type = if is_stream {
+    let (status, chunks) = match backend.respond(&call, &body) {
+        Ok(chunks) => (StatusCode::OK, chunks),
+        Err(refusal) => (
+            refusal.status,
+            Box::pin(futures_util::stream::once(async move { Ok(refusal.body) }))
+                as crate::upstream::ByteStream,
+        ),
+    };
+    let content_type = if is_stream && status == StatusCode::OK {
         "text/event-stream"
     } else {
         "application/json"
     };
     let stream = futures_util::StreamExt::filter_map(chunks, |c| async move { c.ok() });
     let mut response = Response::new(streamed(stream));
+    *response.status_mut() = status;
     response.headers_mut().insert(
         header::CONTENT_TYPE,
         header::HeaderValue::from_static(content_type),
     );
     response
+}
+
+/// The call a method and path make, under any base path: `POST .../chat/completions`,
+/// `GET .../responses/{id}`, and so on.
+fn call_of(method: &Method, path: &str) -> Option<Call> {
+    if let Some((_, rest)) = path.rsplit_once("/responses/") {
+        let (id, cancel) = match rest.strip_suffix("/cancel") {
+            Some(id) => (id, true),
+            None => (rest, false),
+        };
+        let id = ResponseId::parse(id)?;
+        return match (method, cancel) {
+            (&Method::GET, false) => Some(Call::Retrieve(id)),
+            (&Method::DELETE, false) => Some(Call::Delete(id)),
+            (&Method::POST, true) => Some(Call::Cancel(id)),
+            _ => None,
+        };
+    }
+    let api = [Api::Chat, Api::Responses, Api::Embeddings, Api::Completions]
+        .into_iter()
+        .find(|api| path.ends_with(&format!("/{}", api.path())))?;
+    (method == Method::POST).then_some(Call::Create(api))
 }
 
 fn plain(status: StatusCode, body: &'static str) -> Response<Body> {

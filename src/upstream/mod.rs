@@ -7,12 +7,14 @@ mod http1;
 mod https;
 pub mod mock;
 mod mock_embeddings;
+mod mock_responses;
 pub mod mock_server;
 pub mod pool;
 mod rejection;
 pub mod retry;
 mod retry_after;
 
+use std::borrow::Cow;
 use std::pin::Pin;
 use std::sync::Arc;
 
@@ -21,6 +23,7 @@ use futures_util::Stream;
 
 use crate::config::{Api, Apis, BackendConfig, BackendKind, UpstreamConfig};
 use crate::error::GatewayError;
+use crate::openai::responses::ResponseId;
 use crate::telemetry::traces::TraceHeaders;
 
 pub use https::http_client;
@@ -28,12 +31,43 @@ pub use https::http_client;
 /// The body of a successful upstream response: SSE bytes for streams, JSON otherwise.
 pub type ByteStream = Pin<Box<dyn Stream<Item = Result<Bytes, GatewayError>> + Send>>;
 
+/// What a call asks of a backend: the method and the path under its base URL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Call {
+    /// `POST {api}`: a new answer, described by the body.
+    Create(Api),
+    /// `GET responses/{id}`: a stored response.
+    Retrieve(ResponseId),
+    /// `DELETE responses/{id}`.
+    Delete(ResponseId),
+    /// `POST responses/{id}/cancel`: stops a background response.
+    Cancel(ResponseId),
+}
+
+impl Call {
+    pub fn method(&self) -> http::Method {
+        match self {
+            Self::Create(_) | Self::Cancel(_) => http::Method::POST,
+            Self::Retrieve(_) => http::Method::GET,
+            Self::Delete(_) => http::Method::DELETE,
+        }
+    }
+
+    /// The path under the backend's base URL. A response id is URL-safe by construction.
+    pub fn path(&self) -> Cow<'static, str> {
+        match self {
+            Self::Create(api) => Cow::Borrowed(api.path()),
+            Self::Retrieve(id) | Self::Delete(id) => Cow::Owned(format!("responses/{id}")),
+            Self::Cancel(id) => Cow::Owned(format!("responses/{id}/cancel")),
+        }
+    }
+}
+
 /// One call to a backend, already in the upstream's terms.
 #[derive(Debug, Clone)]
 pub struct UpstreamRequest {
-    /// Which API it calls (the path under the backend's base URL).
-    pub api: Api,
-    /// The JSON body (model rewritten, destination fields removed).
+    pub call: Call,
+    /// The JSON body (model rewritten, destination fields removed); empty for a read.
     pub body: Bytes,
     pub stream: bool,
     /// Forwarded as `x-request-id` so upstream logs can be joined with ours.
@@ -48,6 +82,8 @@ pub struct UpstreamRequest {
 /// A configured backend of a model.
 #[derive(Debug)]
 pub struct Backend {
+    /// The client-facing model whose pool holds it.
+    pub model: String,
     pub name: String,
     pub upstream_model: String,
     /// The APIs it serves.
@@ -67,7 +103,12 @@ enum Transport {
 }
 
 impl Backend {
-    pub fn new(config: &BackendConfig, http: &reqwest::Client, timeouts: &UpstreamConfig) -> Self {
+    pub fn new(
+        model: &str,
+        config: &BackendConfig,
+        http: &reqwest::Client,
+        timeouts: &UpstreamConfig,
+    ) -> Self {
         let transport = match &config.kind {
             BackendKind::OpenAi { base_url, api_key } => {
                 let url = reqwest::Url::parse(base_url).expect("invariant: base_url was validated");
@@ -92,6 +133,7 @@ impl Backend {
             }
         };
         Self {
+            model: model.to_owned(),
             name: config.name.clone(),
             upstream_model: config.upstream_model.clone(),
             apis: config.apis,
@@ -109,7 +151,9 @@ impl Backend {
         match &self.transport {
             Transport::Http1(backend) => backend.send(request).await,
             Transport::Https(backend) => backend.send(request).await,
-            Transport::Mock(backend) => Ok(backend.respond(request.api, &request.body)),
+            Transport::Mock(backend) => backend
+                .respond(&request.call, &request.body)
+                .map_err(|refusal| rejection::rejection(refusal.status, None, &refusal.body)),
         }
     }
 
@@ -119,6 +163,18 @@ impl Backend {
             Transport::Http1(backend) => backend.reap_idle(),
             Transport::Https(_) | Transport::Mock(_) => {}
         }
+    }
+
+    /// Whether it serves `api`: itself, or for the Responses API through translation to chat
+    /// completions.
+    pub fn serves(&self, api: Api) -> bool {
+        self.apis.contains(api) || (api == Api::Responses && self.apis.contains(Api::Chat))
+    }
+
+    /// Whether it serves `api` itself (a Responses request to it is passed through, and its
+    /// stored responses live there).
+    pub fn native(&self, api: Api) -> bool {
+        self.apis.contains(api)
     }
 
     /// Whether the backend can produce `n` choices per request.

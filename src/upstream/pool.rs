@@ -113,18 +113,53 @@ impl Drop for Attempt {
     }
 }
 
+/// Which of a pool's backends a request may go to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Eligible {
+    /// The API it calls: backends that serve it (themselves or through translation).
+    pub api: Api,
+    /// Only backends that serve `api` themselves: a request that cannot be translated.
+    pub native_only: bool,
+    /// Only the backend of this name: where a stored response lives.
+    pub backend: Option<Arc<str>>,
+}
+
+impl Eligible {
+    /// Any backend that serves `api`.
+    pub fn api(api: Api) -> Self {
+        Self {
+            api,
+            native_only: false,
+            backend: None,
+        }
+    }
+
+    pub fn admits(&self, backend: &Backend) -> bool {
+        let serves = if self.native_only {
+            backend.native(self.api)
+        } else {
+            backend.serves(self.api)
+        };
+        serves
+            && self
+                .backend
+                .as_deref()
+                .is_none_or(|name| name == backend.name)
+    }
+}
+
 impl Pool {
-    /// Chooses a backend that serves `api`, not yet `tried`, and takes its permit.
-    pub fn acquire(&self, api: Api, tried: &[usize]) -> Result<Attempt, GatewayError> {
+    /// Chooses an `eligible` backend not yet `tried`, and takes its permit.
+    pub fn acquire(&self, eligible: &Eligible, tried: &[usize]) -> Result<Attempt, GatewayError> {
         let mut excluded: Vec<usize> = (0..self.backends.len())
-            .filter(|i| tried.contains(i) || !self.backends[*i].apis.contains(api))
+            .filter(|i| tried.contains(i) || !eligible.admits(&self.backends[*i]))
             .collect();
         loop {
             let candidates: Vec<usize> = (0..self.backends.len())
                 .filter(|i| !excluded.contains(i) && self.backends[*i].health.is_usable())
                 .collect();
             let Some(index) = self.choose(&candidates) else {
-                return Err(self.unavailable(api, tried));
+                return Err(self.unavailable(eligible, tried));
             };
             let backend = &self.backends[index];
             // Another request may have taken the last in-flight slot or the half-open probe
@@ -206,12 +241,12 @@ impl Pool {
 
     /// Why no backend could be chosen: all cooling down after 429s (the client may retry when
     /// the first cools off), or none usable at all.
-    fn unavailable(&self, api: Api, tried: &[usize]) -> GatewayError {
+    fn unavailable(&self, eligible: &Eligible, tried: &[usize]) -> GatewayError {
         let untried = || {
             self.backends
                 .iter()
                 .enumerate()
-                .filter(|(i, b)| !tried.contains(i) && b.apis.contains(api))
+                .filter(|(i, b)| !tried.contains(i) && eligible.admits(b))
         };
         let cooling: Option<Duration> = untried().filter_map(|(_, b)| b.health.cooling()).min();
         match cooling {
@@ -236,9 +271,14 @@ impl Pool {
         self.backends.iter().all(|b| b.supports_choices(n))
     }
 
-    /// Whether any backend serves `api`.
+    /// Whether any backend is `eligible`.
+    pub fn has(&self, eligible: &Eligible) -> bool {
+        self.backends.iter().any(|b| eligible.admits(b))
+    }
+
+    /// Whether any backend serves `api` (itself or through translation).
     pub fn serves(&self, api: Api) -> bool {
-        self.backends.iter().any(|b| b.apis.contains(api))
+        self.backends.iter().any(|b| b.serves(api))
     }
 }
 
@@ -257,7 +297,7 @@ impl ModelTable {
                 let backends = model
                     .backends
                     .iter()
-                    .map(|b| Arc::new(Backend::new(b, http, timeouts)))
+                    .map(|b| Arc::new(Backend::new(&model.name, b, http, timeouts)))
                     .collect();
                 let pool = Pool {
                     name: model.name.clone(),
@@ -309,15 +349,19 @@ impl ModelTable {
             })
     }
 
-    /// The pool of `name` followed by its fallbacks' that serve `api`, in order.
-    pub fn route(&self, primary: &Arc<Pool>, api: Api) -> Vec<Arc<Pool>> {
+    /// The pool of `name` followed by its fallbacks' with an `eligible` backend, in order; only
+    /// the pool itself when one backend is named (a stored response lives in one place).
+    pub fn route(&self, primary: &Arc<Pool>, eligible: &Eligible) -> Vec<Arc<Pool>> {
+        if eligible.backend.is_some() {
+            return vec![primary.clone()];
+        }
         std::iter::once(primary.clone())
             .chain(
                 primary
                     .fallbacks
                     .iter()
                     .filter_map(|name| self.by_name.get(name))
-                    .filter(|pool| pool.serves(api))
+                    .filter(|pool| pool.has(eligible))
                     .cloned(),
             )
             .collect()

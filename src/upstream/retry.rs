@@ -18,9 +18,8 @@ use futures_util::{Stream, StreamExt, stream};
 use tokio::time::{Instant, sleep_until, timeout_at};
 
 use super::breaker::Outcome;
-use super::pool::{Attempt, Pool, Verdict};
+use super::pool::{Attempt, Eligible, Pool, Verdict};
 use super::{Backend, ByteStream, UpstreamRequest};
-use crate::config::Api;
 use crate::error::{GatewayError, TimeoutPhase};
 use crate::telemetry::metrics;
 use crate::telemetry::traces::TraceCx;
@@ -28,16 +27,19 @@ use crate::telemetry::traces::TraceCx;
 /// Where and how a request may be sent.
 #[derive(Debug)]
 pub struct Plan {
-    /// The API called: only backends that serve it are chosen.
-    pub api: Api,
+    /// Which backends may be chosen.
+    pub eligible: Eligible,
     /// The requested model's pool, then its fallbacks'.
     pub pools: Vec<Arc<Pool>>,
     pub max_attempts: u32,
     pub retry_backoff: Duration,
     pub first_byte_timeout: Duration,
     pub deadline: Instant,
-    /// Whether a stalled attempt may be duplicated on a second backend (`hedge_after`).
-    pub may_hedge: bool,
+    /// Sending the request twice costs only the work: a stalled attempt may be duplicated on a
+    /// second backend (`hedge_after`), and one that failed after the backend may have acted on
+    /// it may be sent again elsewhere. Not so for a request the backend stores (`store: true`):
+    /// a second call would leave a second stored response behind.
+    pub duplicable: bool,
     /// Each call gets a span in this trace, and the backend its `traceparent`.
     pub trace: TraceCx,
 }
@@ -81,7 +83,7 @@ pub async fn send(
             if attempts > 0 {
                 pause(&plan, attempts).await?;
             }
-            let attempt = match pool.acquire(plan.api, &tried) {
+            let attempt = match pool.acquire(&plan.eligible, &tried) {
                 Ok(attempt) => attempt,
                 Err(unavailable) => {
                     last_error.get_or_insert(unavailable);
@@ -105,6 +107,9 @@ pub async fn send(
                     });
                 }
                 Err(error) if !error.is_retryable_before_first_byte() => return Err(error),
+                Err(error) if !plan.duplicable && error.may_have_been_acted_on() => {
+                    return Err(error);
+                }
                 Err(error) => last_error = Some(error),
             }
         }
@@ -131,14 +136,14 @@ async fn call_hedged(
         request_for(&first.backend),
         number,
     ));
-    let Some(hedge_after) = pool.hedge_after.filter(|_| plan.may_hedge) else {
+    let Some(hedge_after) = pool.hedge_after.filter(|_| plan.duplicable) else {
         return settle(first, first_call.await);
     };
     tokio::select! {
         result = &mut first_call => return settle(first, result),
         () = tokio::time::sleep(hedge_after) => {}
     }
-    let Ok(second) = pool.acquire(plan.api, tried) else {
+    let Ok(second) = pool.acquire(&plan.eligible, tried) else {
         return settle(first, first_call.await);
     };
     tried.push(second.index);

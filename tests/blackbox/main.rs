@@ -20,6 +20,7 @@ mod limits;
 mod limits_integrity;
 mod metrics;
 mod redis_cluster;
+mod responses;
 mod routing;
 mod runtime_keys;
 mod sdk;

@@ -22,27 +22,48 @@ fn tool(var: &str, default: &str) -> PathBuf {
     path
 }
 
-/// The gateway both SDKs talk to, and the upstream that drops mid-stream.
-async fn sdk_gateway() -> (RunningBinary, MockUpstream) {
+/// The gateway both SDKs talk to, and the upstreams that drop mid-stream (chat, Responses).
+async fn sdk_gateway() -> (RunningBinary, [MockUpstream; 2]) {
     let dropping = MockUpstream::stream(10).drop_after(3).start().await;
+    let golden = std::fs::read_to_string(format!(
+        "{}/proto/openai-responses.sse",
+        env!("CARGO_MANIFEST_DIR")
+    ))
+    .expect("golden transcript");
+    let cut = golden
+        .find("event: response.output_text.done")
+        .expect("present");
+    let dropping_responses = MockUpstream::reply(Reply::Events {
+        pieces: vec![golden[..cut].to_owned()],
+        cut: true,
+    })
+    .start()
+    .await;
     let yaml = format!(
         "server: {{listen: '127.0.0.1:0'}}\nlog: {{format: json}}\ntiers: {{basic: {{}}}}\n\
-         models:\n  - {{name: test-model, backends: [{{name: mock, kind: mock, mock: {{tokens: 5, pace: 1ms}}, apis: [chat, embeddings, completions]}}]}}\n  \
+         models:\n  - {{name: test-model, backends: [{{name: mock, kind: mock, mock: {{tokens: 5, pace: 1ms}}, apis: [chat, responses, embeddings, completions]}}]}}\n  \
          - {{name: other-model, backends: [{{name: up, kind: openai, base_url: '{}'}}]}}\n  \
-         - {{name: slow-model, backends: [{{name: slow, kind: mock, mock: {{tokens: 400, pace: 10ms}}}}]}}\n\
+         - {{name: slow-model, backends: [{{name: slow, kind: mock, mock: {{tokens: 400, pace: 10ms}}}}]}}\n  \
+         - {{name: responses-model, backends: [{{name: m0, kind: mock, apis: [responses]}}, {{name: m1, kind: mock, apis: [responses]}}]}}\n  \
+         - {{name: dropping-responses, backends: [{{name: dr, kind: openai, base_url: '{}', apis: [responses]}}]}}\n  \
+         - {{name: translated-model, backends: [{{name: chat-only, kind: mock, mock: {{tokens: 5, pace: 1ms}}}}]}}\n\
          api_keys:\n  - {{id: full, sha256: {}, tier: basic}}\n  - {{id: limited, sha256: {}, tier: basic, models: [other-model]}}\n  \
            - {{id: throttled, sha256: {}, tier: basic, limits: {{requests_per_minute: 1}}}}\n",
         dropping.base_url(),
+        dropping_responses.base_url(),
         sluicegate::auth::hash_key(KEY),
         sluicegate::auth::hash_key(OTHER_KEY),
         sluicegate::auth::hash_key(THROTTLED_KEY),
     );
-    (RunningBinary::start(&yaml).await, dropping)
+    (
+        RunningBinary::start(&yaml).await,
+        [dropping, dropping_responses],
+    )
 }
 
 /// Runs `program script BASE KEYS...` and asserts it prints `done`.
 async fn run_check(program: PathBuf, script: &str, done: &str) {
-    let (gateway, _upstream) = sdk_gateway().await;
+    let (gateway, _upstreams) = sdk_gateway().await;
     let script = format!("{}/{script}", env!("CARGO_MANIFEST_DIR"));
     let output = tokio::process::Command::new(program)
         .args([&script, &gateway.base(), KEY, OTHER_KEY, THROTTLED_KEY])

@@ -4,7 +4,10 @@
 //
 // `test-model` streams "The quick brown fox jumps " (5 tokens); `slow-model` streams 400 tokens
 // 10 ms apart; `other-model` drops mid-stream and is the only model LIMITED_KEY may use;
-// THROTTLED_KEY may send one request a minute. Exits non-zero on the first failed check.
+// THROTTLED_KEY may send one request a minute. `responses-model` is two mock backends, each
+// keeping its own stored responses; `dropping-responses` drops its Responses stream mid-way;
+// `translated-model` serves only chat completions, so the gateway translates the Responses API.
+// Exits non-zero on the first failed check.
 
 import assert from "node:assert/strict";
 import OpenAI from "openai";
@@ -122,5 +125,64 @@ for await (const piece of await client.completions.create({ model: "test-model",
   legacyText += piece.choices[0]?.text ?? "";
 }
 assert.equal(legacyText, "The quick brown ");
+
+// The Responses API: typed events streamed, the final response assembled by the SDK.
+const events = [];
+for await (const event of await client.responses.create({ model: "test-model", input: "hello", stream: true })) {
+  events.push(event);
+}
+assert.equal(events[0].type, "response.created");
+assert.equal(events.at(-1).type, "response.completed");
+assert.deepEqual(events.map((e) => e.sequence_number), events.map((_, i) => i));
+assert.equal(events.filter((e) => e.type === "response.output_text.delta").map((e) => e.delta).join(""), TEXT);
+assert.equal(events.at(-1).response.model, "test-model");
+assert.equal(events.at(-1).response.usage.output_tokens, 5);
+const finalResponse = await client.responses.stream({ model: "test-model", input: "hello" }).finalResponse();
+assert.equal(finalResponse.output_text, TEXT);
+const whole = await client.responses.create({ model: "test-model", input: "hello", max_output_tokens: 3 });
+assert.equal(whole.output_text, "The quick brown ");
+assert.equal(whole.model, "test-model");
+
+// The same through a backend that serves only chat completions, translated by the gateway.
+const translated = await client.responses
+  .stream({ model: "translated-model", input: "hello", instructions: "be brief" })
+  .finalResponse();
+assert.equal(translated.output_text, TEXT);
+assert.equal(translated.model, "translated-model");
+assert.equal(translated.usage.output_tokens, 5);
+assert.equal((await client.responses.create({ model: "translated-model", input: "hello" })).output_text, TEXT);
+
+// A stored response is read back, and its follow-ups land on the backend that stored it.
+const { data: first, response: made } = await client.responses
+  .create({ model: "responses-model", input: "remember 7" })
+  .withResponse();
+const home = made.headers.get("x-sluicegate-backend");
+assert.equal((await client.responses.retrieve(first.id)).output_text, first.output_text);
+let previous = first.id;
+for (let turn = 0; turn < 4; turn++) {
+  const { data, response } = await client.responses
+    .create({ model: "responses-model", input: `turn ${turn}`, previous_response_id: previous })
+    .withResponse();
+  assert.equal(response.headers.get("x-sluicegate-backend"), home);
+  previous = data.id;
+}
+await client.responses.delete(first.id);
+try {
+  await client.responses.retrieve(first.id);
+  assert.fail("a deleted response is gone");
+} catch (error) {
+  assert.ok(error instanceof OpenAI.NotFoundError, `a NotFoundError, got ${error}`);
+}
+
+// A Responses stream that fails after it started throws instead of ending quietly.
+try {
+  for await (const _ of await client.responses.create({ model: "dropping-responses", input: "x", stream: true })) {
+    // drained
+  }
+  assert.fail("a dropped Responses stream must throw");
+} catch (error) {
+  assert.ok(error instanceof OpenAI.APIError, `an APIError, got ${error}`);
+  assert.match(String(error.message), /closed before the response was complete/);
+}
 
 console.log("node sdk ok");

@@ -4,6 +4,9 @@ Usage: sdk_check.py BASE_URL FULL_KEY LIMITED_KEY THROTTLED_KEY
 
 `test-model` streams "The quick brown fox jumps " (5 tokens); `other-model` drops mid-stream
 and is the only model LIMITED_KEY may use; THROTTLED_KEY may send one request a minute.
+`responses-model` is two mock backends, each keeping its own stored responses;
+`dropping-responses` drops its Responses stream mid-way; `translated-model` serves only chat
+completions, so the gateway translates the Responses API for it.
 Exits non-zero on the first failed check.
 """
 
@@ -49,7 +52,14 @@ assert completion.model == "test-model"
 assert completion.usage.completion_tokens == 5
 
 # Models.
-assert [m.id for m in client.models.list()] == ["test-model", "other-model", "slow-model"]
+assert [m.id for m in client.models.list()] == [
+    "test-model",
+    "other-model",
+    "slow-model",
+    "responses-model",
+    "dropping-responses",
+    "translated-model",
+]
 
 # Errors map to the SDK's exception classes.
 expect_error(openai.AuthenticationError, key="sk-wrong", model="test-model", messages=messages)
@@ -107,5 +117,60 @@ pieces = list(
 )
 assert "".join(p.choices[0].text for p in pieces if p.choices) == "The quick brown ", pieces
 assert pieces[-1].usage is not None and pieces[-1].usage.completion_tokens == 3, pieces[-1]
+
+# The Responses API: typed events streamed, the final response assembled by the SDK.
+events = list(client.responses.create(model="test-model", input="hello", stream=True))
+types = [e.type for e in events]
+assert types[0] == "response.created" and types[-1] == "response.completed", types
+assert [e.sequence_number for e in events] == list(range(len(events))), events
+assert "".join(e.delta for e in events if e.type == "response.output_text.delta") == "The quick brown fox jumps "
+assert events[-1].response.model == "test-model", events[-1].response.model
+assert events[-1].response.usage.output_tokens == 5, events[-1].response.usage
+with client.responses.stream(model="test-model", input="hello") as stream:
+    for _ in stream:
+        pass
+    final = stream.get_final_response()
+assert final.output_text == "The quick brown fox jumps ", final.output_text
+whole = client.responses.create(model="test-model", input="hello", max_output_tokens=3)
+assert whole.output_text == "The quick brown ", whole.output_text
+assert whole.model == "test-model" and whole.usage.output_tokens == 3, whole
+
+# The same through a backend that serves only chat completions, translated by the gateway.
+with client.responses.stream(model="translated-model", input="hello", instructions="be brief") as stream:
+    deltas = [e.delta for e in stream if e.type == "response.output_text.delta"]
+    translated = stream.get_final_response()
+assert "".join(deltas) == "The quick brown fox jumps ", deltas
+assert translated.output_text == "The quick brown fox jumps " and translated.model == "translated-model"
+assert translated.usage.output_tokens == 5, translated.usage
+assert client.responses.create(model="translated-model", input="hello").output_text == "The quick brown fox jumps "
+
+# A stored response is read back, and its follow-ups land on the backend that stored it.
+raw = client.responses.with_raw_response.create(model="responses-model", input="remember 7")
+home = raw.headers["x-sluicegate-backend"]
+first = raw.parse()
+assert client.responses.retrieve(first.id).output_text == first.output_text
+previous = first.id
+for turn in range(4):
+    raw = client.responses.with_raw_response.create(
+        model="responses-model", input=f"turn {turn}", previous_response_id=previous
+    )
+    assert raw.headers["x-sluicegate-backend"] == home, (turn, raw.headers["x-sluicegate-backend"], home)
+    previous = raw.parse().id
+client.responses.delete(first.id)
+try:
+    client.responses.retrieve(first.id)
+except openai.NotFoundError:
+    pass
+else:
+    raise AssertionError("a deleted response is gone")
+
+# A Responses stream that fails after it started raises instead of ending quietly.
+try:
+    for _ in client.responses.create(model="dropping-responses", input="x", stream=True):
+        pass
+except openai.APIError as error:
+    assert "closed before the response was complete" in str(error), error
+else:
+    raise AssertionError("a dropped Responses stream must raise")
 
 print("sdk ok")

@@ -161,9 +161,10 @@ impl Http1Backend {
         let prefix = &self.head_prefix.0;
         let mut wire = Vec::with_capacity(prefix.len() + request.body.len() + 192);
         for part in [
-            "POST ",
+            request.call.method().as_str(),
+            " ",
             &self.base_path,
-            request.api.path(),
+            &request.call.path(),
             " HTTP/1.1\r\n",
         ] {
             wire.extend_from_slice(part.as_bytes());

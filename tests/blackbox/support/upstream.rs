@@ -22,6 +22,9 @@ pub enum Reply {
         body: String,
         headers: Vec<(String, String)>,
     },
+    /// A 200 SSE stream of these pieces, each its own write, as they are (a recorded
+    /// transcript); then the end of the body, or with `cut` an abrupt close.
+    Events { pieces: Vec<String>, cut: bool },
     /// Read the request, then never answer.
     Hang,
 }
@@ -387,7 +390,32 @@ async fn write_reply(
         Reply::Stream(script) => {
             let _ = write_stream(writer, log, script, include_usage, connection).await;
         }
+        Reply::Events { pieces, cut } => {
+            let _ = write_events(writer, log, pieces, *cut, connection).await;
+        }
     }
+}
+
+async fn write_events(
+    writer: &mut tokio::net::tcp::OwnedWriteHalf,
+    log: &ConnectionLog,
+    pieces: &[String],
+    cut: bool,
+    connection: &str,
+) -> std::io::Result<()> {
+    let head = format!(
+        "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\nconnection: {connection}\r\n\r\n"
+    );
+    send(writer, log, head.as_bytes()).await?;
+    for piece in pieces {
+        send_chunk(writer, log, piece).await?;
+        // Each piece its own read at the gateway.
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    if cut {
+        return writer.shutdown().await;
+    }
+    send(writer, log, b"0\r\n\r\n").await
 }
 
 async fn write_stream(
