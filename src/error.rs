@@ -11,7 +11,7 @@ use http::{HeaderValue, Response, StatusCode, header};
 
 use crate::body::{Body, full};
 use crate::limits::{LimitKind, Refusal};
-use crate::openai::error_body::{ErrorBody, ErrorDetail};
+use crate::openai::error_body::{ErrorBody, ErrorDetail, ErrorEvent};
 use crate::sse::relay::RelayError;
 use crate::upstream::breaker::Outcome;
 
@@ -581,6 +581,35 @@ impl GatewayError {
     }
 }
 
+impl GatewayError {
+    /// Renders the error as the last event of a Responses API stream that already started:
+    /// `event: error` in that API's shape (`type`, `code`, `message`, `param`, numbered after
+    /// the events before it), with the `error` object the OpenAI SDKs raise on beside it.
+    pub fn to_responses_event(&self, sequence_number: u64) -> Bytes {
+        let message = self.to_string();
+        let code = Some(self.code().unwrap_or(self.kind()));
+        let event = ErrorEvent {
+            r#type: "error",
+            code,
+            message: &message,
+            param: self.param(),
+            sequence_number,
+            error: ErrorDetail {
+                message: &message,
+                r#type: self.error_type(),
+                param: self.param(),
+                code,
+            },
+        };
+        let json = serde_json::to_vec(&event).expect("invariant: the error event serialises");
+        let mut out = BytesMut::with_capacity(json.len() + 24);
+        out.put_slice(b"event: error\ndata: ");
+        out.put_slice(&json);
+        out.put_slice(b"\n\n");
+        out.freeze()
+    }
+}
+
 impl From<RelayError> for GatewayError {
     fn from(error: RelayError) -> Self {
         match error {
@@ -654,6 +683,32 @@ mod tests {
                 "{millis} ms"
             );
         }
+    }
+
+    #[test]
+    fn a_responses_error_event_raises_in_both_sdks() {
+        let event = GatewayError::UpstreamTimeout {
+            phase: TimeoutPhase::Idle,
+        }
+        .to_responses_event(9);
+        let text = std::str::from_utf8(&event).expect("UTF-8");
+        let data = text
+            .strip_prefix("event: error\ndata: ")
+            .and_then(|t| t.strip_suffix("\n\n"))
+            .expect("one typed event");
+        let data: serde_json::Value = serde_json::from_str(data).expect("JSON");
+        assert_eq!(data["type"], "error");
+        assert_eq!(data["sequence_number"], 9);
+        assert_eq!(data["code"], "upstream_idle_timeout");
+        assert_eq!(
+            data["code"], data["error"]["code"],
+            "Python raises on `error`"
+        );
+        assert!(
+            data["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("timed out"))
+        );
     }
 
     #[test]

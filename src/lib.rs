@@ -31,7 +31,8 @@
 //! # Invariants
 //!
 //! - `sse/` knows nothing about OpenAI; `openai/` does no I/O; `config/` does not import `http`.
-//! - Only `error.rs` renders error bodies, through `into_response` or `to_sse_event`.
+//! - Only `error.rs` renders error bodies, through `into_response`, `to_sse_event` or
+//!   `to_responses_event`.
 //! - Nothing between upstream and client is unbounded: the relay is pulled by hyper, and it
 //!   pulls the upstream only when it needs bytes.
 //! - A response body owns its request's guard, so settlement happens however the request ends.

@@ -25,7 +25,7 @@ use crate::openai::response::rewrite_completion;
 use crate::openai::responses::translate::{self, ChatToResponses, Echo};
 use crate::openai::responses::{
     Created, CreatedSlot, ResponseEvents, ResponseId, ResponseStream, ResponsesRequest, Sequence,
-    error_event, output_tokens,
+    output_tokens,
 };
 use crate::openai::tokens::TokenCounter;
 use crate::openai::view::ObjectView;
@@ -310,7 +310,7 @@ async fn stream_reply(
         request_for,
         rewrite_for,
         |events| keeper.recording(events, created, holder),
-        move |error| error_event(error, sequence.load(Ordering::Relaxed)),
+        move |error: &GatewayError| error.to_responses_event(sequence.load(Ordering::Relaxed)),
         guard,
     )
     .await

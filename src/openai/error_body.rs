@@ -17,6 +17,18 @@ pub struct ErrorDetail<'a> {
     pub code: Option<&'a str>,
 }
 
+/// The Responses API's `error` stream event, with the `error` object beside its own fields
+/// (the OpenAI SDKs raise on that).
+#[derive(Debug, Serialize)]
+pub struct ErrorEvent<'a> {
+    pub r#type: &'static str,
+    pub code: Option<&'a str>,
+    pub message: &'a str,
+    pub param: Option<&'a str>,
+    pub sequence_number: u64,
+    pub error: ErrorDetail<'a>,
+}
+
 /// What the gateway reads from an upstream's error body: only the message, and only to be
 /// sanitised before a client sees it.
 #[derive(Debug, Deserialize)]

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bytes::{BufMut, Bytes, BytesMut};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use serde_json::value::RawValue;
 use tokio::time::Instant;
 
@@ -212,59 +212,11 @@ fn put_rewritten(
     out.put_slice(&data[start + nested.len()..]);
 }
 
-/// The last event of a Responses stream that failed after it began: `event: error` in the
-/// Responses API's shape (`type`, `code`, `message`, `param`, `sequence_number`), with the
-/// `error` object the OpenAI SDKs raise on beside it.
-pub fn error_event(error: &GatewayError, sequence_number: u64) -> Bytes {
-    let message = error.to_string();
-    let code = error.code().unwrap_or(error.kind());
-    let data = ErrorEvent {
-        kind: "error",
-        code,
-        message: &message,
-        param: error.param(),
-        sequence_number,
-        error: ErrorDetail {
-            kind: error.error_type(),
-            code,
-            message: &message,
-            param: error.param(),
-        },
-    };
-    let mut out = BytesMut::with_capacity(256);
-    out.put_slice(b"event: error\ndata: ");
-    out.put_slice(&serde_json::to_vec(&data).expect("invariant: JSON value serialises"));
-    out.put_slice(b"\n\n");
-    out.freeze()
-}
-
-/// The Responses API's `error` event, in its field order.
-#[derive(Serialize)]
-struct ErrorEvent<'a> {
-    #[serde(rename = "type")]
-    kind: &'static str,
-    code: &'a str,
-    message: &'a str,
-    param: Option<&'a str>,
-    sequence_number: u64,
-    error: ErrorDetail<'a>,
-}
-
-#[derive(Serialize)]
-struct ErrorDetail<'a> {
-    #[serde(rename = "type")]
-    kind: &'a str,
-    code: &'a str,
-    message: &'a str,
-    param: Option<&'a str>,
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::openai::Usage;
     use crate::sse::Decoder;
-    use serde_json::Value;
 
     struct Run {
         out: String,
@@ -373,30 +325,6 @@ mod tests {
         assert_eq!(run.error.as_deref(), Some("upstream_in_band"));
         assert_eq!(run.next_sequence, 6, "the failure is told as event 6");
         assert_eq!(run.usage, None, "no report: counted instead");
-    }
-
-    #[test]
-    fn the_final_error_event_raises_in_both_sdks() {
-        let event = error_event(
-            &GatewayError::UpstreamTimeout {
-                phase: crate::error::TimeoutPhase::Idle,
-            },
-            9,
-        );
-        let text = std::str::from_utf8(&event).expect("UTF-8");
-        let data = text
-            .strip_prefix("event: error\ndata: ")
-            .and_then(|t| t.strip_suffix("\n\n"))
-            .expect("one typed event");
-        let data: Value = serde_json::from_str(data).expect("JSON");
-        assert_eq!(data["type"], "error");
-        assert_eq!(data["sequence_number"], 9);
-        assert_eq!(data["code"], data["error"]["code"]);
-        assert!(
-            data["message"]
-                .as_str()
-                .is_some_and(|m| m.contains("timed out"))
-        );
     }
 
     mod properties {

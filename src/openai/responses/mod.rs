@@ -8,7 +8,7 @@ mod output;
 mod request;
 pub mod translate;
 
-pub use events::{Created, CreatedSlot, ResponseEvents, Sequence, error_event};
+pub use events::{Created, CreatedSlot, ResponseEvents, Sequence};
 pub use id::ResponseId;
 pub use output::output_tokens;
 pub use request::ResponsesRequest;
