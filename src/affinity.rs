@@ -23,13 +23,16 @@ const MAX_LOCAL_RECORDS: usize = 100_000;
 /// The backend that stored a response, and for whom.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Owner {
-    /// The model whose pool holds the backend (a fallback's, when one answered).
+    /// The model as the client named it.
     pub model: String,
+    /// The model whose pool holds the backend (a fallback's, when one answered).
+    pub pool: String,
     pub backend: String,
     /// The key that created it: the only one that may use it.
     pub key_id: String,
-    /// Tokens a continuation carries as context (the response's input plus output).
-    pub context_tokens: u64,
+    /// Tokens a continuation carries as context (the response's input plus output); unknown
+    /// until the response finished.
+    pub context_tokens: Option<u64>,
 }
 
 /// The response id -> owner map.
@@ -220,9 +223,10 @@ mod tests {
     fn owner(backend: &str) -> Owner {
         Owner {
             model: "m".into(),
+            pool: "m".into(),
             backend: backend.into(),
             key_id: "k".into(),
-            context_tokens: 7,
+            context_tokens: Some(7),
         }
     }
 

@@ -70,7 +70,7 @@ pub async fn generate<R: Generation>(
             plan,
             request_for,
             rewrite_for,
-            |events| events,
+            pipeline::AsRelayed,
             GatewayError::to_sse_event,
             guard,
         )

@@ -2,7 +2,6 @@
 //! calls: who is asking, what they may spend, where the request may go, and, for an answer
 //! sent whole, reading it back bounded and in the client's names.
 
-use std::pin::Pin;
 use std::sync::{Arc, OnceLock};
 
 use bytes::{Bytes, BytesMut};
@@ -200,8 +199,33 @@ pub async fn whole_metering(
     }
 }
 
-/// A relayed answer's bytes for the client; an `Err` is the last item.
-pub type Events = Pin<Box<dyn Stream<Item = Result<Bytes, GatewayError>> + Send>>;
+/// What wraps a relayed answer on its way to the client; a generic method, so the chat path's
+/// [`AsRelayed`] costs nothing.
+pub trait Around {
+    /// `events` (bytes for the client; an `Err` is the last item), wrapped.
+    fn around<S>(
+        self,
+        events: S,
+    ) -> impl Stream<Item = Result<Bytes, GatewayError>> + Send + 'static
+    where
+        S: Stream<Item = Result<Bytes, GatewayError>> + Send + 'static;
+}
+
+/// The relay's bytes as they are.
+#[derive(Debug, Clone, Copy)]
+pub struct AsRelayed;
+
+impl Around for AsRelayed {
+    fn around<S>(
+        self,
+        events: S,
+    ) -> impl Stream<Item = Result<Bytes, GatewayError>> + Send + 'static
+    where
+        S: Stream<Item = Result<Bytes, GatewayError>> + Send + 'static,
+    {
+        events
+    }
+}
 
 /// Streams the answer: the relay with the rewrite `rewrite_for` picks for the backend that
 /// answered, wrapped by `around`. The status line waits for the first upstream event or
@@ -212,7 +236,7 @@ pub async fn stream_answer<R: Rewrite<Error = GatewayError>>(
     plan: Plan,
     request_for: impl Fn(&Backend) -> UpstreamRequest + Send + Sync + 'static,
     rewrite_for: impl FnOnce(&Backend) -> R + Send + 'static,
-    around: impl FnOnce(Events) -> Events,
+    around: impl Around,
     failure_event: impl Fn(&GatewayError) -> Bytes + Send + 'static,
     guard: &RequestGuard,
 ) -> Result<Response<Body>, GatewayError> {
@@ -242,7 +266,7 @@ pub async fn stream_answer<R: Rewrite<Error = GatewayError>>(
         let _ = verdict_slot.set(routed.verdict);
         Ok((routed.body, rewrite_for(&routed.backend)))
     });
-    let mut events = around(Box::pin(relay(connect, options, state.drain.expired())));
+    let mut events = Box::pin(around.around(relay(connect, options, state.drain.expired())));
     let first = match events.next().await {
         Some(Ok(bytes)) => bytes,
         Some(Err(error)) => {

@@ -9,26 +9,26 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, OnceLock};
 
 use bytes::Bytes;
-use futures_util::StreamExt;
+use futures_util::future::Either;
+use futures_util::{Stream, StreamExt};
 use http::{Request, Response};
 use hyper::body::Incoming;
 
 use super::json::json_response;
-use super::pipeline::{self, Events};
+use super::pipeline::{self, Around};
 use crate::affinity::Owner;
 use crate::auth::Principal;
 use crate::body::Body;
 use crate::config::Api;
 use crate::error::GatewayError;
 use crate::openai::Reservation;
-use crate::openai::response::rewrite_completion;
+use crate::openai::response::rewrite_response;
 use crate::openai::responses::translate::{self, ChatToResponses, Echo};
 use crate::openai::responses::{
     Created, CreatedSlot, ResponseEvents, ResponseId, ResponseStream, ResponsesRequest, Sequence,
     output_tokens,
 };
 use crate::openai::tokens::TokenCounter;
-use crate::openai::view::ObjectView;
 use crate::settle::RequestGuard;
 use crate::state::AppState;
 use crate::telemetry::traces::TraceHeaders;
@@ -58,11 +58,13 @@ pub async fn create(
     let (pool, eligible) = destination(state, pool, &asked, continued.as_ref())?;
     guard.set_route(&asked.model, asked.stream);
     let counter = TokenCounter::new(pool.tokenizer);
-    guard.count_prompt_with(&body, counter, ResponsesRequest::count_prompt);
-    // A continuation's earlier turns are part of its prompt.
-    let estimate = asked
-        .prompt_tokens_estimate()
-        .saturating_add(continued.map_or(0, |owner| owner.context_tokens));
+    // A continuation's earlier turns are part of its prompt: reserved, and charged in full
+    // should no usage be reported (the body alone would count only the new turn).
+    let context = continued.as_ref().map_or(0, |(_, context)| *context);
+    if continued.is_none() {
+        guard.count_prompt_with(&body, counter, ResponsesRequest::count_prompt);
+    }
+    let estimate = asked.prompt_tokens_estimate().saturating_add(context);
     let (output_cap, reserved) = pipeline::reserve(
         guard,
         &principal,
@@ -71,7 +73,14 @@ pub async fn create(
         1,
     );
     let rate = pipeline::admit(state, guard, &principal, reserved).await?;
-    let plan = pipeline::plan(state, pool, eligible, asked.is_safe_to_duplicate(), guard);
+    // Only a backend that serves the Responses API itself stores anything.
+    let duplicable = asked.is_safe_to_duplicate()
+        || !state
+            .models
+            .route(pool, &eligible)
+            .iter()
+            .any(|p| p.has(&native(None)));
+    let plan = pipeline::plan(state, pool, eligible, duplicable, guard);
     let request_for = upstream_request(asked.clone(), output_cap, guard.request_id().as_arc());
     let answering = Answering {
         echo: Arc::new(Echo::new(asked.fields(), output_cap)),
@@ -79,6 +88,7 @@ pub async fn create(
         counter,
         keeper: Keeper {
             state: state.clone(),
+            model: asked.model.clone(),
             key_id: principal.key_id.to_string(),
             store: asked.store,
         },
@@ -115,9 +125,9 @@ pub async fn stored(
         .await?
         .filter(|owner| *owner.key_id == *principal.key_id)
         .ok_or_else(not_found)?;
-    let pool = state.models.find(&owner.model).map_err(|_| not_found())?;
-    principal.authorize(&pool.name)?;
-    guard.set_route(&pool.name, false);
+    let pool = state.models.find(&owner.pool).map_err(|_| not_found())?;
+    principal.authorize(&owner.model)?;
+    guard.set_route(&owner.model, false);
     let rate = pipeline::admit(state, guard, &principal, Reservation::new(0, 0, 0, 0)).await?;
     let plan = pipeline::plan(state, pool, pinned(&owner), true, guard);
     let call = match action {
@@ -140,7 +150,7 @@ pub async fn stored(
         state,
         plan,
         request_for,
-        |_, body| rewrite_completion(body, &owner.model),
+        |_, body| rewrite_response(body, &owner.model),
         pipeline::MAX_COMPLETION_BYTES,
         guard,
     )
@@ -153,18 +163,29 @@ pub async fn stored(
     Ok(response)
 }
 
-/// The stored response a request continues, when it names one the caller's key created; a
-/// 400 naming `previous_response_id` otherwise, as OpenAI answers.
+/// The stored response a request continues, when it names one the caller's key created, with
+/// the tokens it carries as context; a 400 naming `previous_response_id` otherwise (as OpenAI
+/// answers), also when that response never finished through the gateway: its size, and so
+/// what its continuation must reserve, is unknown.
 async fn continued(
     state: &AppState,
     principal: &Principal,
     asked: &ResponsesRequest,
-) -> Result<Option<Owner>, GatewayError> {
+) -> Result<Option<(Owner, u64)>, GatewayError> {
     let Some(id) = &asked.previous_response_id else {
         return Ok(None);
     };
     match state.affinity.owner(id).await? {
-        Some(owner) if *owner.key_id == *principal.key_id => Ok(Some(owner)),
+        Some(owner) if *owner.key_id == *principal.key_id => match owner.context_tokens {
+            Some(context) => Ok(Some((owner, context))),
+            None => Err(GatewayError::invalid(
+                "previous_response_id",
+                "previous_response_incomplete",
+                format!(
+                    "Previous response with id '{id}' did not finish, so it cannot be continued."
+                ),
+            )),
+        },
         _ => Err(GatewayError::invalid(
             "previous_response_id",
             "previous_response_not_found",
@@ -181,11 +202,11 @@ fn destination<'a>(
     state: &'a AppState,
     pool: &'a Arc<Pool>,
     asked: &ResponsesRequest,
-    continued: Option<&Owner>,
+    continued: Option<&(Owner, u64)>,
 ) -> Result<(&'a Arc<Pool>, Eligible), GatewayError> {
-    if let Some(owner) = continued {
-        let reachable = owner.model == pool.name || pool.fallbacks.contains(&owner.model);
-        let holder = state.models.find(&owner.model).ok().filter(|_| reachable);
+    if let Some((owner, _)) = continued {
+        let reachable = owner.pool == pool.name || pool.fallbacks.contains(&owner.pool);
+        let holder = state.models.find(&owner.pool).ok().filter(|_| reachable);
         return match holder {
             Some(holder) => Ok((holder, pinned(owner))),
             None => Err(GatewayError::invalid(
@@ -193,7 +214,7 @@ fn destination<'a>(
                 "invalid_value",
                 format!(
                     "the previous response was made by the model '{}'; continue it with that model",
-                    owner.model
+                    owner.pool
                 ),
             )),
         };
@@ -201,10 +222,7 @@ fn destination<'a>(
     let Some(refusal) = asked.untranslatable() else {
         return Ok((pool, Eligible::api(Api::Responses)));
     };
-    let native = Eligible {
-        native_only: true,
-        ..Eligible::api(Api::Responses)
-    };
+    let native = native(None);
     if state
         .models
         .route(pool, &native)
@@ -217,13 +235,18 @@ fn destination<'a>(
     }
 }
 
-/// Only the backend that holds `owner`'s response.
-fn pinned(owner: &Owner) -> Eligible {
+/// Backends that serve the Responses API themselves (only `backend`, when named).
+fn native(backend: Option<&str>) -> Eligible {
     Eligible {
         native_only: true,
-        backend: Some(owner.backend.as_str().into()),
+        backend: backend.map(Into::into),
         ..Eligible::api(Api::Responses)
     }
+}
+
+/// Only the backend that holds `owner`'s response.
+fn pinned(owner: &Owner) -> Eligible {
+    native(Some(&owner.backend))
 }
 
 /// Builds each attempt's request: passed through to a backend that serves the Responses API,
@@ -309,7 +332,11 @@ async fn stream_reply(
         plan,
         request_for,
         rewrite_for,
-        |events| keeper.recording(events, created, holder),
+        Recording {
+            keeper,
+            created,
+            holder,
+        },
         move |error: &GatewayError| error.to_responses_event(sequence.load(Ordering::Relaxed)),
         guard,
     )
@@ -337,7 +364,7 @@ async fn whole_reply(
         request_for,
         |backend, body| {
             if backend.native(Api::Responses) {
-                rewrite_completion(body, &asked.model)
+                rewrite_response(body, &asked.model)
             } else {
                 translate::response_from_completion(body, &asked.model, &echo)
             }
@@ -347,13 +374,9 @@ async fn whole_reply(
     )
     .await?;
     if backend.native(Api::Responses) {
-        let id = ObjectView::parse(&body)
-            .ok()
-            .and_then(|view| view.id())
-            .and_then(|id| ResponseId::parse(&id));
         let created = Created {
-            id,
-            context_tokens: usage.map(|u| u.total_tokens),
+            id: ResponseId::of_object(&body),
+            context_tokens: usage.map(|u| u.context()),
         };
         keeper.keep(&created, &backend.model, &backend.name).await;
     }
@@ -365,44 +388,63 @@ async fn whole_reply(
 /// Remembers where a stored response lives, for the key that created it.
 struct Keeper {
     state: Arc<AppState>,
+    /// The model as the client named it.
+    model: String,
     key_id: String,
     /// The request asked for the response to be stored.
     store: bool,
 }
 
 impl Keeper {
-    async fn keep(&self, created: &Created, model: &str, backend: &str) {
+    /// Records `created` as held by `backend` of the model `pool`.
+    async fn keep(&self, created: &Created, pool: &str, backend: &str) {
         let Some(id) = created.id.as_ref().filter(|_| self.store) else {
             return;
         };
         let owner = Owner {
-            model: model.to_owned(),
+            model: self.model.clone(),
+            pool: pool.to_owned(),
             backend: backend.to_owned(),
             key_id: self.key_id.clone(),
-            context_tokens: created.context_tokens.unwrap_or(0),
+            context_tokens: created.context_tokens,
         };
         self.state.affinity.record(id, &owner).await;
     }
+}
 
-    /// `events`, recording the response's home before the bytes that first name it (and again
-    /// with its size at its end) reach the client, so a follow-up sent the moment the client
-    /// reads its id already finds it.
-    fn recording(
+/// Records a stored response's home before the bytes that first name it (and again with its
+/// size at its end) reach the client, so a follow-up sent the moment the client reads its id
+/// already finds it.
+struct Recording {
+    keeper: Keeper,
+    created: CreatedSlot,
+    /// The model and backend that answered, when they serve the Responses API themselves.
+    holder: Arc<OnceLock<(String, String)>>,
+}
+
+impl Around for Recording {
+    fn around<S>(
         self,
-        events: Events,
-        created: CreatedSlot,
-        holder: Arc<OnceLock<(String, String)>>,
-    ) -> Events {
-        if !self.store {
-            return events;
+        events: S,
+    ) -> impl Stream<Item = Result<Bytes, GatewayError>> + Send + 'static
+    where
+        S: Stream<Item = Result<Bytes, GatewayError>> + Send + 'static,
+    {
+        if !self.keeper.store {
+            return Either::Left(events);
         }
-        Box::pin(async_stream::stream! {
-            let mut events = events;
+        let Self {
+            keeper,
+            created,
+            holder,
+        } = self;
+        Either::Right(async_stream::stream! {
+            let mut events = std::pin::pin!(events);
             let mut recorded = Created::default();
             while let Some(item) = events.next().await {
                 let seen = created.lock().unwrap_or_else(|p| p.into_inner()).clone();
-                if let Some((model, backend)) = holder.get().filter(|_| seen != recorded) {
-                    self.keep(&seen, model, backend).await;
+                if let Some((pool, backend)) = holder.get().filter(|_| seen != recorded) {
+                    keeper.keep(&seen, pool, backend).await;
                     recorded = seen;
                 }
                 yield item;

@@ -14,16 +14,44 @@ use super::request::MAX_OUTPUT_TOKENS;
 /// The largest count read from an upstream report; anything above is taken as this.
 const MAX_REPORTED_TOKENS: u64 = MAX_OUTPUT_TOKENS;
 
-/// Token counts as the upstream reported them, each clamped to `0..=MAX_REPORTED_TOKENS`. The
-/// Responses API's names (`input_tokens`, `output_tokens`) read as chat's.
+/// Token counts as the upstream reported them, each clamped to `0..=MAX_REPORTED_TOKENS`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 pub struct Usage {
-    #[serde(default, alias = "input_tokens", deserialize_with = "count")]
+    #[serde(default, deserialize_with = "count")]
     pub prompt_tokens: u64,
-    #[serde(default, alias = "output_tokens", deserialize_with = "count")]
+    #[serde(default, deserialize_with = "count")]
     pub completion_tokens: u64,
     #[serde(default, deserialize_with = "count")]
     pub total_tokens: u64,
+}
+
+/// A Responses API `usage` object (`input_tokens`, `output_tokens`), read as leniently.
+#[derive(Debug, Deserialize)]
+struct ResponsesUsage {
+    #[serde(default, deserialize_with = "count")]
+    input_tokens: u64,
+    #[serde(default, deserialize_with = "count")]
+    output_tokens: u64,
+    #[serde(default, deserialize_with = "count")]
+    total_tokens: u64,
+}
+
+impl Usage {
+    /// A Responses API `usage` object (its JSON text) in chat's terms.
+    pub fn from_responses(json: &str) -> Option<Self> {
+        let usage: ResponsesUsage = serde_json::from_str(json).ok()?;
+        Some(Self {
+            prompt_tokens: usage.input_tokens,
+            completion_tokens: usage.output_tokens,
+            total_tokens: usage.total_tokens,
+        })
+    }
+
+    /// The tokens a continuation of the answer carries as context: its prompt and its output.
+    pub fn context(&self) -> u64 {
+        self.total_tokens
+            .max(self.prompt_tokens.saturating_add(self.completion_tokens))
+    }
 }
 
 /// What a request reserved, and the most of it an upstream report is believed for.
@@ -181,6 +209,34 @@ fn count<'de, D: Deserializer<'de>>(deserializer: D) -> Result<u64, D::Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn responses_usage_reads_its_own_names_and_chat_usage_is_untouched_by_them() {
+        let usage = Usage::from_responses(
+            r#"{"input_tokens":21,"input_tokens_details":{"cached_tokens":0},"output_tokens":9,"total_tokens":30}"#,
+        );
+        assert_eq!(
+            usage,
+            Some(Usage {
+                prompt_tokens: 21,
+                completion_tokens: 9,
+                total_tokens: 30
+            })
+        );
+        assert_eq!(usage.map(|u| u.context()), Some(30));
+        let both: Usage = serde_json::from_str(
+            r#"{"prompt_tokens":5,"input_tokens":5,"completion_tokens":1,"total_tokens":6}"#,
+        )
+        .expect("chat usage with extra names still parses");
+        assert_eq!(both.total_tokens, 6);
+        let missing_total =
+            Usage::from_responses(r#"{"input_tokens":4,"output_tokens":3}"#).expect("parses");
+        assert_eq!(
+            missing_total.context(),
+            7,
+            "the parts when the total is missing"
+        );
+    }
 
     fn usage_of(json: &str) -> Usage {
         serde_json::from_str(json).expect("usage always parses from an object")

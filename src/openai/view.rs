@@ -11,8 +11,6 @@ use super::usage::Usage;
 #[derive(Debug, Deserialize)]
 pub struct ObjectView<'a> {
     #[serde(borrow, default)]
-    id: Option<&'a RawValue>,
-    #[serde(borrow, default)]
     model: Option<&'a RawValue>,
     #[serde(borrow, default)]
     usage: Option<&'a RawValue>,
@@ -27,14 +25,14 @@ impl<'a> ObjectView<'a> {
         serde_json::from_slice(json)
     }
 
-    /// The `id`, when it is a string.
-    pub fn id(&self) -> Option<String> {
-        self.id.and_then(|raw| serde_json::from_str(raw.get()).ok())
-    }
-
     /// The `usage` object, when present and not `null`.
     pub fn usage(&self) -> Option<Usage> {
         non_null(self.usage).and_then(|raw| serde_json::from_str(raw.get()).ok())
+    }
+
+    /// The `usage` object in the Responses API's names (`input_tokens`, `output_tokens`).
+    pub fn responses_usage(&self) -> Option<Usage> {
+        non_null(self.usage).and_then(|raw| Usage::from_responses(raw.get()))
     }
 
     /// The raw `error` value, when present and not `null` (an in-band upstream error).

@@ -91,13 +91,18 @@ impl HttpsBackend {
     }
 }
 
+/// Only a failure to connect means the backend never saw the request; anything later (a
+/// connection that closed before the response head) may have been acted on.
 fn send_error(error: reqwest::Error) -> GatewayError {
-    if error.is_timeout() {
-        GatewayError::UpstreamTimeout {
+    match (error.is_connect(), error.is_timeout()) {
+        (true, true) => GatewayError::UpstreamTimeout {
             phase: TimeoutPhase::Connect,
-        }
-    } else {
-        GatewayError::UpstreamUnavailable
+        },
+        (true, false) => GatewayError::UpstreamUnavailable,
+        (false, true) => GatewayError::UpstreamTimeout {
+            phase: TimeoutPhase::FirstByte,
+        },
+        (false, false) => GatewayError::UpstreamDisconnected,
     }
 }
 

@@ -621,3 +621,46 @@ async fn what_chat_cannot_do_goes_to_a_backend_that_serves_responses_or_is_refus
     }
     assert_eq!(chat_only.requests().len(), 0);
 }
+
+#[tokio::test]
+async fn a_response_that_never_finished_cannot_be_continued_nor_a_background_one_made() {
+    let golden = golden("openai-responses.sse");
+    let cut = golden
+        .find("event: response.output_text.done")
+        .expect("present");
+    let upstream = MockUpstream::reply(Reply::Events {
+        pieces: vec![golden[..cut].to_owned()],
+        cut: true,
+    })
+    .start()
+    .await;
+    let gateway = TestGateway::start(&responses_pool(&[upstream.base_url()])).await;
+    let base = gateway.url("");
+    let text = post_responses(
+        &base,
+        KEY,
+        &json!({"model": "test-model", "input": "hi", "stream": true}),
+    )
+    .await
+    .text()
+    .await
+    .expect("stream");
+    assert!(text.ends_with("\n\n") && text.contains("event: error"));
+    // Its size (the context a continuation carries) never arrived: nothing to reserve by.
+    let id = "resp_0c1f8a3e2b7d4f6a9e5b1c2d3e4f5a6b7c8d9e0f1a2b3c4d";
+    let body = json!({"model": "test-model", "input": "and?", "previous_response_id": id});
+    let (status, error) = error_of(post_responses(&base, KEY, &body).await).await;
+    assert_eq!(
+        (status, error["error"]["code"].as_str()),
+        (400, Some("previous_response_incomplete")),
+        "{error}"
+    );
+    assert_eq!(upstream.requests().len(), 1, "the follow-up was not sent");
+
+    let body = json!({"model": "test-model", "input": "x", "background": true});
+    let (status, error) = error_of(post_responses(&base, KEY, &body).await).await;
+    assert_eq!(
+        (status, error["error"]["param"].as_str()),
+        (400, Some("background"))
+    );
+}

@@ -1,7 +1,8 @@
 //! The Responses API's typed event stream, passed through: every event keeps its `event:` line
 //! and its bytes, but the model named inside its `response` object is the client's; usage is
-//! read from the terminal event; the stream ends right after `response.completed`,
-//! `response.incomplete` or `response.failed`.
+//! read from the terminal event; the stream ends right after `response.completed` or
+//! `response.incomplete`. `response.failed` and `event: error` end it as the backend's failure
+//! (the caller tells it as the stream's last event).
 
 use std::borrow::Cow;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -23,12 +24,9 @@ use crate::sse::Event;
 use crate::sse::encoder::put_data_event;
 use crate::sse::relay::{Rewrite, Step};
 
-/// The events after which a response has nothing more to say.
-const TERMINAL: [&str; 3] = [
-    "response.completed",
-    "response.incomplete",
-    "response.failed",
-];
+/// The events after which a response has nothing more to say (`response.failed` too, told
+/// as an error).
+const TERMINAL: [&str; 2] = ["response.completed", "response.incomplete"];
 
 /// What a stream told of the response it created, for routing later calls to its backend.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -102,23 +100,19 @@ impl ResponseEvents {
         }
     }
 
-    /// Reads the `response` object of an event: its id once, its usage when terminal.
-    fn on_response(&mut self, response: &ObjectView<'_>, terminal: bool) {
+    /// Reads the `response` object of an event (`raw`): its id once, its usage when terminal.
+    fn on_response(&mut self, raw: &RawValue, response: &ObjectView<'_>, terminal: bool) {
         let mut created = self.created.lock().unwrap_or_else(|p| p.into_inner());
         if created.id.is_none() {
-            created.id = response.id().and_then(|id| ResponseId::parse(&id));
+            created.id = ResponseId::of_object(raw.get().as_bytes());
         }
         if !terminal {
             return;
         }
-        if let Some(usage) = response.usage() {
+        if let Some(usage) = response.responses_usage() {
             self.metering.usage = Some(usage);
             self.metering.reported = true;
-            created.context_tokens = Some(
-                usage
-                    .total_tokens
-                    .max(usage.prompt_tokens.saturating_add(usage.completion_tokens)),
-            );
+            created.context_tokens = Some(usage.context());
         }
     }
 }
@@ -138,13 +132,25 @@ impl Rewrite for ResponseEvents {
         if kind == "error" {
             return Err(in_band_error(&event.data));
         }
+        let response = view.response.and_then(|raw| {
+            let view = ObjectView::parse(raw.get().as_bytes()).ok()?;
+            Some((raw, view))
+        });
+        if kind == "response.failed" {
+            // A failed response is the backend's failure (its breaker hears of it): told as the
+            // gateway's final error event, with whatever usage it reported still charged.
+            let error = response.as_ref().and_then(|(raw, view)| {
+                self.on_response(raw, view, true);
+                view.error()
+            });
+            return Err(in_band_error(error.unwrap_or("{}").as_bytes()));
+        }
+        // Numbered after the upstream's number, or after the last event when it gave none.
         let next = view
             .sequence_number
             .and_then(|raw| raw.get().parse::<u64>().ok())
-            .map_or_else(
-                || self.sequence.load(Ordering::Relaxed),
-                |n| n.saturating_add(1),
-            );
+            .unwrap_or_else(|| self.sequence.load(Ordering::Relaxed))
+            .saturating_add(1);
         self.sequence.store(next, Ordering::Relaxed);
         if kind.ends_with(".delta") {
             self.on_delta(view.delta);
@@ -156,10 +162,6 @@ impl Rewrite for ResponseEvents {
             out.put_slice(&event.name);
             out.put_slice(b"\n");
         }
-        let response = view.response.and_then(|raw| {
-            let view = ObjectView::parse(raw.get().as_bytes()).ok()?;
-            Some((raw, view))
-        });
         if memchr::memchr(b'\n', &event.data).is_none() {
             out.put_slice(b"data: ");
             put_rewritten(&event.data, response.as_ref(), &self.model_json, out);
@@ -174,8 +176,8 @@ impl Rewrite for ResponseEvents {
             );
             put_data_event(out, &payload);
         }
-        if let Some((_, response)) = &response {
-            self.on_response(response, terminal);
+        if let Some((raw, response)) = &response {
+            self.on_response(raw, response, terminal);
         }
         Ok(if terminal { Step::Finish } else { Step::Send })
     }
@@ -325,6 +327,26 @@ mod tests {
         assert_eq!(run.error.as_deref(), Some("upstream_in_band"));
         assert_eq!(run.next_sequence, 6, "the failure is told as event 6");
         assert_eq!(run.usage, None, "no report: counted instead");
+    }
+
+    #[test]
+    fn a_failed_response_is_the_backends_failure_with_its_usage_charged() {
+        let failed = concat!(
+            "event: response.created\ndata: {\"type\":\"response.created\",\"sequence_number\":0,\"response\":{\"id\":\"resp_1\",\"model\":\"m\"}}\n\n",
+            "event: response.failed\ndata: {\"type\":\"response.failed\",\"sequence_number\":1,\"response\":{\"id\":\"resp_1\",\"status\":\"failed\",",
+            "\"error\":{\"code\":\"server_error\",\"message\":\"the model crashed\"},\"usage\":{\"input_tokens\":5,\"output_tokens\":2,\"total_tokens\":7}}}\n\n",
+        );
+        let run = replay(&[failed.as_bytes()]);
+        assert_eq!(run.error.as_deref(), Some("upstream_in_band"));
+        assert!(
+            !run.out.contains("response.failed"),
+            "told as the gateway's error"
+        );
+        assert_eq!(
+            run.next_sequence, 1,
+            "the error takes the failed event's number"
+        );
+        assert_eq!(run.usage.map(|u| u.total_tokens), Some(7));
     }
 
     mod properties {

@@ -35,6 +35,18 @@ impl ResponseId {
         })
     }
 
+    /// The `id` of a JSON object (a `response`), when it is one. Read apart from the chunk
+    /// view, which every chat chunk goes through and which has no use for ids.
+    pub fn of_object(json: &[u8]) -> Option<Self> {
+        #[derive(serde::Deserialize)]
+        struct Identified<'a> {
+            #[serde(borrow)]
+            id: Option<std::borrow::Cow<'a, str>>,
+        }
+        let object: Identified<'_> = serde_json::from_slice(json).ok()?;
+        Self::parse(&object.id?)
+    }
+
     pub fn as_str(&self) -> &str {
         &self.0
     }

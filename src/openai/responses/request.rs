@@ -27,8 +27,6 @@ pub struct ResponsesRequest {
     /// The backend keeps the response (OpenAI's default): it can be read back, continued with
     /// `previous_response_id`, and must not be created twice.
     pub store: bool,
-    /// The response runs on after the call returns (`background: true`).
-    pub background: bool,
     pub max_output_tokens: Option<u64>,
     /// The stored response this one continues.
     pub previous_response_id: Option<ResponseId>,
@@ -53,11 +51,11 @@ impl ResponsesRequest {
             Some(Value::String(id)) => Some(ResponseId::of_param(id, "previous_response_id")?),
             Some(other) => return Err(wrong_type("previous_response_id", "a string", other)),
         };
+        refuse_unmeterable(&fields)?;
         Ok(Self {
             model,
             stream: optional_bool(&fields, "stream")?.unwrap_or(false),
             store: optional_bool(&fields, "store")?.unwrap_or(true),
-            background: optional_bool(&fields, "background")?.unwrap_or(false),
             max_output_tokens: bounded_integer(&fields, "max_output_tokens", MAX_OUTPUT_TOKENS)?,
             previous_response_id,
             body_bytes: body.len(),
@@ -99,9 +97,9 @@ impl ResponsesRequest {
     }
 
     /// Whether sending it twice costs only the work: not when the backend stores the response
-    /// or runs it in the background (a second call would leave a second response behind).
+    /// (a second call would leave a second response behind).
     pub fn is_safe_to_duplicate(&self) -> bool {
-        !self.store && !self.background
+        !self.store
     }
 
     /// The prompt this request adds, estimated erring high (as for chat: one token per three
@@ -160,6 +158,27 @@ impl ResponsesRequest {
             }
         }
         messages
+    }
+}
+
+/// Refuses what would generate output the gateway cannot meter: a `background` response (it
+/// runs on after the call, its usage never passes the gateway) and a `conversation` (context
+/// kept upstream, out of the reservation's sight).
+fn refuse_unmeterable(fields: &Map<String, Value>) -> Result<(), GatewayError> {
+    if optional_bool(fields, "background")? == Some(true) {
+        return Err(GatewayError::invalid(
+            "background",
+            "unsupported_value",
+            "background responses are not supported: their usage could not be metered",
+        ));
+    }
+    match fields.get("conversation") {
+        None | Some(Value::Null) => Ok(()),
+        Some(_) => Err(GatewayError::invalid(
+            "conversation",
+            "unsupported_parameter",
+            "conversations are not supported; continue a response with 'previous_response_id'",
+        )),
     }
 }
 
@@ -257,6 +276,16 @@ mod tests {
                 r#"{"model":"m","input":"x","tools":[1]}"#,
                 "invalid_type",
                 "tools[0]",
+            ),
+            (
+                r#"{"model":"m","input":"x","background":true}"#,
+                "unsupported_value",
+                "background",
+            ),
+            (
+                r#"{"model":"m","input":"x","conversation":"conv_1"}"#,
+                "unsupported_parameter",
+                "conversation",
             ),
         ];
         for (body, code, param) in rows {
