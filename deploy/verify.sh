@@ -7,7 +7,9 @@
 #   3. a rolling restart under 50 streaming clients: each replica in turn gets SIGTERM, drains
 #      and is started again; no stream that had started may end without [DONE], and the
 #      requests that failed to start are counted and printed;
-#   4. x-request-id passes through both ways; X-Forwarded-For is believed only from the proxy.
+#   4. x-request-id passes through both ways; X-Forwarded-For is believed only from the proxy;
+#   5. a stored Responses API response made through one replica is continued and read back
+#      through the others (its home is in Redis).
 # Every wait is bounded; every process is stopped by PID at the end.
 #
 #   deploy/verify.sh [path/to/sluicegate]     (default target/debug/sluicegate; needs nginx,
@@ -66,7 +68,7 @@ api_keys:
   - {id: verify-limited, sha256: $("$bin" hash-key "$limited"), tier: limited}
 models:
   - {name: mock-gpt, backends: [{name: paced, kind: openai, base_url: "http://127.0.0.1:$mock_port/v1"}]}
-  - {name: mock-fast, backends: [{name: fast, kind: openai, base_url: "http://127.0.0.1:$fast_port/v1"}]}
+  - {name: mock-fast, backends: [{name: fast, kind: openai, base_url: "http://127.0.0.1:$fast_port/v1", apis: [chat, responses]}]}
 redis: {url: "redis://127.0.0.1:$redis_port", timeout: 2s, on_error: local}
 YAML
 }
@@ -161,6 +163,20 @@ via_proxy=$(client_of verify-xff-via-proxy); direct=$(client_of verify-xff-direc
 echo "forwarding: through nginx the client is '$via_proxy', directly '$direct' (both sent a forged 203.0.113.66)"
 [ "$via_proxy" = "127.0.0.2" ] || fail "through nginx the logged client was '$via_proxy'"
 [ "$direct" = "127.0.0.2" ] || fail "a direct client named itself '$direct'"
+
+# 5. Stored responses are known to every replica: made through one, continued and read back
+# through the others (nginx spreads the requests), each follow-up on the backend that stored it.
+responses() { curl -s -H "authorization: Bearer $key" -H 'content-type: application/json' "$@"; }
+first=$(responses -d '{"model":"mock-fast","input":"remember 7"}' "$base/v1/responses" \
+  | python3 -c 'import json, sys; print(json.load(sys.stdin)["id"])') || fail "no stored response was made"
+for turn in 1 2 3 4 5 6; do
+  code=$(responses -o /dev/null -w '%{http_code}' \
+    -d "{\"model\":\"mock-fast\",\"input\":\"turn $turn\",\"previous_response_id\":\"$first\"}" "$base/v1/responses")
+  [ "$code" = 200 ] || fail "follow-up $turn of a stored response got $code"
+  code=$(responses -o /dev/null -w '%{http_code}' "$base/v1/responses/$first")
+  [ "$code" = 200 ] || fail "reading the stored response back got $code"
+done
+echo "responses: a stored response continued and read back 6 times through the three replicas"
 
 # 3. Rolling restart under 50 streaming clients.
 mkdir -p "$work/clients"
