@@ -53,7 +53,8 @@ pub fn refuse_untranslatable(fields: &Map<String, Value>) -> Result<(), GatewayE
 /// name}` -> `{type:"function",function:{name}}`, and parallel_tool_calls kept (chat refuses
 /// both without tools); text.format json_object/json_schema -> response_format; temperature,
 /// top_p, user kept; reasoning.effort -> reasoning_effort; top_logprobs above 0 ->
-/// logprobs:true + top_logprobs; `max_tokens` = output_cap; when stream, `stream: true` and
+/// logprobs:true + top_logprobs; `max_tokens` = output_cap (`max_completion_tokens` with a
+/// reasoning effort, as reasoning models require); when stream, `stream: true` and
 /// `stream_options: {include_usage: true}`.
 ///
 /// Called only after refuse_untranslatable passed and the caller validated the basic types
@@ -76,12 +77,15 @@ pub fn chat_body(
             body.insert(name.into(), value.clone());
         }
     }
+    // Reasoning models take their cap only as `max_completion_tokens` on chat completions.
+    let mut cap_field = "max_tokens";
     if let Some(effort) = fields
         .get("reasoning")
         .and_then(|r| r.get("effort"))
         .filter(|e| e.is_string())
     {
         body.insert("reasoning_effort".into(), effort.clone());
+        cap_field = "max_completion_tokens";
     }
     if let Some(top) = fields
         .get("top_logprobs")
@@ -90,7 +94,7 @@ pub fn chat_body(
         body.insert("logprobs".into(), true.into());
         body.insert("top_logprobs".into(), top.clone());
     }
-    body.insert("max_tokens".into(), output_cap.into());
+    body.insert(cap_field.into(), output_cap.into());
     if stream {
         body.insert("stream".into(), true.into());
         body.insert("stream_options".into(), json!({"include_usage": true}));
@@ -435,7 +439,7 @@ mod tests {
             ),
             (
                 json!({"reasoning": {"effort": "low", "summary": "auto"}}),
-                json!({"reasoning_effort": "low"}),
+                json!({"reasoning_effort": "low", "max_completion_tokens": 64}),
             ),
             (json!({"reasoning": {"effort": null}}), json!({})),
             (
