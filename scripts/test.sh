@@ -15,6 +15,8 @@ command -v npm >/dev/null 2>&1 || apt_packages+=(nodejs npm)
 command -v prometheus >/dev/null 2>&1 || apt_packages+=(prometheus)
 command -v nginx >/dev/null 2>&1 || apt_packages+=(nginx-light)
 command -v curl >/dev/null 2>&1 || apt_packages+=(curl)
+# The system roots an https:// backend trusts unless it names its CA.
+[ -e /etc/ssl/certs/ca-certificates.crt ] || apt_packages+=(ca-certificates)
 if [ ${#apt_packages[@]} -gt 0 ]; then
   echo "installing: ${apt_packages[*]}"
   export DEBIAN_FRONTEND=noninteractive

@@ -21,7 +21,7 @@
 //! - [`limits`]: requests/min, tokens/min and concurrent streams per key (token buckets).
 //! - [`openai`]: the wire format: request validation, chunk and response rewriting, errors.
 //! - [`sse`]: decoder, encoder and the pull-based relay.
-//! - [`upstream`]: backends (inline HTTP/1.1, reqwest for TLS, the mock), pools with circuit
+//! - [`upstream`]: backends (the inline HTTP/1.1 client, over rustls for TLS; the mock), pools with circuit
 //!   breakers, and the attempt loop.
 //! - [`affinity`]: response id -> the backend that stored it (Redis, or in process).
 //! - [`settle`]: the request guard: settlement, access log, request metrics and spans.

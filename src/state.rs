@@ -15,7 +15,6 @@ use crate::settle::StallWatch;
 use crate::telemetry::traces::{ExporterError, Tracing};
 use crate::telemetry::usage::UsageLedger;
 use crate::telemetry::usage::redis::RedisUsage;
-use crate::upstream::http_client;
 use crate::upstream::pool::ModelTable;
 
 #[derive(Debug)]
@@ -49,8 +48,8 @@ pub struct AppState {
 /// Why the runtime could not be built from a valid configuration.
 #[derive(Debug, thiserror::Error)]
 pub enum BuildError {
-    #[error("cannot build the upstream HTTP client: {0}")]
-    HttpClient(#[from] reqwest::Error),
+    #[error("cannot set up TLS to a backend: {0}")]
+    Tls(#[from] crate::upstream::tls::TlsSetupError),
     #[error("cannot build the Redis client: {0}")]
     Redis(#[from] fred::error::Error),
     #[error(transparent)]
@@ -61,7 +60,6 @@ pub enum BuildError {
 
 impl AppState {
     pub fn build(config: &Config) -> Result<Arc<Self>, BuildError> {
-        let http = http_client(&config.upstream)?;
         let limiter = Arc::new(limiter(config)?);
         let store = match (limiter.redis(), &config.redis) {
             (Some((pool, prefix)), Some(redis)) => {
@@ -88,7 +86,7 @@ impl AppState {
             upstream: config.upstream.clone(),
             stream: config.stream.clone(),
             auth: Authenticator::new(config, store)?,
-            models: ModelTable::new(&config.models, &http, &config.upstream),
+            models: ModelTable::new(&config.models, &config.upstream)?,
             admission: Admission::new(config.server.max_concurrent_requests.get()),
             limiter,
             affinity,

@@ -191,6 +191,23 @@ pub struct BackendFile {
     pub max_inflight: Option<usize>,
     /// The OpenAI APIs it serves; absent = `[chat]`.
     pub apis: Option<Vec<super::Api>>,
+    /// TLS settings of an `https://` backend.
+    pub tls: Option<TlsFile>,
+}
+
+/// Whom an `https://` backend's connections trust, who the gateway is to it, and the name its
+/// certificate must carry. All optional.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsFile {
+    /// PEM CA certificates: trusted instead of the system's roots.
+    pub ca_file: Option<std::path::PathBuf>,
+    /// PEM certificate chain the gateway presents (with `client_key_file`).
+    pub client_cert_file: Option<std::path::PathBuf>,
+    /// PEM private key of that certificate.
+    pub client_key_file: Option<std::path::PathBuf>,
+    /// The name the backend's certificate must carry, when not the base URL's host.
+    pub server_name: Option<String>,
 }
 
 fn one() -> u32 {

@@ -10,6 +10,7 @@ mod file;
 mod jwt;
 mod models;
 mod telemetry;
+mod tls;
 mod validate;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -248,8 +249,37 @@ pub enum BackendKind {
         /// Absolute http(s) URL ending in `/`, so joining `chat/completions` keeps its path.
         base_url: String,
         api_key: Option<Secret>,
+        /// TLS settings of an `https://` backend (the system's roots when absent).
+        tls: Option<TlsConfig>,
     },
     Mock(MockConfig),
+}
+
+/// A backend's TLS settings, read and parsed from their PEM files at start.
+#[derive(Debug, Clone, Default)]
+pub struct TlsConfig {
+    /// Trusted instead of the system's roots.
+    pub ca: Option<Vec<rustls::pki_types::CertificateDer<'static>>>,
+    /// Presented to a backend that asks for a client certificate.
+    pub client: Option<ClientIdentity>,
+    /// The name the backend's certificate must carry (the base URL's host when absent).
+    pub server_name: Option<String>,
+}
+
+/// A client certificate chain and its key; `Debug` never shows the key.
+#[derive(Clone)]
+pub struct ClientIdentity {
+    pub chain: Vec<rustls::pki_types::CertificateDer<'static>>,
+    pub key: std::sync::Arc<rustls::pki_types::PrivateKeyDer<'static>>,
+}
+
+impl fmt::Debug for ClientIdentity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ClientIdentity")
+            .field("chain", &self.chain.len())
+            .field("key", &"[redacted]")
+            .finish()
+    }
 }
 
 /// The scripted answer of the in-process mock backend.

@@ -114,18 +114,31 @@ fn backend(
             let base_url = file.base_url.ok_or_else(|| {
                 ConfigError::invalid(format!("{path}.base_url"), "required for `kind: openai`")
             })?;
+            let base_url = base_url_with_slash(&base_url, &format!("{path}.base_url"))?;
+            let tls = match file.tls {
+                Some(_) if !base_url.starts_with("https://") => {
+                    return Err(ConfigError::invalid(
+                        format!("{path}.tls"),
+                        "only for an https:// base_url",
+                    ));
+                }
+                Some(tls) => Some(super::tls::tls(tls, &format!("{path}.tls"))?),
+                None => None,
+            };
             BackendKind::OpenAi {
-                base_url: base_url_with_slash(&base_url, &format!("{path}.base_url"))?,
+                base_url,
                 api_key: file
                     .api_key_env
                     .map(|var| secret_from_env(&var, path))
                     .transpose()?,
+                tls,
             }
         }
         BackendKindFile::Mock => {
             for (field, set) in [
                 ("base_url", file.base_url.is_some()),
                 ("api_key_env", file.api_key_env.is_some()),
+                ("tls", file.tls.is_some()),
             ] {
                 if set {
                     return Err(ConfigError::invalid(

@@ -4,7 +4,6 @@
 pub mod breaker;
 pub mod health;
 mod http1;
-mod https;
 pub mod mock;
 mod mock_embeddings;
 mod mock_responses;
@@ -13,6 +12,7 @@ pub mod pool;
 mod rejection;
 pub mod retry;
 mod retry_after;
+pub mod tls;
 
 use std::borrow::Cow;
 use std::pin::Pin;
@@ -25,8 +25,7 @@ use crate::config::{Api, Apis, BackendConfig, BackendKind, UpstreamConfig};
 use crate::error::GatewayError;
 use crate::openai::responses::ResponseId;
 use crate::telemetry::traces::TraceHeaders;
-
-pub use https::http_client;
+use tls::TlsSetupError;
 
 /// The body of a successful upstream response: SSE bytes for streams, JSON otherwise.
 pub type ByteStream = Pin<Box<dyn Stream<Item = Result<Bytes, GatewayError>> + Send>>;
@@ -93,46 +92,49 @@ pub struct Backend {
     pub health: health::BackendHealth,
 }
 
-/// How a backend is reached: plain HTTP through the inline client, TLS through reqwest, or
-/// the in-process mock.
+/// How a backend is reached: the inline HTTP/1.1 client (over TLS for `https://`), or the
+/// in-process mock.
 #[derive(Debug)]
 enum Transport {
     Http1(http1::Http1Backend),
-    Https(https::HttpsBackend),
     Mock(mock::MockBackend),
 }
 
 impl Backend {
+    /// Fails only when an `https://` backend's TLS settings cannot be built.
     pub fn new(
         model: &str,
         config: &BackendConfig,
-        http: &reqwest::Client,
         timeouts: &UpstreamConfig,
-    ) -> Self {
+    ) -> Result<Self, TlsSetupError> {
         let transport = match &config.kind {
-            BackendKind::OpenAi { base_url, api_key } => {
+            BackendKind::OpenAi {
+                base_url,
+                api_key,
+                tls,
+            } => {
                 let url = reqwest::Url::parse(base_url).expect("invariant: base_url was validated");
-                if url.scheme() == "http" {
-                    Transport::Http1(http1::Http1Backend::new(
-                        &config.name,
-                        &url,
-                        api_key.as_ref(),
-                        timeouts,
-                    ))
-                } else {
-                    Transport::Https(https::HttpsBackend::new(
-                        http.clone(),
-                        base_url,
-                        api_key.as_ref(),
-                        timeouts.max_retry_after,
-                    ))
-                }
+                let tls = match url.scheme() {
+                    "https" => {
+                        let host = url.host_str().unwrap_or_default();
+                        let host = host.trim_start_matches('[').trim_end_matches(']');
+                        Some(tls::target(&config.name, host, tls.as_ref())?)
+                    }
+                    _ => None,
+                };
+                Transport::Http1(http1::Http1Backend::new(
+                    &config.name,
+                    &url,
+                    api_key.as_ref(),
+                    tls,
+                    timeouts,
+                ))
             }
             BackendKind::Mock(script) => {
                 Transport::Mock(mock::MockBackend::new(*script, &config.upstream_model))
             }
         };
-        Self {
+        Ok(Self {
             model: model.to_owned(),
             name: config.name.clone(),
             upstream_model: config.upstream_model.clone(),
@@ -143,14 +145,13 @@ impl Backend {
                 &timeouts.breaker,
                 timeouts.first_byte_timeout,
             ),
-        }
+        })
     }
 
     /// Sends the request; resolves when the response headers arrived with a 2xx status.
     pub async fn send(&self, request: UpstreamRequest) -> Result<ByteStream, GatewayError> {
         match &self.transport {
             Transport::Http1(backend) => backend.send(request).await,
-            Transport::Https(backend) => backend.send(request).await,
             Transport::Mock(backend) => backend
                 .respond(&request.call, &request.body)
                 .map_err(|refusal| rejection::rejection(refusal.status, None, &refusal.body)),
@@ -161,7 +162,7 @@ impl Backend {
     pub fn reap_idle_connections(&self) {
         match &self.transport {
             Transport::Http1(backend) => backend.reap_idle(),
-            Transport::Https(_) | Transport::Mock(_) => {}
+            Transport::Mock(_) => {}
         }
     }
 
@@ -180,7 +181,7 @@ impl Backend {
     /// Whether the backend can produce `n` choices per request.
     pub fn supports_choices(&self, n: u64) -> bool {
         match &self.transport {
-            Transport::Http1(_) | Transport::Https(_) => true,
+            Transport::Http1(_) => true,
             Transport::Mock(_) => n == 1,
         }
     }

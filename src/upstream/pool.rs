@@ -10,6 +10,7 @@ use tokio::time::Instant;
 
 use super::Backend;
 use super::breaker::{Outcome, Permit, PermitKind};
+use super::tls::TlsSetupError;
 use crate::config::{Api, Model, Tokenizer, UpstreamConfig};
 use crate::error::GatewayError;
 use crate::telemetry::metrics;
@@ -290,15 +291,16 @@ pub struct ModelTable {
 }
 
 impl ModelTable {
-    pub fn new(models: &[Model], http: &reqwest::Client, timeouts: &UpstreamConfig) -> Self {
+    /// Fails only when an `https://` backend's TLS settings cannot be built.
+    pub fn new(models: &[Model], timeouts: &UpstreamConfig) -> Result<Self, TlsSetupError> {
         let by_name = models
             .iter()
             .map(|model| {
                 let backends = model
                     .backends
                     .iter()
-                    .map(|b| Arc::new(Backend::new(&model.name, b, http, timeouts)))
-                    .collect();
+                    .map(|b| Backend::new(&model.name, b, timeouts).map(Arc::new))
+                    .collect::<Result<_, _>>()?;
                 let pool = Pool {
                     name: model.name.clone(),
                     backends,
@@ -306,13 +308,13 @@ impl ModelTable {
                     hedge_after: model.hedge_after,
                     tokenizer: model.tokenizer,
                 };
-                (model.name.clone(), Arc::new(pool))
+                Ok((model.name.clone(), Arc::new(pool)))
             })
-            .collect();
-        Self {
+            .collect::<Result<_, TlsSetupError>>()?;
+        Ok(Self {
             by_name,
             names: models.iter().map(|m| m.name.clone()).collect(),
-        }
+        })
     }
 
     /// The tokenizers the models count with, each once.

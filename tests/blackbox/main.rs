@@ -27,6 +27,7 @@ mod sdk;
 mod secrets;
 mod shared_limits;
 mod shutdown;
+mod tls;
 mod traces;
 mod upstream_connections;
 mod upstream_failures;

@@ -1,14 +1,21 @@
-//! One upstream connection: connect, write a request, read the response head.
+//! One upstream connection: connect (TLS when asked), write a request, read the response head.
 
+use std::future::poll_fn;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
-
-use std::pin::pin;
 
 use bytes::{Buf, BytesMut};
 use http::StatusCode;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use rustls::pki_types::ServerName;
+use tokio::io::AsyncWrite;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
+use tokio_rustls::TlsConnector;
+use tokio_util::io::poll_read_buf;
+
+use super::io::Io;
 
 /// Largest response head accepted.
 const MAX_HEAD_BYTES: usize = 64 * 1024;
@@ -20,8 +27,33 @@ pub const READ_CHUNK: usize = 4 * 1024;
 /// A connection and the bytes read from it but not yet consumed.
 #[derive(Debug)]
 pub struct Conn {
-    pub io: TcpStream,
+    pub io: Io,
     pub buf: BytesMut,
+}
+
+/// How a backend's connections are secured: its TLS settings and the name its certificate
+/// must carry.
+#[derive(Clone)]
+pub struct TlsTarget {
+    pub connector: TlsConnector,
+    pub server_name: ServerName<'static>,
+}
+
+impl std::fmt::Debug for TlsTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsTarget")
+            .field("server_name", &self.server_name)
+            .finish_non_exhaustive()
+    }
+}
+
+impl TlsTarget {
+    pub fn new(config: Arc<rustls::ClientConfig>, server_name: ServerName<'static>) -> Self {
+        Self {
+            connector: TlsConnector::from(config),
+            server_name,
+        }
+    }
 }
 
 /// How the response body is delimited.
@@ -52,6 +84,9 @@ pub enum ExchangeError {
     Broken,
     /// The head was malformed, too large, or not an answer the gateway can relay.
     Malformed(&'static str),
+    /// The backend ended the TLS session with an alert (with TLS 1.3 a refused client
+    /// certificate shows only here, after the handshake seemed done); why, for the log.
+    Tls(String),
 }
 
 /// When a connection closed before any response byte, which says whether the backend can have
@@ -73,13 +108,29 @@ const RESEND_WINDOW: Duration = Duration::from_millis(50);
 const MAX_INFORMATIONAL: usize = 8;
 
 impl Conn {
-    pub async fn connect(host: &str, port: u16, timeout: Duration) -> Result<Self, ConnectError> {
-        let io = match tokio::time::timeout(timeout, TcpStream::connect((host, port))).await {
-            Ok(Ok(io)) => io,
-            Ok(Err(_)) => return Err(ConnectError::Refused),
-            Err(_) => return Err(ConnectError::TimedOut),
+    /// Connects to `host:port`, and with `tls` completes a handshake, all within `timeout`.
+    pub async fn connect(
+        host: &str,
+        port: u16,
+        tls: Option<&TlsTarget>,
+        timeout: Duration,
+    ) -> Result<Self, ConnectError> {
+        let connecting = async {
+            let tcp = TcpStream::connect((host, port))
+                .await
+                .map_err(|_| ConnectError::Refused)?;
+            let _ = tcp.set_nodelay(true);
+            let Some(tls) = tls else {
+                return Ok(Io::Plain(tcp));
+            };
+            match tls.connector.connect(tls.server_name.clone(), tcp).await {
+                Ok(stream) => Ok(Io::Tls(Box::new(stream))),
+                Err(error) => Err(ConnectError::Tls(handshake_failure(&error))),
+            }
         };
-        let _ = io.set_nodelay(true);
+        let io = tokio::time::timeout(timeout, connecting)
+            .await
+            .map_err(|_| ConnectError::TimedOut)??;
         Ok(Self {
             io,
             buf: BytesMut::new(),
@@ -90,15 +141,13 @@ impl Conn {
     /// the write, so a backend that answers early (a 413 while the body is still being sent)
     /// is heard; such an answer closes the connection afterwards.
     pub async fn exchange(&mut self, request: &[u8]) -> Result<Head, ExchangeError> {
-        let (mut reader, mut writer) = self.io.split();
-        let buf = &mut self.buf;
-        let mut write = pin!(writer.write_all(request));
+        let mut written = 0;
         let mut written_at: Option<Instant> = None;
         let mut write_failed = false;
         let mut received_any = false;
         let mut informational = 0;
         loop {
-            if let Some(mut head) = parse_head(buf)? {
+            if let Some(mut head) = parse_head(&mut self.buf)? {
                 if head.status == StatusCode::SWITCHING_PROTOCOLS {
                     return Err(ExchangeError::Malformed(
                         "unexpected 101 switching protocols",
@@ -114,44 +163,103 @@ impl Conn {
                 head.keep_alive &= written_at.is_some();
                 return Ok(head);
             }
-            if buf.len() >= MAX_HEAD_BYTES {
+            if self.buf.len() >= MAX_HEAD_BYTES {
                 return Err(ExchangeError::Malformed("the response head is too large"));
             }
-            buf.reserve(READ_CHUNK);
+            self.buf.reserve(READ_CHUNK);
             let writing = written_at.is_none() && !write_failed;
-            tokio::select! {
-                written = &mut write, if writing => match written {
-                    Ok(()) => written_at = Some(Instant::now()),
-                    Err(_) => write_failed = true,
-                },
-                read = reader.read_buf(buf) => match read {
-                    Ok(0) | Err(_) if !received_any => {
-                        let when = match written_at {
-                            None => EarlyClose::DuringWrite,
-                            Some(at) if at.elapsed() <= RESEND_WINDOW => EarlyClose::RightAfterWrite,
-                            Some(_) => EarlyClose::Later,
-                        };
-                        return Err(ExchangeError::ClosedEarly(when));
+            // The write goes on while the read waits; whichever moves first wakes the loop.
+            let progress = poll_fn(|cx| {
+                if writing {
+                    match write_some(&mut self.io, cx, &request[written..]) {
+                        Poll::Ready(Ok(0)) => return Poll::Ready(Progress::Written),
+                        Poll::Ready(Ok(n)) => {
+                            written += n;
+                            return Poll::Ready(Progress::Wrote);
+                        }
+                        Poll::Ready(Err(())) => return Poll::Ready(Progress::WriteFailed),
+                        Poll::Pending => {}
                     }
-                    Ok(0) | Err(_) => return Err(ExchangeError::Broken),
-                    Ok(_) => received_any = true,
-                },
+                }
+                poll_read_buf(Pin::new(&mut self.io), cx, &mut self.buf).map(Progress::Read)
+            })
+            .await;
+            match progress {
+                Progress::Wrote => {}
+                Progress::Written => written_at = Some(Instant::now()),
+                Progress::WriteFailed => write_failed = true,
+                Progress::Read(Err(error)) if tls_reason(&error).is_some() => {
+                    return Err(ExchangeError::Tls(tls_reason(&error).unwrap_or_default()));
+                }
+                Progress::Read(Ok(0) | Err(_)) if !received_any => {
+                    let when = match written_at {
+                        None => EarlyClose::DuringWrite,
+                        Some(at) if at.elapsed() <= RESEND_WINDOW => EarlyClose::RightAfterWrite,
+                        Some(_) => EarlyClose::Later,
+                    };
+                    return Err(ExchangeError::ClosedEarly(when));
+                }
+                Progress::Read(Ok(0) | Err(_)) => return Err(ExchangeError::Broken),
+                Progress::Read(Ok(_)) => received_any = true,
             }
         }
     }
 
     /// True when an idle connection is still open with nothing unexpected to read.
-    pub fn is_reusable(&self) -> bool {
+    pub fn is_reusable(&mut self) -> bool {
         let mut probe = [0u8; 1];
         self.buf.is_empty()
             && matches!(self.io.try_read(&mut probe), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ConnectError {
     Refused,
     TimedOut,
+    /// The TLS handshake failed; why, for the log (a wrong CA, an expired certificate, a name
+    /// that does not match, a client certificate refused).
+    Tls(String),
+}
+
+/// What a step of the exchange did.
+enum Progress {
+    /// Part of the request went out.
+    Wrote,
+    /// All of it went out (and was flushed).
+    Written,
+    WriteFailed,
+    Read(std::io::Result<usize>),
+}
+
+/// Writes some of `rest` (flushing once it is all out): `Ok(0)` when nothing is left.
+fn write_some(
+    io: &mut Io,
+    cx: &mut std::task::Context<'_>,
+    rest: &[u8],
+) -> Poll<Result<usize, ()>> {
+    if rest.is_empty() {
+        return Pin::new(io)
+            .poll_flush(cx)
+            .map(|r| r.map(|()| 0).map_err(drop));
+    }
+    match Pin::new(io).poll_write(cx, rest) {
+        Poll::Ready(Ok(0) | Err(_)) => Poll::Ready(Err(())),
+        other => other.map(|r| r.map_err(drop)),
+    }
+}
+
+/// Why a TLS handshake failed, in words for the log: rustls's own reason when it gave one.
+fn handshake_failure(error: &std::io::Error) -> String {
+    tls_reason(error).unwrap_or_else(|| error.to_string())
+}
+
+/// rustls's reason, when `error` carries one.
+fn tls_reason(error: &std::io::Error) -> Option<String> {
+    error
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+        .map(rustls::Error::to_string)
 }
 
 fn parse_head(buf: &mut BytesMut) -> Result<Option<Head>, ExchangeError> {

@@ -34,7 +34,7 @@ impl IdleConns {
             loop {
                 match conns.pop() {
                     None => break None,
-                    Some((conn, since)) if since.elapsed() < self.max_age => {
+                    Some((mut conn, since)) if since.elapsed() < self.max_age => {
                         if conn.is_reusable() {
                             break Some(conn);
                         }

@@ -12,6 +12,7 @@ mod body;
 mod chunked;
 mod conn;
 mod idle;
+mod io;
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -23,6 +24,7 @@ use crate::config::{Secret, UpstreamConfig};
 use crate::error::{GatewayError, TimeoutPhase};
 use crate::telemetry::metrics;
 use body::Body;
+pub use conn::TlsTarget;
 use conn::{Conn, ConnectError, EarlyClose, ExchangeError, Head};
 use idle::IdleConns;
 
@@ -39,17 +41,21 @@ pub struct Http1Backend {
     /// The base URL's path, ending in `/`: an API's path follows it.
     base_path: String,
     head_prefix: HeadPrefix,
+    /// For an `https://` backend: how its connections are secured.
+    tls: Option<TlsTarget>,
     connect_timeout: Duration,
     max_retry_after: Duration,
     idle: Arc<IdleConns>,
 }
 
 impl Http1Backend {
-    /// `base_url` is a validated `http://` URL ending in `/`.
+    /// `base_url` is a validated `http://` or `https://` URL ending in `/`; `tls` secures the
+    /// connections of an `https://` one.
     pub fn new(
         name: &str,
         base_url: &reqwest::Url,
         api_key: Option<&Secret>,
+        tls: Option<TlsTarget>,
         config: &UpstreamConfig,
     ) -> Self {
         let host = base_url.host_str().unwrap_or_default();
@@ -74,6 +80,7 @@ impl Http1Backend {
             port,
             base_path: base_url.path().to_owned(),
             head_prefix: HeadPrefix(head_prefix.into_bytes()),
+            tls,
             connect_timeout: config.connect_timeout,
             max_retry_after: config.max_retry_after,
             idle: Arc::new(IdleConns::new(
@@ -108,6 +115,7 @@ impl Http1Backend {
                 Err(ExchangeError::Malformed(detail)) => {
                     return Err(GatewayError::UpstreamProtocol { detail });
                 }
+                Err(ExchangeError::Tls(reason)) => return Err(self.tls_failed(&reason)),
             }
         }
     }
@@ -118,14 +126,27 @@ impl Http1Backend {
     }
 
     async fn connect(&self) -> Result<Conn, GatewayError> {
-        Conn::connect(&self.host, self.port, self.connect_timeout)
-            .await
-            .map_err(|error| match error {
-                ConnectError::Refused => GatewayError::UpstreamUnavailable,
-                ConnectError::TimedOut => GatewayError::UpstreamTimeout {
-                    phase: TimeoutPhase::Connect,
-                },
-            })
+        Conn::connect(
+            &self.host,
+            self.port,
+            self.tls.as_ref(),
+            self.connect_timeout,
+        )
+        .await
+        .map_err(|error| match error {
+            ConnectError::Refused => GatewayError::UpstreamUnavailable,
+            ConnectError::TimedOut => GatewayError::UpstreamTimeout {
+                phase: TimeoutPhase::Connect,
+            },
+            ConnectError::Tls(reason) => self.tls_failed(&reason),
+        })
+    }
+
+    /// A TLS session the backend or the gateway refused: logged with why, and (never having
+    /// carried a request) a 502 `upstream_unavailable` that counts against the breaker.
+    fn tls_failed(&self, reason: &str) -> GatewayError {
+        tracing::warn!(backend = %self.name, %reason, "TLS handshake with the backend failed");
+        GatewayError::UpstreamUnavailable
     }
 
     async fn respond(&self, conn: Conn, head: Head) -> Result<ByteStream, GatewayError> {

@@ -8,6 +8,7 @@ pub mod otlp;
 pub mod raw_upstream;
 pub mod redis;
 pub mod redis_cluster;
+pub mod tls;
 pub mod upstream;
 
 use std::future::Future;
