@@ -193,6 +193,10 @@ pub struct BackendFile {
     pub apis: Option<Vec<super::Api>>,
     /// TLS settings of an `https://` backend.
     pub tls: Option<TlsFile>,
+    /// Only for `kind: azure`: the deployment the model runs as.
+    pub deployment: Option<String>,
+    /// Only for `kind: azure`: the `api-version` every call names.
+    pub api_version: Option<String>,
 }
 
 /// Whom an `https://` backend's connections trust, who the gateway is to it, and the name its
@@ -218,6 +222,7 @@ fn one() -> u32 {
 #[serde(rename_all = "lowercase")]
 pub enum BackendKindFile {
     Openai,
+    Azure,
     Mock,
 }
 

@@ -245,7 +245,9 @@ impl Apis {
 
 #[derive(Debug, Clone)]
 pub enum BackendKind {
-    OpenAi {
+    /// A model server reached over HTTP(S), speaking `dialect`.
+    Http {
+        dialect: Dialect,
         /// Absolute http(s) URL ending in `/`, so joining `chat/completions` keeps its path.
         base_url: String,
         api_key: Option<Secret>,
@@ -253,6 +255,19 @@ pub enum BackendKind {
         tls: Option<TlsConfig>,
     },
     Mock(MockConfig),
+}
+
+/// The API flavour a backend speaks: its paths, how it takes its key, and its wire format.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Dialect {
+    /// OpenAI's (vLLM, llama.cpp, LiteLLM, OpenAI itself): `Authorization: Bearer`.
+    OpenAi,
+    /// Azure OpenAI: `openai/deployments/{deployment}/{api}?api-version={api_version}` under
+    /// the resource endpoint, the key in `api-key`; OpenAI's wire format.
+    Azure {
+        deployment: String,
+        api_version: String,
+    },
 }
 
 /// A backend's TLS settings, read and parsed from their PEM files at start.

@@ -2,6 +2,7 @@
 
 use std::num::NonZeroU32;
 
+use super::Dialect;
 use super::file::{BackendFile, BackendKindFile, ModelFile};
 use super::validate::{MAX_DURATION, at_most, non_zero, positive, unique};
 use tiktoken_rs::tokenizer::get_tokenizer;
@@ -104,15 +105,19 @@ fn backend(
     default_upstream_model: &str,
 ) -> Result<BackendConfig, ConfigError> {
     let kind = match file.kind {
-        BackendKindFile::Openai => {
+        BackendKindFile::Openai | BackendKindFile::Azure => {
             if file.mock.is_some() {
                 return Err(ConfigError::invalid(
                     format!("{path}.mock"),
                     "only allowed with `kind: mock`",
                 ));
             }
+            let dialect = dialect(&file, path)?;
             let base_url = file.base_url.ok_or_else(|| {
-                ConfigError::invalid(format!("{path}.base_url"), "required for `kind: openai`")
+                ConfigError::invalid(
+                    format!("{path}.base_url"),
+                    "required for a backend reached over HTTP",
+                )
             })?;
             let base_url = base_url_with_slash(&base_url, &format!("{path}.base_url"))?;
             let tls = match file.tls {
@@ -125,7 +130,8 @@ fn backend(
                 Some(tls) => Some(super::tls::tls(tls, &format!("{path}.tls"))?),
                 None => None,
             };
-            BackendKind::OpenAi {
+            BackendKind::Http {
+                dialect,
                 base_url,
                 api_key: file
                     .api_key_env
@@ -139,6 +145,8 @@ fn backend(
                 ("base_url", file.base_url.is_some()),
                 ("api_key_env", file.api_key_env.is_some()),
                 ("tls", file.tls.is_some()),
+                ("deployment", file.deployment.is_some()),
+                ("api_version", file.api_version.is_some()),
             ] {
                 if set {
                     return Err(ConfigError::invalid(
@@ -169,6 +177,9 @@ fn backend(
         }
     };
     let apis = apis(file.apis, path)?;
+    if let BackendKind::Http { dialect, .. } = &kind {
+        served_by(dialect, apis, path)?;
+    }
     Ok(BackendConfig {
         name: file.name,
         upstream_model: file
@@ -183,6 +194,61 @@ fn backend(
             .transpose()?,
         apis,
     })
+}
+
+/// The dialect of a backend reached over HTTP; `deployment` and `api_version` are Azure's
+/// (both required there, path-safe), and only Azure's.
+fn dialect(file: &BackendFile, path: &str) -> Result<Dialect, ConfigError> {
+    let azure = file.kind == BackendKindFile::Azure;
+    let field = |name: &str, value: &Option<String>| -> Result<Option<String>, ConfigError> {
+        let path = format!("{path}.{name}");
+        match value {
+            None if azure => Err(ConfigError::invalid(path, "required for `kind: azure`")),
+            None => Ok(None),
+            Some(_) if !azure => Err(ConfigError::invalid(path, "only for `kind: azure`")),
+            Some(v)
+                if v.is_empty()
+                    || !v
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)) =>
+            {
+                Err(ConfigError::invalid(
+                    path,
+                    "letters, digits, '-', '_' and '.' only",
+                ))
+            }
+            Some(v) => Ok(Some(v.clone())),
+        }
+    };
+    let deployment = field("deployment", &file.deployment)?;
+    let api_version = field("api_version", &file.api_version)?;
+    Ok(match (file.kind, deployment, api_version) {
+        (BackendKindFile::Azure, Some(deployment), Some(api_version)) => Dialect::Azure {
+            deployment,
+            api_version,
+        },
+        _ => Dialect::OpenAi,
+    })
+}
+
+/// Refuses an API the dialect has no route for: Azure's deployments serve chat, embeddings and
+/// legacy completions.
+fn served_by(dialect: &Dialect, apis: Apis, path: &str) -> Result<(), ConfigError> {
+    let (allowed, message) = match dialect {
+        Dialect::OpenAi => return Ok(()),
+        Dialect::Azure { .. } => (
+            [Api::Chat, Api::Embeddings, Api::Completions].as_slice(),
+            "`kind: azure` serves chat, embeddings and completions",
+        ),
+    };
+    let all = [Api::Chat, Api::Responses, Api::Embeddings, Api::Completions];
+    if all
+        .iter()
+        .any(|api| apis.contains(*api) && !allowed.contains(api))
+    {
+        return Err(ConfigError::invalid(format!("{path}.apis"), message));
+    }
+    Ok(())
 }
 
 /// A backend's `apis`: chat completions when absent; never empty, no API twice.

@@ -409,7 +409,7 @@ mod tests {
         let backend = &config.models[0].backends[0];
         assert_eq!(backend.upstream_model, "m");
         match &backend.kind {
-            crate::config::BackendKind::OpenAi { base_url, .. } => {
+            crate::config::BackendKind::Http { base_url, .. } => {
                 assert_eq!(base_url, "http://h:8000/v1/")
             }
             other => panic!("expected an openai backend, got {other:?}"),

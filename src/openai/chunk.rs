@@ -188,6 +188,23 @@ mod tests {
     }
 
     #[test]
+    fn azures_filter_chunks_pass_and_its_usage_is_read() {
+        let (out, usage) = run("azure-chat.sse", false);
+        let sent: Vec<&str> = out
+            .iter()
+            .map(|e| e.as_ref().expect("no errors").as_str())
+            .collect();
+        assert_eq!(sent.len(), 7, "the usage chunk dropped: {sent:#?}");
+        assert!(
+            sent[0].contains("prompt_filter_results") && sent[0].contains(r#""model":"alias""#),
+            "the prompt filter chunk passes, in the client's names: {}",
+            sent[0]
+        );
+        assert!(sent[4].contains(r#""content":" Azure — ok""#));
+        assert_eq!(usage.map(|u| u.total_tokens), Some(12));
+    }
+
+    #[test]
     fn usage_chunk_kept_when_asked_and_in_band_errors_end_the_stream() {
         let (out, _) = run("openai-chat.sse", true);
         assert_eq!(out.len(), 6, "usage chunk forwarded");

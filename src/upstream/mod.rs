@@ -108,7 +108,8 @@ impl Backend {
         timeouts: &UpstreamConfig,
     ) -> Result<Self, TlsSetupError> {
         let transport = match &config.kind {
-            BackendKind::OpenAi {
+            BackendKind::Http {
+                dialect,
                 base_url,
                 api_key,
                 tls,
@@ -125,6 +126,7 @@ impl Backend {
                 Transport::Http1(http1::Http1Backend::new(
                     &config.name,
                     &url,
+                    dialect,
                     api_key.as_ref(),
                     tls,
                     timeouts,

@@ -5,6 +5,7 @@ mod support;
 
 mod admission;
 mod auth;
+mod azure;
 mod backpressure;
 mod bad_requests;
 mod breaker_outcomes;

@@ -19,8 +19,8 @@ use std::time::{Duration, SystemTime};
 
 use super::rejection::{ERROR_BODY_TIMEOUT, MAX_ERROR_BODY_BYTES, passes_through, rejection};
 use super::retry_after::requested_wait;
-use super::{ByteStream, UpstreamRequest};
-use crate::config::{Secret, UpstreamConfig};
+use super::{ByteStream, Call, UpstreamRequest};
+use crate::config::{Dialect, Secret, UpstreamConfig};
 use crate::error::{GatewayError, TimeoutPhase};
 use crate::telemetry::metrics;
 use body::Body;
@@ -40,6 +40,8 @@ pub struct Http1Backend {
     /// Everything of the request head that is the same for every request.
     /// The base URL's path, ending in `/`: an API's path follows it.
     base_path: String,
+    /// Its paths and how it takes its key.
+    dialect: Dialect,
     head_prefix: HeadPrefix,
     /// For an `https://` backend: how its connections are secured.
     tls: Option<TlsTarget>,
@@ -54,6 +56,7 @@ impl Http1Backend {
     pub fn new(
         name: &str,
         base_url: &reqwest::Url,
+        dialect: &Dialect,
         api_key: Option<&Secret>,
         tls: Option<TlsTarget>,
         config: &UpstreamConfig,
@@ -69,7 +72,11 @@ impl Http1Backend {
             env!("CARGO_PKG_VERSION")
         );
         if let Some(key) = api_key {
-            head_prefix.push_str(&format!("authorization: Bearer {}\r\n", key.expose()));
+            let header = match dialect {
+                Dialect::OpenAi => format!("authorization: Bearer {}\r\n", key.expose()),
+                Dialect::Azure { .. } => format!("api-key: {}\r\n", key.expose()),
+            };
+            head_prefix.push_str(&header);
         }
         Self {
             name: name.to_owned(),
@@ -79,6 +86,7 @@ impl Http1Backend {
                 .to_owned(),
             port,
             base_path: base_url.path().to_owned(),
+            dialect: dialect.clone(),
             head_prefix: HeadPrefix(head_prefix.into_bytes()),
             tls,
             connect_timeout: config.connect_timeout,
@@ -181,15 +189,11 @@ impl Http1Backend {
         };
         let prefix = &self.head_prefix.0;
         let mut wire = Vec::with_capacity(prefix.len() + request.body.len() + 192);
-        for part in [
-            request.call.method().as_str(),
-            " ",
-            &self.base_path,
-            &request.call.path(),
-            " HTTP/1.1\r\n",
-        ] {
+        for part in [request.call.method().as_str(), " ", &self.base_path] {
             wire.extend_from_slice(part.as_bytes());
         }
+        self.put_path(&request.call, &mut wire);
+        wire.extend_from_slice(b" HTTP/1.1\r\n");
         wire.extend_from_slice(prefix);
         wire.extend_from_slice(
             format!(
@@ -209,6 +213,33 @@ impl Http1Backend {
         wire.extend_from_slice(b"\r\n");
         wire.extend_from_slice(&request.body);
         wire
+    }
+}
+
+impl Http1Backend {
+    /// Appends the path of `call` under the base path, in the backend's dialect.
+    fn put_path(&self, call: &Call, wire: &mut Vec<u8>) {
+        match (&self.dialect, call) {
+            (
+                Dialect::Azure {
+                    deployment,
+                    api_version,
+                },
+                Call::Create(api),
+            ) => {
+                for part in [
+                    "openai/deployments/",
+                    deployment,
+                    "/",
+                    api.path(),
+                    "?api-version=",
+                    api_version,
+                ] {
+                    wire.extend_from_slice(part.as_bytes());
+                }
+            }
+            _ => wire.extend_from_slice(call.path().as_bytes()),
+        }
     }
 }
 
