@@ -223,6 +223,7 @@ fn one() -> u32 {
 pub enum BackendKindFile {
     Openai,
     Azure,
+    Anthropic,
     Mock,
 }
 

@@ -268,6 +268,9 @@ pub enum Dialect {
         deployment: String,
         api_version: String,
     },
+    /// Anthropic's Messages API (`messages`, `x-api-key`, `anthropic-version`), translated to
+    /// and from chat completions.
+    Anthropic,
 }
 
 /// A backend's TLS settings, read and parsed from their PEM files at start.

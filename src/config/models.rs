@@ -105,7 +105,7 @@ fn backend(
     default_upstream_model: &str,
 ) -> Result<BackendConfig, ConfigError> {
     let kind = match file.kind {
-        BackendKindFile::Openai | BackendKindFile::Azure => {
+        BackendKindFile::Openai | BackendKindFile::Azure | BackendKindFile::Anthropic => {
             if file.mock.is_some() {
                 return Err(ConfigError::invalid(
                     format!("{path}.mock"),
@@ -227,12 +227,13 @@ fn dialect(file: &BackendFile, path: &str) -> Result<Dialect, ConfigError> {
             deployment,
             api_version,
         },
+        (BackendKindFile::Anthropic, _, _) => Dialect::Anthropic,
         _ => Dialect::OpenAi,
     })
 }
 
 /// Refuses an API the dialect has no route for: Azure's deployments serve chat, embeddings and
-/// legacy completions.
+/// legacy completions; Anthropic's Messages API serves chat completions (translated).
 fn served_by(dialect: &Dialect, apis: Apis, path: &str) -> Result<(), ConfigError> {
     let (allowed, message) = match dialect {
         Dialect::OpenAi => return Ok(()),
@@ -240,6 +241,7 @@ fn served_by(dialect: &Dialect, apis: Apis, path: &str) -> Result<(), ConfigErro
             [Api::Chat, Api::Embeddings, Api::Completions].as_slice(),
             "`kind: azure` serves chat, embeddings and completions",
         ),
+        Dialect::Anthropic => ([Api::Chat].as_slice(), "`kind: anthropic` serves chat only"),
     };
     let all = [Api::Chat, Api::Responses, Api::Embeddings, Api::Completions];
     if all

@@ -9,16 +9,17 @@ use hyper::body::Incoming;
 use super::json::json_response;
 use super::pipeline;
 use crate::body::Body;
+use crate::config::Dialect;
 use crate::error::GatewayError;
 use crate::openai::Metering;
-use crate::openai::chunk::ChunkRewriter;
+use crate::openai::anthropic::{MessagesToChunks, completion_from_message};
+use crate::openai::chunk::{ChatChunks, ChunkRewriter};
 use crate::openai::generation::Generation;
 use crate::openai::response::rewrite_completion;
 use crate::openai::tokens::{TokenCounter, completion_tokens};
 use crate::settle::RequestGuard;
 use crate::state::AppState;
 use crate::telemetry::traces::TraceHeaders;
-use crate::upstream::pool::Eligible;
 use crate::upstream::retry::Plan;
 use crate::upstream::{Backend, Call, UpstreamRequest};
 
@@ -49,40 +50,44 @@ pub async fn generate<R: Generation>(
         (estimate, chat.prompt_tokens_ceiling(estimate)),
         chat.choices(),
     );
+    let eligible = state
+        .models
+        .eligible(pool, R::API, || chat.untranslatable())?;
     let rate = pipeline::admit(state, guard, &principal, reserved).await?;
-    let plan = pipeline::plan(
-        state,
-        pool,
-        Eligible::api(R::API),
-        chat.is_safe_to_duplicate(),
-        guard,
-    );
+    let plan = pipeline::plan(state, pool, eligible, chat.is_safe_to_duplicate(), guard);
     let request_for = upstream_request(chat.clone(), output_cap, guard.request_id().as_arc());
     guard.mark_dispatched();
-    let mut response = if chat.stream() {
-        let meter = guard.meter_slot();
-        let asked = chat.clone();
-        let rewrite_for = move |_: &Backend| {
-            ChunkRewriter::new(asked.model(), asked.include_usage(), counter, meter)
+    let mut response =
+        if chat.stream() {
+            let meter = guard.meter_slot();
+            let asked = chat.clone();
+            let rewrite_for =
+                move |backend: &Backend| match backend.dialect {
+                    Dialect::Anthropic => ChatChunks::FromMessages(Box::new(
+                        MessagesToChunks::new(asked.model(), asked.include_usage(), counter, meter),
+                    )),
+                    Dialect::OpenAi | Dialect::Azure { .. } => ChatChunks::Relayed(
+                        ChunkRewriter::new(asked.model(), asked.include_usage(), counter, meter),
+                    ),
+                };
+            let response = pipeline::stream_answer(
+                state,
+                plan,
+                request_for,
+                rewrite_for,
+                pipeline::AsRelayed,
+                GatewayError::to_sse_event,
+                guard,
+            )
+            .await?;
+            guard.mark_stream_open();
+            response
+        } else {
+            let (response, metering) =
+                complete_reply(state, plan, request_for, chat.model(), counter, guard).await?;
+            *guard.meter_slot().lock().unwrap_or_else(|p| p.into_inner()) = metering;
+            response
         };
-        let response = pipeline::stream_answer(
-            state,
-            plan,
-            request_for,
-            rewrite_for,
-            pipeline::AsRelayed,
-            GatewayError::to_sse_event,
-            guard,
-        )
-        .await?;
-        guard.mark_stream_open();
-        response
-    } else {
-        let (response, metering) =
-            complete_reply(state, plan, request_for, chat.model(), counter, guard).await?;
-        *guard.meter_slot().lock().unwrap_or_else(|p| p.into_inner()) = metering;
-        response
-    };
     pipeline::finish(&mut response, &rate, !chat.stream(), guard);
     Ok(response)
 }
@@ -95,7 +100,7 @@ fn upstream_request<R: Generation>(
 ) -> impl Fn(&Backend) -> UpstreamRequest + Send + Sync + 'static {
     move |backend| UpstreamRequest {
         call: Call::Create(R::API),
-        body: chat.upstream_body(&backend.upstream_model, output_cap),
+        body: chat.body_for(&backend.dialect, &backend.upstream_model, output_cap),
         stream: chat.stream(),
         request_id: request_id.clone(),
         replayable: chat.is_safe_to_duplicate(),
@@ -117,7 +122,10 @@ async fn complete_reply(
         state,
         plan,
         request_for,
-        |_, body| rewrite_completion(body, model),
+        |backend, body| match backend.dialect {
+            Dialect::Anthropic => completion_from_message(body, model),
+            Dialect::OpenAi | Dialect::Azure { .. } => rewrite_completion(body, model),
+        },
         pipeline::MAX_COMPLETION_BYTES,
         guard,
     )

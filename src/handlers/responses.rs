@@ -79,7 +79,7 @@ pub async fn create(
             .models
             .route(pool, &eligible)
             .iter()
-            .any(|p| p.has(&native(None)));
+            .any(|p| p.has(&Eligible::native(Api::Responses)));
     let plan = pipeline::plan(state, pool, eligible, duplicable, guard);
     let request_for = upstream_request(asked.clone(), output_cap, guard.request_id().as_arc());
     let answering = Answering {
@@ -219,34 +219,18 @@ fn destination<'a>(
             )),
         };
     }
-    let Some(refusal) = asked.untranslatable() else {
-        return Ok((pool, Eligible::api(Api::Responses)));
-    };
-    let native = native(None);
-    if state
+    let eligible = state
         .models
-        .route(pool, &native)
-        .iter()
-        .any(|p| p.has(&native))
-    {
-        Ok((pool, native))
-    } else {
-        Err(refusal)
-    }
-}
-
-/// Backends that serve the Responses API themselves (only `backend`, when named).
-fn native(backend: Option<&str>) -> Eligible {
-    Eligible {
-        native_only: true,
-        backend: backend.map(Into::into),
-        ..Eligible::api(Api::Responses)
-    }
+        .eligible(pool, Api::Responses, || asked.untranslatable())?;
+    Ok((pool, eligible))
 }
 
 /// Only the backend that holds `owner`'s response.
 fn pinned(owner: &Owner) -> Eligible {
-    native(Some(&owner.backend))
+    Eligible {
+        backend: Some(owner.backend.as_str().into()),
+        ..Eligible::native(Api::Responses)
+    }
 }
 
 /// Builds each attempt's request: passed through to a backend that serves the Responses API,

@@ -102,6 +102,29 @@ impl Rewrite for ChunkRewriter {
     }
 }
 
+/// The rewrite of a chat stream: OpenAI's chunks relayed, or Anthropic's Messages events
+/// translated to them.
+#[derive(Debug)]
+#[expect(
+    clippy::large_enum_variant,
+    reason = "the common case stays inline (no allocation a stream); the rare translation is boxed"
+)]
+pub enum ChatChunks {
+    Relayed(ChunkRewriter),
+    FromMessages(Box<super::anthropic::MessagesToChunks>),
+}
+
+impl Rewrite for ChatChunks {
+    type Error = GatewayError;
+
+    fn on_event(&mut self, event: Event, out: &mut BytesMut) -> Result<Step, GatewayError> {
+        match self {
+            Self::Relayed(chunks) => chunks.on_event(event, out),
+            Self::FromMessages(messages) => messages.on_event(event, out),
+        }
+    }
+}
+
 impl Drop for ChunkRewriter {
     /// Leaves the metering for the request guard, which settles after the body is dropped.
     fn drop(&mut self) {

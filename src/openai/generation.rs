@@ -4,7 +4,7 @@
 use bytes::Bytes;
 
 use super::tokens::TokenCounter;
-use crate::config::Api;
+use crate::config::{Api, Dialect};
 use crate::error::GatewayError;
 
 /// A validated request for generated output, as the generating handler needs it.
@@ -40,6 +40,19 @@ pub trait Generation: Sized + Send + Sync + 'static {
 
     /// The body sent upstream: the backend's model, the output cap written, usage asked for.
     fn upstream_body(&self, upstream_model: &str, output_cap: u64) -> Bytes;
+
+    /// The body for a backend that speaks `dialect` (it differs from `upstream_body` only for
+    /// a dialect the request is translated to).
+    fn body_for(&self, dialect: &Dialect, upstream_model: &str, output_cap: u64) -> Bytes {
+        let _ = dialect;
+        self.upstream_body(upstream_model, output_cap)
+    }
+
+    /// Why a backend that needs the request translated cannot take it (`None`: it can). Asked
+    /// only when such a backend is on the request's route.
+    fn untranslatable(&self) -> Option<GatewayError> {
+        None
+    }
 
     /// Whether sending it twice costs only the work.
     fn is_safe_to_duplicate(&self) -> bool;

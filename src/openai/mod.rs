@@ -1,6 +1,7 @@
 //! The OpenAI wire format: requests, responses, stream chunks and error bodies.
 //! Invariant: `openai/` does no I/O; it turns bytes into checked values and back.
 
+pub mod anthropic;
 pub mod chunk;
 pub mod completions;
 pub mod embeddings;

@@ -10,7 +10,7 @@ use serde_json::{Map, Value};
 use super::fields::{check_well_known, missing, wrong_type};
 use super::generation::Generation;
 use super::tokens::TokenCounter;
-use crate::config::Api;
+use crate::config::{Api, Dialect};
 use crate::error::GatewayError;
 
 const ROLES: [&str; 6] = [
@@ -122,6 +122,24 @@ impl Generation for ChatRequest {
 
     fn upstream_body(&self, upstream_model: &str, output_cap: u64) -> Bytes {
         self.upstream_body(upstream_model, output_cap)
+    }
+
+    fn body_for(&self, dialect: &Dialect, upstream_model: &str, output_cap: u64) -> Bytes {
+        match dialect {
+            Dialect::Anthropic => super::anthropic::messages_body(
+                &self.fields,
+                upstream_model,
+                output_cap,
+                self.stream,
+            ),
+            Dialect::OpenAi | Dialect::Azure { .. } => {
+                self.upstream_body(upstream_model, output_cap)
+            }
+        }
+    }
+
+    fn untranslatable(&self) -> Option<GatewayError> {
+        super::anthropic::refuse_untranslatable(&self.fields).err()
     }
 
     fn is_safe_to_duplicate(&self) -> bool {

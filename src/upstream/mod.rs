@@ -21,7 +21,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use futures_util::Stream;
 
-use crate::config::{Api, Apis, BackendConfig, BackendKind, UpstreamConfig};
+use crate::config::{Api, Apis, BackendConfig, BackendKind, Dialect, UpstreamConfig};
 use crate::error::GatewayError;
 use crate::openai::responses::ResponseId;
 use crate::telemetry::traces::TraceHeaders;
@@ -87,6 +87,8 @@ pub struct Backend {
     pub upstream_model: String,
     /// The APIs it serves.
     pub apis: Apis,
+    /// The API flavour it speaks (the mock speaks OpenAI's).
+    pub dialect: Dialect,
     transport: Transport,
     /// Routing state: weight, in-flight count, breaker, 429 cool-down.
     pub health: health::BackendHealth,
@@ -141,6 +143,10 @@ impl Backend {
             name: config.name.clone(),
             upstream_model: config.upstream_model.clone(),
             apis: config.apis,
+            dialect: match &config.kind {
+                BackendKind::Http { dialect, .. } => dialect.clone(),
+                BackendKind::Mock(_) => Dialect::OpenAi,
+            },
             transport,
             health: health::BackendHealth::new(
                 config,
@@ -168,16 +174,19 @@ impl Backend {
         }
     }
 
-    /// Whether it serves `api`: itself, or for the Responses API through translation to chat
-    /// completions.
+    /// Whether it serves `api`: itself, or through translation (chat completions to
+    /// Anthropic's Messages API; the Responses API to a backend's OpenAI chat completions).
     pub fn serves(&self, api: Api) -> bool {
-        self.apis.contains(api) || (api == Api::Responses && self.apis.contains(Api::Chat))
+        self.apis.contains(api)
+            || (api == Api::Responses
+                && self.apis.contains(Api::Chat)
+                && self.dialect != Dialect::Anthropic)
     }
 
-    /// Whether it serves `api` itself (a Responses request to it is passed through, and its
-    /// stored responses live there).
+    /// Whether it serves `api` as asked, untranslated (a Responses request to it is passed
+    /// through, and its stored responses live there).
     pub fn native(&self, api: Api) -> bool {
-        self.apis.contains(api)
+        self.apis.contains(api) && !(api == Api::Chat && self.dialect == Dialect::Anthropic)
     }
 
     /// Whether the backend can produce `n` choices per request.

@@ -135,6 +135,14 @@ impl Eligible {
         }
     }
 
+    /// Backends that serve `api` as asked, untranslated.
+    pub fn native(api: Api) -> Self {
+        Self {
+            native_only: true,
+            ..Self::api(api)
+        }
+    }
+
     pub fn admits(&self, backend: &Backend) -> bool {
         let serves = if self.native_only {
             backend.native(self.api)
@@ -277,6 +285,13 @@ impl Pool {
         self.backends.iter().any(|b| eligible.admits(b))
     }
 
+    /// Whether any backend serves `api` only through translation.
+    fn translates(&self, api: Api) -> bool {
+        self.backends
+            .iter()
+            .any(|b| b.serves(api) && !b.native(api))
+    }
+
     /// Whether any backend serves `api` (itself or through translation).
     pub fn serves(&self, api: Api) -> bool {
         self.backends.iter().any(|b| b.serves(api))
@@ -367,6 +382,38 @@ impl ModelTable {
                     .cloned(),
             )
             .collect()
+    }
+
+    /// Which backends a request for `primary` on `api` may go to: any that serve it, unless
+    /// `untranslatable` (asked only when some backend on the route would translate it) says
+    /// why a translating backend cannot take it; then only those that serve it as asked, or,
+    /// when there are none, that refusal.
+    pub fn eligible(
+        &self,
+        primary: &Arc<Pool>,
+        api: Api,
+        untranslatable: impl FnOnce() -> Option<GatewayError>,
+    ) -> Result<Eligible, GatewayError> {
+        let route = || {
+            std::iter::once(primary).chain(
+                primary
+                    .fallbacks
+                    .iter()
+                    .filter_map(|name| self.by_name.get(name)),
+            )
+        };
+        if !route().any(|pool| pool.translates(api)) {
+            return Ok(Eligible::api(api));
+        }
+        let Some(refusal) = untranslatable() else {
+            return Ok(Eligible::api(api));
+        };
+        let native = Eligible::native(api);
+        if route().any(|pool| pool.has(&native)) {
+            Ok(native)
+        } else {
+            Err(refusal)
+        }
     }
 
     /// Model names in configured order.

@@ -4,6 +4,7 @@
 mod support;
 
 mod admission;
+mod anthropic;
 mod auth;
 mod azure;
 mod backpressure;

@@ -22,8 +22,9 @@ fn tool(var: &str, default: &str) -> PathBuf {
     path
 }
 
-/// The gateway both SDKs talk to, and the upstreams that drop mid-stream (chat, Responses).
-async fn sdk_gateway() -> (RunningBinary, [MockUpstream; 2]) {
+/// The gateway both SDKs talk to, the upstreams that drop mid-stream (chat, Responses), and
+/// the Anthropic-shaped one (a recorded Messages stream with a tool call).
+async fn sdk_gateway() -> (RunningBinary, [MockUpstream; 3]) {
     let dropping = MockUpstream::stream(10).drop_after(3).start().await;
     let golden = std::fs::read_to_string(format!(
         "{}/proto/openai-responses.sse",
@@ -39,6 +40,19 @@ async fn sdk_gateway() -> (RunningBinary, [MockUpstream; 2]) {
     })
     .start()
     .await;
+    let claude = MockUpstream::reply(Reply::Events {
+        pieces: vec![
+            std::fs::read_to_string(format!(
+                "{}/proto/anthropic-tools.sse",
+                env!("CARGO_MANIFEST_DIR")
+            ))
+            .expect("golden transcript"),
+        ],
+        cut: false,
+    })
+    .keep_alive()
+    .start()
+    .await;
     let yaml = format!(
         "server: {{listen: '127.0.0.1:0'}}\nlog: {{format: json}}\ntiers: {{basic: {{}}}}\n\
          models:\n  - {{name: test-model, backends: [{{name: mock, kind: mock, mock: {{tokens: 5, pace: 1ms}}, apis: [chat, responses, embeddings, completions]}}]}}\n  \
@@ -46,18 +60,20 @@ async fn sdk_gateway() -> (RunningBinary, [MockUpstream; 2]) {
          - {{name: slow-model, backends: [{{name: slow, kind: mock, mock: {{tokens: 400, pace: 10ms}}}}]}}\n  \
          - {{name: responses-model, backends: [{{name: m0, kind: mock, apis: [responses]}}, {{name: m1, kind: mock, apis: [responses]}}]}}\n  \
          - {{name: dropping-responses, backends: [{{name: dr, kind: openai, base_url: '{}', apis: [responses]}}]}}\n  \
-         - {{name: translated-model, backends: [{{name: chat-only, kind: mock, mock: {{tokens: 5, pace: 1ms}}}}]}}\n\
+         - {{name: translated-model, backends: [{{name: chat-only, kind: mock, mock: {{tokens: 5, pace: 1ms}}}}]}}\n  \
+         - {{name: claude-model, backends: [{{name: claude, kind: anthropic, base_url: '{}'}}]}}\n\
          api_keys:\n  - {{id: full, sha256: {}, tier: basic}}\n  - {{id: limited, sha256: {}, tier: basic, models: [other-model]}}\n  \
            - {{id: throttled, sha256: {}, tier: basic, limits: {{requests_per_minute: 1}}}}\n",
         dropping.base_url(),
         dropping_responses.base_url(),
+        claude.base_url(),
         sluicegate::auth::hash_key(KEY),
         sluicegate::auth::hash_key(OTHER_KEY),
         sluicegate::auth::hash_key(THROTTLED_KEY),
     );
     (
         RunningBinary::start(&yaml).await,
-        [dropping, dropping_responses],
+        [dropping, dropping_responses, claude],
     )
 }
 

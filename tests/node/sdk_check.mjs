@@ -6,7 +6,9 @@
 // 10 ms apart; `other-model` drops mid-stream and is the only model LIMITED_KEY may use;
 // THROTTLED_KEY may send one request a minute. `responses-model` is two mock backends, each
 // keeping its own stored responses; `dropping-responses` drops its Responses stream mid-way;
-// `translated-model` serves only chat completions, so the gateway translates the Responses API.
+// `translated-model` serves only chat completions, so the gateway translates the Responses API;
+// `claude-model` is an Anthropic-shaped backend answering with a recorded Messages stream that
+// calls a tool.
 // Exits non-zero on the first failed check.
 
 import assert from "node:assert/strict";
@@ -184,5 +186,16 @@ try {
   assert.ok(error instanceof OpenAI.APIError, `an APIError, got ${error}`);
   assert.match(String(error.message), /closed before the response was complete/);
 }
+
+// Claude behind the same endpoint: the SDK's stream helper assembles the translated tool call.
+const weather = [{ type: "function", function: { name: "get_weather", parameters: { type: "object" } } }];
+const claude = await client.chat.completions
+  .stream({ model: "claude-model", messages, tools: weather })
+  .finalChatCompletion();
+const said = claude.choices[0].message;
+assert.equal(said.content, "Let me check the weather in Paris.");
+assert.equal(said.tool_calls[0].function.name, "get_weather");
+assert.deepEqual(JSON.parse(said.tool_calls[0].function.arguments), { city: "Paris", unit: "celsius" });
+assert.equal(claude.choices[0].finish_reason, "tool_calls");
 
 console.log("node sdk ok");

@@ -6,10 +6,12 @@ Usage: sdk_check.py BASE_URL FULL_KEY LIMITED_KEY THROTTLED_KEY
 and is the only model LIMITED_KEY may use; THROTTLED_KEY may send one request a minute.
 `responses-model` is two mock backends, each keeping its own stored responses;
 `dropping-responses` drops its Responses stream mid-way; `translated-model` serves only chat
-completions, so the gateway translates the Responses API for it.
+completions, so the gateway translates the Responses API for it; `claude-model` is an
+Anthropic-shaped backend answering with a recorded Messages stream that calls a tool.
 Exits non-zero on the first failed check.
 """
 
+import json
 import sys
 
 import openai
@@ -59,6 +61,7 @@ assert [m.id for m in client.models.list()] == [
     "responses-model",
     "dropping-responses",
     "translated-model",
+    "claude-model",
 ]
 
 # Errors map to the SDK's exception classes.
@@ -172,5 +175,19 @@ except openai.APIError as error:
     assert "closed before the response was complete" in str(error), error
 else:
     raise AssertionError("a dropped Responses stream must raise")
+
+# Claude behind the same endpoint: Anthropic's Messages stream, translated, as the SDK reads it.
+weather = [{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}]
+said, name, arguments = "", None, ""
+for chunk in client.chat.completions.create(model="claude-model", messages=messages, tools=weather, stream=True):
+    if not chunk.choices:
+        continue
+    delta = chunk.choices[0].delta
+    said += delta.content or ""
+    for call in delta.tool_calls or []:
+        name = call.function.name or name
+        arguments += call.function.arguments or ""
+assert said == "Let me check the weather in Paris.", said
+assert name == "get_weather" and json.loads(arguments) == {"city": "Paris", "unit": "celsius"}, arguments
 
 print("sdk ok")

@@ -22,6 +22,7 @@ use super::retry_after::requested_wait;
 use super::{ByteStream, Call, UpstreamRequest};
 use crate::config::{Dialect, Secret, UpstreamConfig};
 use crate::error::{GatewayError, TimeoutPhase};
+use crate::openai::anthropic;
 use crate::telemetry::metrics;
 use body::Body;
 pub use conn::TlsTarget;
@@ -75,8 +76,15 @@ impl Http1Backend {
             let header = match dialect {
                 Dialect::OpenAi => format!("authorization: Bearer {}\r\n", key.expose()),
                 Dialect::Azure { .. } => format!("api-key: {}\r\n", key.expose()),
+                Dialect::Anthropic => format!("x-api-key: {}\r\n", key.expose()),
             };
             head_prefix.push_str(&header);
+        }
+        if *dialect == Dialect::Anthropic {
+            head_prefix.push_str(&format!(
+                "anthropic-version: {}\r\n",
+                anthropic::API_VERSION
+            ));
         }
         Self {
             name: name.to_owned(),
@@ -238,6 +246,7 @@ impl Http1Backend {
                     wire.extend_from_slice(part.as_bytes());
                 }
             }
+            (Dialect::Anthropic, Call::Create(_)) => wire.extend_from_slice(b"messages"),
             _ => wire.extend_from_slice(call.path().as_bytes()),
         }
     }
