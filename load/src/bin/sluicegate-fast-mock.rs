@@ -1,17 +1,20 @@
 //! The benchmarks' model upstream: an OpenAI-compatible chat completions server that costs
 //! next to nothing per request, so a direct run measures the load generator and the proxies,
 //! not the mock. Answers are rendered once at start; an unpaced stream leaves in one write, a
-//! paced one a token per write. Keep-alive, HTTP/1.1 only, for loopback benchmarks.
+//! paced one a token per write. Keep-alive, HTTP/1.1 only, for loopback benchmarks. With
+//! `--tls DIR` it serves TLS with a certificate for `localhost` signed by a CA it makes at
+//! start and writes to `DIR/ca.pem` (for the client to trust).
 //!
-//!   sluicegate-fast-mock --port 9000 [--tokens 16] [--pace 0ms]
+//!   sluicegate-fast-mock --port 9000 [--tokens 16] [--pace 0ms] [--tls DIR]
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
 
 #[derive(Parser, Debug)]
 struct Args {
@@ -22,6 +25,9 @@ struct Args {
     /// Time between tokens (`0ms`, `20ms`).
     #[arg(long, default_value = "0ms")]
     pace: String,
+    /// Serve TLS; the CA that signed the certificate is written to `DIR/ca.pem`.
+    #[arg(long, value_name = "DIR")]
+    tls: Option<std::path::PathBuf>,
 }
 
 /// The rendered answers.
@@ -91,19 +97,61 @@ async fn main() -> anyhow::Result<()> {
     let pace = parse_ms(&args.pace).context("--pace such as 0ms or 20ms")?;
     let answers = Arc::new(Answers::new(args.tokens, pace));
     let rendered = Arc::new([answers.unpaced(false), answers.unpaced(true)]);
+    let tls = args.tls.as_deref().map(acceptor).transpose()?;
     let listener = TcpListener::bind(("127.0.0.1", args.port)).await?;
-    println!("fast mock listening on http://127.0.0.1:{}/v1", args.port);
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    println!(
+        "fast mock listening on {scheme}://127.0.0.1:{}/v1",
+        args.port
+    );
     loop {
         let (socket, _) = listener.accept().await?;
-        let (answers, rendered) = (answers.clone(), rendered.clone());
+        let _ = socket.set_nodelay(true);
+        let (answers, rendered, tls) = (answers.clone(), rendered.clone(), tls.clone());
         #[expect(
             clippy::disallowed_methods,
             reason = "one task per benchmark connection; it ends with the connection"
         )]
         tokio::spawn(async move {
-            let _ = serve(socket, &answers, &rendered).await;
+            let _ = match tls {
+                Some(tls) => match tls.accept(socket).await {
+                    Ok(socket) => serve(socket, &answers, &rendered).await,
+                    Err(_) => Ok(()),
+                },
+                None => serve(socket, &answers, &rendered).await,
+            };
         });
     }
+}
+
+/// A TLS acceptor with a certificate for `localhost` signed by a new CA, whose certificate is
+/// written to `dir/ca.pem`.
+fn acceptor(dir: &std::path::Path) -> anyhow::Result<TlsAcceptor> {
+    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+    let mut ca = CertificateParams::new(Vec::<String>::new())?;
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    // Names of their own: with the same subject as its issuer, OpenSSL (nginx) would take the
+    // leaf for a self-signed certificate.
+    ca.distinguished_name
+        .push(rcgen::DnType::CommonName, "sluicegate bench CA");
+    let ca = CertifiedIssuer::self_signed(ca, KeyPair::generate()?)?;
+    let key = KeyPair::generate()?;
+    let mut leaf = CertificateParams::new(vec!["localhost".to_owned()])?;
+    leaf.distinguished_name
+        .push(rcgen::DnType::CommonName, "localhost");
+    let leaf = leaf.signed_by(&key, &ca)?;
+    std::fs::create_dir_all(dir)?;
+    std::fs::write(dir.join("ca.pem"), ca.pem())?;
+    let chain = vec![CertificateDer::from(leaf.der().to_vec())];
+    let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_no_client_auth()
+        .with_single_cert(chain, key)?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(TlsAcceptor::from(Arc::new(config)))
 }
 
 fn parse_ms(text: &str) -> Option<Duration> {
@@ -114,11 +162,10 @@ fn parse_ms(text: &str) -> Option<Duration> {
 }
 
 async fn serve(
-    mut socket: TcpStream,
+    mut socket: impl AsyncRead + AsyncWrite + Unpin,
     answers: &Answers,
     rendered: &[Vec<u8>; 2],
 ) -> anyhow::Result<()> {
-    let _ = socket.set_nodelay(true);
     let mut buf = Vec::with_capacity(8 * 1024);
     loop {
         // One request: its head, then as many body bytes as its content-length says.
@@ -148,8 +195,10 @@ async fn serve(
         let usage = compact.contains("\"include_usage\":true");
         if !stream {
             socket.write_all(&answers.json).await?;
+            socket.flush().await?;
         } else if answers.pace.is_zero() {
             socket.write_all(&rendered[usize::from(usage)]).await?;
+            socket.flush().await?;
         } else {
             socket.write_all(HEAD.as_bytes()).await?;
             for (i, event) in answers.events.iter().enumerate() {
@@ -157,17 +206,22 @@ async fn serve(
                     tokio::time::sleep(answers.pace).await;
                 }
                 socket.write_all(&chunk(event)).await?;
+                socket.flush().await?;
             }
             if usage {
                 socket.write_all(&chunk(&answers.usage_event)).await?;
             }
             socket.write_all(&chunk("data: [DONE]\n\n")).await?;
             socket.write_all(b"0\r\n\r\n").await?;
+            socket.flush().await?;
         }
     }
 }
 
-async fn read_more(socket: &mut TcpStream, buf: &mut Vec<u8>) -> anyhow::Result<usize> {
+async fn read_more(
+    socket: &mut (impl AsyncRead + Unpin),
+    buf: &mut Vec<u8>,
+) -> anyhow::Result<usize> {
     let start = buf.len();
     buf.resize(start + 8 * 1024, 0);
     let n = socket.read(&mut buf[start..]).await;
