@@ -228,6 +228,36 @@ mod tests {
     }
 
     #[test]
+    fn azures_golden_stream_is_the_same_at_every_split() {
+        let bytes = std::fs::read(format!(
+            "{}/proto/azure-chat.sse",
+            env!("CARGO_MANIFEST_DIR")
+        ))
+        .expect("golden exists");
+        let replay = |pieces: &[&[u8]]| {
+            let mut rewriter = ChunkRewriter::new("alias", true, o200k(), MeterSlot::default());
+            let mut decoder = Decoder::new(1 << 20);
+            let mut out = BytesMut::new();
+            for piece in pieces {
+                decoder.feed(piece);
+                while let Some(event) = decoder.next_event().expect("decodes") {
+                    rewriter.on_event(event, &mut out).expect("no errors");
+                }
+            }
+            out
+        };
+        let whole = replay(&[&bytes]);
+        assert!(whole.ends_with(b"data: [DONE]\n\n"));
+        for split in 0..=bytes.len() {
+            assert_eq!(
+                replay(&[&bytes[..split], &bytes[split..]]),
+                whole,
+                "split at {split}"
+            );
+        }
+    }
+
+    #[test]
     fn usage_chunk_kept_when_asked_and_in_band_errors_end_the_stream() {
         let (out, _) = run("openai-chat.sse", true);
         assert_eq!(out.len(), 6, "usage chunk forwarded");

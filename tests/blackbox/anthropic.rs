@@ -36,15 +36,6 @@ fn anthropic_pool(urls: &[String]) -> GatewayConfig {
     GatewayConfig::with_backend(backends.join(", "))
 }
 
-/// The chunks of a streamed answer, as JSON.
-fn chunks(text: &str) -> Vec<Value> {
-    text.split("\n\n")
-        .filter_map(|event| event.strip_prefix("data: "))
-        .filter(|data| *data != "[DONE]")
-        .map(|data| serde_json::from_str(data).expect("a JSON chunk"))
-        .collect()
-}
-
 #[tokio::test]
 async fn a_messages_stream_comes_back_as_chat_chunks_with_the_key_and_version_sent() {
     let upstream = MockUpstream::reply(replaying("anthropic-messages.sse"))
@@ -67,7 +58,7 @@ async fn a_messages_stream_comes_back_as_chat_chunks_with_the_key_and_version_se
     body["stop"] = json!("END");
     let text = chat_text(&gateway.base(), KEY, &body).await;
     assert!(text.ends_with("data: [DONE]\n\n"));
-    let chunks = chunks(&text);
+    let chunks = data_json(&text);
     assert_eq!(chunks[0]["choices"][0]["delta"]["role"], "assistant");
     assert!(chunks.iter().all(|c| c["model"] == "test-model"));
     assert_eq!(
@@ -111,7 +102,7 @@ async fn a_tool_call_streams_as_chat_tool_call_fragments_with_usage_when_asked()
     body["tools"] = json!([{"type": "function", "function": {"name": "get_weather",
         "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}]);
     let text = chat_text(&gateway.url(""), KEY, &body).await;
-    let chunks = chunks(&text);
+    let chunks = data_json(&text);
     let calls: Vec<&Value> = chunks
         .iter()
         .filter_map(|c| c["choices"][0]["delta"]["tool_calls"].get(0))
@@ -168,23 +159,7 @@ async fn a_whole_message_becomes_a_chat_completion_and_its_usage_is_charged() {
     assert_eq!(message["tool_calls"][0]["function"]["name"], "get_weather");
     assert_eq!(answer["choices"][0]["finish_reason"], "tool_calls");
     assert_eq!(answer["usage"]["completion_tokens"], 58);
-    let totals = within(ms(3000), "the usage totals", async {
-        loop {
-            let usage: Value = http()
-                .get(gateway.url("/usage?key=full"))
-                .send()
-                .await
-                .expect("answer")
-                .json()
-                .await
-                .expect("JSON");
-            if usage["keys"][0]["requests"] == 1 {
-                return usage["keys"][0].clone();
-            }
-            tokio::time::sleep(ms(20)).await;
-        }
-    })
-    .await;
+    let totals = usage_totals(&gateway.url(""), "full", 1).await;
     assert_eq!(
         (&totals["prompt_tokens"], &totals["completion_tokens"]),
         (&json!(428), &json!(58)),
@@ -248,7 +223,7 @@ async fn overloaded_mid_stream_ends_with_an_error_event_and_a_529_first_is_retri
         text.split("\n\n").all(|event| event != "data: [DONE]"),
         "no [DONE] after a failure"
     );
-    let last = chunks(&text).pop().expect("events");
+    let last = data_json(&text).pop().expect("events");
     assert_eq!(last["error"]["code"], "upstream_error", "{last}");
     assert!(
         last["error"]["message"]

@@ -7,6 +7,7 @@ mod admission;
 mod anthropic;
 mod auth;
 mod azure;
+mod backend_kinds;
 mod backpressure;
 mod bad_requests;
 mod breaker_outcomes;

@@ -142,24 +142,7 @@ async fn the_terminal_events_usage_is_what_the_key_is_charged() {
         .await
         .expect("stream");
     assert!(text.ends_with("}}\n\n") && text.contains("event: response.completed"));
-    let totals = within(ms(3000), "the usage totals", async {
-        loop {
-            let usage: Value = http()
-                .get(gateway.url("/usage?key=full"))
-                .send()
-                .await
-                .expect("answer")
-                .json()
-                .await
-                .expect("JSON");
-            let key = usage["keys"][0].clone();
-            if key["requests"] == 1 {
-                return key;
-            }
-            tokio::time::sleep(ms(20)).await;
-        }
-    })
-    .await;
+    let totals = usage_totals(&gateway.url(""), "full", 1).await;
     assert_eq!(
         (&totals["prompt_tokens"], &totals["completion_tokens"]),
         (&json!(21), &json!(9)),

@@ -3,10 +3,8 @@
 //! wrong CA, an expired certificate or a wrong name is a 502 `upstream_unavailable` whose log
 //! line says why, and counts against the backend's breaker.
 
-use serde_json::Value;
-
 use crate::support::binary::{RunningBinary, run_cli};
-use crate::support::tls::{Pki, TlsUpstream};
+use crate::support::tls::{Pki, acceptor};
 use crate::support::*;
 
 /// `test-model` on one TLS backend at `base_url` with the `tls` settings (a YAML flow map).
@@ -16,34 +14,45 @@ fn tls_backend(base_url: &str, tls: &str) -> GatewayConfig {
     ))
 }
 
+/// A TLS upstream streaming "Hello over TLS" on keep-alive connections, for the PKI's
+/// `localhost` certificate (`cert`, `key`), demanding a client certificate when `client_ca`.
+async fn tls_upstream(
+    cert: &std::path::PathBuf,
+    key: &std::path::PathBuf,
+    client_ca: Option<&std::path::PathBuf>,
+) -> MockUpstream {
+    MockUpstream::stream_tokens(&["Hello", " over", " TLS"])
+        .keep_alive()
+        .tls(acceptor(cert, key, client_ca))
+        .start()
+        .await
+}
+
 #[tokio::test]
 async fn a_backend_behind_a_private_ca_answers_over_tls() {
     let pki = Pki::new();
-    let upstream = TlsUpstream::start(&pki.server_cert, &pki.server_key, None).await;
+    let upstream = tls_upstream(&pki.server_cert, &pki.server_key, None).await;
     let tls = format!("{{ca_file: '{}'}}", pki.ca.display());
-    {
-        let host = "localhost";
-        let gateway = TestGateway::start(&tls_backend(&upstream.base_url(host), &tls)).await;
+    let gateway = TestGateway::start(&tls_backend(&upstream.base_url(), &tls)).await;
+    for _ in 0..2 {
         let streamed = chat_text(&gateway.url(""), KEY, &chat_body(true)).await;
-        assert_eq!(content_of(&streamed), "Hello over TLS", "{host}");
+        assert_eq!(content_of(&streamed), "Hello over TLS");
         assert!(streamed.ends_with("data: [DONE]\n\n"));
-        let whole: Value = post_chat(&gateway.url(""), KEY, &chat_body(false))
-            .await
-            .json()
-            .await
-            .expect("JSON");
-        assert_eq!(whole["choices"][0]["message"]["content"], "Hello over TLS");
-        assert_eq!(whole["model"], "test-model");
     }
-    assert_eq!(upstream.requests(), 2);
+    assert_eq!(upstream.requests().len(), 2);
+    assert_eq!(
+        upstream.connections().len(),
+        1,
+        "the second request reused the pooled TLS connection"
+    );
 }
 
 #[tokio::test]
 async fn the_certificate_may_be_checked_against_a_name_other_than_the_urls() {
     let pki = Pki::new();
-    let upstream = TlsUpstream::start(&pki.server_cert, &pki.server_key, None).await;
+    let upstream = tls_upstream(&pki.server_cert, &pki.server_key, None).await;
     // The URL names the address; the certificate carries only `localhost`.
-    let url = upstream.base_url("127.0.0.1");
+    let url = format!("https://127.0.0.1:{}/v1", upstream.addr.port());
     let named = format!(
         "{{ca_file: '{}', server_name: localhost}}",
         pki.ca.display()
@@ -56,9 +65,8 @@ async fn the_certificate_may_be_checked_against_a_name_other_than_the_urls() {
 #[tokio::test]
 async fn a_backend_that_demands_a_client_certificate_gets_one_when_configured() {
     let pki = Pki::new();
-    let upstream =
-        TlsUpstream::start(&pki.server_cert, &pki.server_key, Some(&pki.client_ca)).await;
-    let url = upstream.base_url("localhost");
+    let upstream = tls_upstream(&pki.server_cert, &pki.server_key, Some(&pki.client_ca)).await;
+    let url = upstream.base_url();
     let without = format!("{{ca_file: '{}'}}", pki.ca.display());
     let gateway = TestGateway::start(&tls_backend(&url, &without)).await;
     let (status, error) = error_of(post_chat(&gateway.url(""), KEY, &chat_body(false)).await).await;
@@ -67,7 +75,7 @@ async fn a_backend_that_demands_a_client_certificate_gets_one_when_configured() 
         (502, Some("upstream_unavailable")),
         "{error}"
     );
-    assert_eq!(upstream.requests(), 0);
+    assert_eq!(upstream.requests().len(), 0);
 
     let with = format!(
         "{{ca_file: '{}', client_cert_file: '{}', client_key_file: '{}'}}",
@@ -83,23 +91,23 @@ async fn a_backend_that_demands_a_client_certificate_gets_one_when_configured() 
 #[tokio::test]
 async fn untrusted_expired_or_misnamed_certificates_are_502s_that_say_why_and_open_the_breaker() {
     let pki = Pki::new();
-    let good = TlsUpstream::start(&pki.server_cert, &pki.server_key, None).await;
-    let expired = TlsUpstream::start(&pki.expired_cert, &pki.expired_key, None).await;
+    let good = tls_upstream(&pki.server_cert, &pki.server_key, None).await;
+    let expired = tls_upstream(&pki.expired_cert, &pki.expired_key, None).await;
     let ca = pki.ca.display();
     let cases = [
         // Trusting a CA that signed nothing here.
         (
-            good.base_url("localhost"),
+            good.base_url(),
             format!("{{ca_file: '{}'}}", pki.other_ca.display()),
             "UnknownIssuer",
         ),
         (
-            expired.base_url("localhost"),
+            expired.base_url(),
             format!("{{ca_file: '{ca}'}}"),
             "certificate expired",
         ),
         (
-            good.base_url("localhost"),
+            good.base_url(),
             format!("{{ca_file: '{ca}', server_name: backend.internal}}"),
             "certificate not valid for name",
         ),
@@ -136,7 +144,7 @@ async fn untrusted_expired_or_misnamed_certificates_are_502s_that_say_why_and_op
             "the log says why ({why}):\n{logs}"
         );
     }
-    assert_eq!(good.requests() + expired.requests(), 0);
+    assert_eq!(good.requests().len() + expired.requests().len(), 0);
 }
 
 #[tokio::test]

@@ -190,3 +190,25 @@ pub fn metric_sample(exposition: &str, name: &str, labels: &[(&str, &str)]) -> O
         (found == wanted).then(|| value.trim().parse().ok())?
     })
 }
+
+/// The key's usage totals of today from the gateway at `base` (`/usage`), once they count
+/// `requests` requests (settlement happens after the response, so a test waits for it).
+pub async fn usage_totals(base: &str, key_id: &str, requests: u64) -> Value {
+    crate::support::within(Duration::from_secs(3), "the usage totals", async {
+        loop {
+            let usage: Value = http()
+                .get(format!("{base}/usage?key={key_id}"))
+                .send()
+                .await
+                .expect("answer")
+                .json()
+                .await
+                .expect("JSON");
+            if usage["keys"][0]["requests"] == requests {
+                return usage["keys"][0].clone();
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+}

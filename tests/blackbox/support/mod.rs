@@ -18,8 +18,8 @@ pub use client::*;
 pub use gateway::{GatewayConfig, TestGateway};
 pub use raw_upstream::{RawConn, RawUpstream};
 pub use redis::{RedisServer, integer};
-pub use upstream::StreamScript;
-pub use upstream::{MockUpstream, Reply};
+pub use upstream::{MockBuilder, MockUpstream, Reply};
+pub use upstream::{Shape, StreamScript};
 
 pub const KEY: &str = "sk-test-key";
 pub const OTHER_KEY: &str = "sk-test-limited";

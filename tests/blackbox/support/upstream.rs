@@ -6,8 +6,23 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
+
+/// The halves of an upstream connection, plain or TLS.
+type Reader = Box<dyn AsyncRead + Send + Unpin>;
+type Writer = Box<dyn AsyncWrite + Send + Unpin>;
+
+/// The wire format a scripted stream is written in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Shape {
+    /// `chat.completion.chunk` events and `[DONE]` (OpenAI, vLLM, Azure).
+    #[default]
+    OpenAi,
+    /// Anthropic's Messages events, `message_start` to `message_stop`.
+    Anthropic,
+}
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
@@ -38,6 +53,7 @@ pub struct StreamScript {
     pub drop_after: Option<usize>,
     /// Send an in-band `{"error":...}` event after this many content chunks.
     pub error_after: Option<usize>,
+    pub shape: Shape,
 }
 
 /// One request as the upstream received it.
@@ -85,6 +101,8 @@ struct Shared {
 
 pub struct MockUpstream {
     pub addr: std::net::SocketAddr,
+    /// Served over TLS (for the name `localhost`).
+    tls: bool,
     shared: Arc<Shared>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -93,6 +111,7 @@ pub struct MockUpstream {
 pub struct MockBuilder {
     reply: Reply,
     keep_alive: KeepAlive,
+    tls: Option<TlsAcceptor>,
 }
 
 /// What the mock does with a connection after an answer.
@@ -127,8 +146,13 @@ impl MockUpstream {
         MockBuilder::from(reply)
     }
 
+    /// `http://127.0.0.1:PORT/v1`, or over TLS `https://localhost:PORT/v1`.
     pub fn base_url(&self) -> String {
-        format!("http://{}/v1", self.addr)
+        if self.tls {
+            format!("https://localhost:{}/v1", self.addr.port())
+        } else {
+            format!("http://{}/v1", self.addr)
+        }
     }
 
     /// Answers new connections with `reply` from now on.
@@ -184,6 +208,7 @@ impl From<Reply> for MockBuilder {
         Self {
             reply,
             keep_alive: KeepAlive::Off,
+            tls: None,
         }
     }
 }
@@ -216,6 +241,18 @@ impl MockBuilder {
         self
     }
 
+    /// Writes the stream in `shape`.
+    pub fn shape(mut self, shape: Shape) -> Self {
+        self.script().shape = shape;
+        self
+    }
+
+    /// Serves over TLS with `acceptor` (see `support::tls`).
+    pub fn tls(mut self, acceptor: TlsAcceptor) -> Self {
+        self.tls = Some(acceptor);
+        self
+    }
+
     /// Answers several requests per connection (HTTP/1.1 keep-alive) instead of closing.
     pub fn keep_alive(mut self) -> Self {
         self.keep_alive = KeepAlive::On;
@@ -240,6 +277,8 @@ impl MockBuilder {
             changed: Notify::new(),
         });
         let keep_alive = self.keep_alive;
+        let tls = self.tls.is_some();
+        let acceptor = self.tls;
         let accept_shared = shared.clone();
         #[expect(
             clippy::disallowed_methods,
@@ -260,25 +299,45 @@ impl MockBuilder {
                 accept_shared.changed.notify_waiters();
                 let shared = accept_shared.clone();
                 let reply = shared.reply.lock().expect("lock").clone();
+                let acceptor = acceptor.clone();
                 #[expect(clippy::disallowed_methods, reason = "one task per mock connection")]
                 tokio::spawn(async move {
-                    serve_connection(socket, &shared, &log, &reply, keep_alive).await
+                    let _ = socket.set_nodelay(true);
+                    let halves = match acceptor {
+                        None => {
+                            let (reader, writer) = socket.into_split();
+                            Some((Box::new(reader) as Reader, Box::new(writer) as Writer))
+                        }
+                        Some(acceptor) => acceptor.accept(socket).await.ok().map(|tls| {
+                            let (reader, writer) = tokio::io::split(tls);
+                            (Box::new(reader) as Reader, Box::new(writer) as Writer)
+                        }),
+                    };
+                    match halves {
+                        Some(halves) => {
+                            serve_connection(halves, &shared, &log, &reply, keep_alive).await
+                        }
+                        None => mark_closed(&shared, &log),
+                    }
                 });
             }
         });
-        MockUpstream { addr, shared, task }
+        MockUpstream {
+            addr,
+            tls,
+            shared,
+            task,
+        }
     }
 }
 
 async fn serve_connection(
-    socket: TcpStream,
+    (mut reader, mut writer): (Reader, Writer),
     shared: &Shared,
     log: &Arc<ConnectionLog>,
     reply: &Reply,
     keep_alive: KeepAlive,
 ) {
-    let _ = socket.set_nodelay(true);
-    let (mut reader, mut writer) = socket.into_split();
     while let Some(seen) = read_request(&mut reader).await {
         let include_usage = seen.body["stream_options"]["include_usage"] == true;
         shared.requests.lock().expect("lock").push(seen);
@@ -317,7 +376,7 @@ fn mark_closed(shared: &Shared, log: &ConnectionLog) {
     shared.changed.notify_waiters();
 }
 
-async fn read_request(reader: &mut tokio::net::tcp::OwnedReadHalf) -> Option<Seen> {
+async fn read_request(reader: &mut Reader) -> Option<Seen> {
     let mut buf = Vec::new();
     let head_end = loop {
         let mut chunk = [0u8; 4096];
@@ -360,7 +419,7 @@ async fn read_request(reader: &mut tokio::net::tcp::OwnedReadHalf) -> Option<See
 }
 
 async fn write_reply(
-    writer: &mut tokio::net::tcp::OwnedWriteHalf,
+    writer: &mut Writer,
     log: &ConnectionLog,
     reply: &Reply,
     include_usage: bool,
@@ -397,7 +456,7 @@ async fn write_reply(
 }
 
 async fn write_events(
-    writer: &mut tokio::net::tcp::OwnedWriteHalf,
+    writer: &mut Writer,
     log: &ConnectionLog,
     pieces: &[String],
     cut: bool,
@@ -419,7 +478,7 @@ async fn write_events(
 }
 
 async fn write_stream(
-    writer: &mut tokio::net::tcp::OwnedWriteHalf,
+    writer: &mut Writer,
     log: &ConnectionLog,
     script: &StreamScript,
     include_usage: bool,
@@ -430,6 +489,9 @@ async fn write_stream(
         "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\nconnection: {connection}\r\n\r\n"
     );
     send(writer, log, head.as_bytes()).await?;
+    if script.shape == Shape::Anthropic {
+        return write_messages(writer, log, script).await;
+    }
     for (i, token) in script.tokens.iter().enumerate() {
         if script.drop_after == Some(i) {
             // An abrupt end inside the chunked body: no terminating chunk.
@@ -462,6 +524,51 @@ async fn write_stream(
     send(writer, log, b"0\r\n\r\n").await
 }
 
+/// The stream as Anthropic's Messages API writes it: the same tokens, drops and errors, its
+/// usage (5 input tokens, one output token per content event) always included.
+async fn write_messages(
+    writer: &mut Writer,
+    log: &ConnectionLog,
+    script: &StreamScript,
+) -> std::io::Result<()> {
+    let event = |name: &str, data: serde_json::Value| format!("event: {name}\ndata: {data}\n\n");
+    let start = event(
+        "message_start",
+        serde_json::json!({"type": "message_start", "message": {"id": "msg_1", "type": "message",
+            "role": "assistant", "content": [], "model": "upstream-model", "stop_reason": null,
+            "usage": {"input_tokens": 5, "output_tokens": 1}}}),
+    );
+    send_chunk(writer, log, &start).await?;
+    let block = serde_json::json!({"type": "content_block_start", "index": 0,
+        "content_block": {"type": "text", "text": ""}});
+    send_chunk(writer, log, &event("content_block_start", block)).await?;
+    for (i, token) in script.tokens.iter().enumerate() {
+        if script.drop_after == Some(i) {
+            return writer.shutdown().await;
+        }
+        if script.error_after == Some(i) {
+            let error = serde_json::json!({"type": "error",
+                "error": {"type": "overloaded_error", "message": "Overloaded"}});
+            return send_chunk(writer, log, &event("error", error)).await;
+        }
+        if i > 0 && !script.pace.is_zero() {
+            tokio::time::sleep(script.pace).await;
+        }
+        let delta = serde_json::json!({"type": "content_block_delta", "index": 0,
+            "delta": {"type": "text_delta", "text": token}});
+        send_chunk(writer, log, &event("content_block_delta", delta)).await?;
+    }
+    let stop = serde_json::json!({"type": "content_block_stop", "index": 0});
+    send_chunk(writer, log, &event("content_block_stop", stop)).await?;
+    let delta = serde_json::json!({"type": "message_delta",
+        "delta": {"stop_reason": "end_turn", "stop_sequence": null},
+        "usage": {"output_tokens": script.tokens.len()}});
+    send_chunk(writer, log, &event("message_delta", delta)).await?;
+    let end = serde_json::json!({"type": "message_stop"});
+    send_chunk(writer, log, &event("message_stop", end)).await?;
+    send(writer, log, b"0\r\n\r\n").await
+}
+
 /// One OpenAI-shaped chunk event, as the upstream names its model.
 pub fn chunk(delta: serde_json::Value, finish_reason: Option<&str>) -> String {
     let json = serde_json::json!({
@@ -471,11 +578,7 @@ pub fn chunk(delta: serde_json::Value, finish_reason: Option<&str>) -> String {
     format!("data: {json}\n\n")
 }
 
-async fn send_chunk(
-    writer: &mut tokio::net::tcp::OwnedWriteHalf,
-    log: &ConnectionLog,
-    data: &str,
-) -> std::io::Result<()> {
+async fn send_chunk(writer: &mut Writer, log: &ConnectionLog, data: &str) -> std::io::Result<()> {
     send(
         writer,
         log,
@@ -484,11 +587,7 @@ async fn send_chunk(
     .await
 }
 
-async fn send(
-    writer: &mut tokio::net::tcp::OwnedWriteHalf,
-    log: &ConnectionLog,
-    bytes: &[u8],
-) -> std::io::Result<()> {
+async fn send(writer: &mut Writer, log: &ConnectionLog, bytes: &[u8]) -> std::io::Result<()> {
     writer.write_all(bytes).await?;
     log.bytes_written
         .fetch_add(bytes.len() as u64, Ordering::SeqCst);
