@@ -135,7 +135,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => serve(load(cli.config.as_deref())?),
         Command::CheckConfig { file } => {
-            config::load(&file)?;
+            let config = config::load(&file)?;
+            // The backends as serving builds them: TLS settings that parse but do not build
+            // (a certificate's DER, a key that does not match) are found here too.
+            sluicegate::upstream::pool::ModelTable::new(&config.models, &config.upstream)?;
             println!("{}: ok", file.display());
             Ok(())
         }

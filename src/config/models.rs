@@ -222,6 +222,15 @@ fn dialect(file: &BackendFile, path: &str) -> Result<Dialect, ConfigError> {
     };
     let deployment = field("deployment", &file.deployment)?;
     let api_version = field("api_version", &file.api_version)?;
+    if let Some(version) = &api_version
+        && !reports_stream_usage(version)
+    {
+        return Err(ConfigError::invalid(
+            format!("{path}.api_version"),
+            "must be 2024-09-01-preview or later: earlier versions refuse stream_options, which \
+             streams need for their usage",
+        ));
+    }
     Ok(match (file.kind, deployment, api_version) {
         (BackendKindFile::Azure, Some(deployment), Some(api_version)) => Dialect::Azure {
             deployment,
@@ -230,6 +239,21 @@ fn dialect(file: &BackendFile, path: &str) -> Result<Dialect, ConfigError> {
         (BackendKindFile::Anthropic, _, _) => Dialect::Anthropic,
         _ => Dialect::OpenAi,
     })
+}
+
+/// Whether an Azure `api-version` (`YYYY-MM-DD`, maybe `-preview`) takes
+/// `stream_options.include_usage`: from 2024-09-01 on.
+fn reports_stream_usage(version: &str) -> bool {
+    let date = version.get(..10).unwrap_or_default();
+    let shaped = date.len() == 10
+        && date.bytes().enumerate().all(|(i, b)| {
+            if i == 4 || i == 7 {
+                b == b'-'
+            } else {
+                b.is_ascii_digit()
+            }
+        });
+    shaped && date >= "2024-09-01"
 }
 
 /// Refuses an API the dialect has no route for: Azure's deployments serve chat, embeddings and

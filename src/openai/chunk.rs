@@ -66,6 +66,11 @@ impl Rewrite for ChunkRewriter {
             return Err(in_band_error(error.as_bytes()));
         }
         let usage = view.usage();
+        // A chunk with no choices and no usage carries nothing a chat client reads (Azure's
+        // prompt-filter results): not forwarded, as OpenAI sends none.
+        if usage.is_none() && view.has_no_choices() {
+            return Ok(Step::Skip);
+        }
         // The usage chunk, in OpenAI's shape (`"choices":[]`) or another server's (choices
         // with empty deltas): dropped when the client did not ask for usage. Usage riding on a
         // chunk that carries more is hidden (`"usage":null`) instead.
@@ -211,19 +216,22 @@ mod tests {
     }
 
     #[test]
-    fn azures_filter_chunks_pass_and_its_usage_is_read() {
+    fn azures_prompt_filter_chunk_is_dropped_and_its_usage_read() {
         let (out, usage) = run("azure-chat.sse", false);
         let sent: Vec<&str> = out
             .iter()
             .map(|e| e.as_ref().expect("no errors").as_str())
             .collect();
-        assert_eq!(sent.len(), 7, "the usage chunk dropped: {sent:#?}");
-        assert!(
-            sent[0].contains("prompt_filter_results") && sent[0].contains(r#""model":"alias""#),
-            "the prompt filter chunk passes, in the client's names: {}",
-            sent[0]
+        assert_eq!(
+            sent.len(),
+            6,
+            "the prompt-filter and usage chunks dropped: {sent:#?}"
         );
-        assert!(sent[4].contains(r#""content":" Azure — ok""#));
+        assert!(
+            sent.iter().all(|e| !e.contains("prompt_filter_results")),
+            "no chunk without choices reaches a chat client"
+        );
+        assert!(sent[3].contains(r#""content":" Azure — ok""#));
         assert_eq!(usage.map(|u| u.total_tokens), Some(12));
     }
 

@@ -119,8 +119,12 @@ async fn check_config_knows_what_azure_needs() {
             "deployment: only for `kind: azure`",
         ),
         (
-            "kind: azure, base_url: 'https://r.openai.azure.com/', deployment: d, api_version: v, apis: [responses]",
+            "kind: azure, base_url: 'https://r.openai.azure.com/', deployment: d, api_version: 2024-10-21, apis: [responses]",
             "apis: `kind: azure` serves chat, embeddings and completions",
+        ),
+        (
+            "kind: azure, base_url: 'https://r.openai.azure.com/', deployment: d, api_version: 2024-06-01",
+            "api_version: must be 2024-09-01-preview or later",
         ),
     ];
     for (backend, expected) in rows {

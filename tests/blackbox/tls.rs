@@ -175,6 +175,11 @@ async fn check_config_reads_and_checks_the_tls_files() {
             "{server_name: 'not a name'}".to_owned(),
             "models[0].backends[0].tls.server_name: not a DNS name",
         ),
+        // PEM whose DER is not a certificate: found when the backend is built, as at start.
+        (
+            format!("{{ca_file: '{}'}}", pki.garbage_pem().display()),
+            "tls.ca_file",
+        ),
     ];
     for (tls, expected) in rows {
         let yaml = format!(

@@ -44,7 +44,7 @@ pub fn refuse_untranslatable(fields: &Map<String, Value>) -> Result<(), GatewayE
 /// `{name, description, input_schema}`; tool_choice auto -> `{type:auto}`, required ->
 /// `{type:any}`, none -> `{type:none}`, a named function -> `{type:tool,name}`, and
 /// parallel_tool_calls false -> `disable_parallel_tool_use` inside it; `max_tokens` =
-/// output_cap (the API requires it); temperature and top_p kept; stop -> `stop_sequences`;
+/// output_cap (the API requires it); temperature kept, else top_p (newer models take one); stop -> `stop_sequences`;
 /// user -> `metadata.user_id`; when stream, `stream: true`.
 pub fn messages_body(
     fields: &Map<String, Value>,
@@ -61,10 +61,13 @@ pub fn messages_body(
     }
     let turns = conversation.turns.into_iter().map(Turn::into_json);
     body.insert("messages".into(), turns.collect());
-    for name in ["temperature", "top_p"] {
-        if let Some(value) = fields.get(name).filter(|v| v.is_number()) {
-            body.insert(name.into(), value.clone());
-        }
+    // Newer Claude models take one of the two, not both: `temperature` wins.
+    let sampling = match fields.get("temperature").filter(|v| v.is_number()) {
+        Some(_) => "temperature",
+        None => "top_p",
+    };
+    if let Some(value) = fields.get(sampling).filter(|v| v.is_number()) {
+        body.insert(sampling.into(), value.clone());
     }
     if let Some(stops) = stop_sequences(fields) {
         body.insert("stop_sequences".into(), stops);
@@ -231,7 +234,8 @@ fn check_function(param: &str, tool: &Value) -> Result<(), GatewayError> {
 
 // === translation ===
 
-/// `stop` (a string or a list) as `stop_sequences`, empty strings left out.
+/// `stop` (a string or a list) as `stop_sequences`; empty and whitespace-only ones (which the
+/// Messages API refuses) left out.
 fn stop_sequences(fields: &Map<String, Value>) -> Option<Value> {
     let stops: Vec<&Value> = match fields.get("stop")? {
         stop @ Value::String(_) => vec![stop],
@@ -240,7 +244,7 @@ fn stop_sequences(fields: &Map<String, Value>) -> Option<Value> {
     };
     let stops: Vec<Value> = stops
         .into_iter()
-        .filter(|s| s.as_str().is_some_and(|s| !s.is_empty()))
+        .filter(|s| s.as_str().is_some_and(|s| !s.trim().is_empty()))
         .cloned()
         .collect();
     (!stops.is_empty()).then_some(Value::Array(stops))
@@ -356,7 +360,12 @@ mod tests {
         let rows = [
             (
                 json!({"temperature": 0.3, "top_p": 0.9}),
-                json!({"temperature": 0.3, "top_p": 0.9}),
+                json!({"temperature": 0.3}),
+            ),
+            (json!({"top_p": 0.9}), json!({"top_p": 0.9})),
+            (
+                json!({"stop": ["\n", " ", "END"]}),
+                json!({"stop_sequences": ["END"]}),
             ),
             (json!({"temperature": null}), json!({})),
             (json!({"stop": "END"}), json!({"stop_sequences": ["END"]})),

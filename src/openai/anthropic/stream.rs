@@ -82,10 +82,7 @@ impl Rewrite for MessagesToChunks {
             StreamEvent::ContentBlockDelta { index, delta } => {
                 self.on_block_delta(index, delta, out)
             }
-            StreamEvent::ContentBlockStop { index } => {
-                started(self.head.as_ref())?;
-                self.blocks.get(index).map(|_| Step::Skip)
-            }
+            StreamEvent::ContentBlockStop { index } => self.on_block_stop(index, out),
             StreamEvent::MessageDelta { delta, usage } => self.on_message_delta(delta, usage, out),
             StreamEvent::MessageStop => self.on_message_stop(out),
             StreamEvent::Error => Err(in_band_error(&event.data)),
@@ -158,6 +155,9 @@ impl MessagesToChunks {
                 Ok(self.writer.send_text(out, head, &text))
             }
             (Block::ToolUse { call }, BlockDelta::InputJsonDelta { partial_json }) => {
+                if !partial_json.is_empty() {
+                    self.blocks.note_arguments(call);
+                }
                 Ok(self.writer.send_arguments(out, head, call, &partial_json))
             }
             (Block::Skipped, _) | (_, BlockDelta::Other) => Ok(Step::Skip),
@@ -165,6 +165,19 @@ impl MessagesToChunks {
             | (Block::ToolUse { .. }, BlockDelta::TextDelta { .. }) => Err(malformed(
                 "a Messages stream delta does not fit its content block",
             )),
+        }
+    }
+
+    /// A tool call whose block ends without a fragment (a tool without parameters) gets `{}`,
+    /// as its whole answer says, so a client that parses the arguments finds JSON.
+    fn on_block_stop(&mut self, index: u64, out: &mut BytesMut) -> Result<Step, GatewayError> {
+        let head = started(self.head.as_ref())?;
+        match self.blocks.get(index)? {
+            Block::ToolUse { call } if !self.blocks.has_arguments(call) => {
+                self.blocks.note_arguments(call);
+                Ok(self.writer.send_arguments(out, head, call, "{}"))
+            }
+            Block::Text | Block::ToolUse { .. } | Block::Skipped => Ok(Step::Skip),
         }
     }
 
@@ -177,8 +190,11 @@ impl MessagesToChunks {
         out: &mut BytesMut,
     ) -> Result<Step, GatewayError> {
         let head = started(self.head.as_ref())?;
-        if let Some(usage) = usage {
-            self.writer.usage_reported(usage);
+        // Only an output count is a report of the answer; without one it is counted.
+        match usage {
+            Some(usage) if usage.output_tokens.is_some() => self.writer.usage_reported(usage),
+            Some(usage) => self.writer.usage_at_start(usage),
+            None => {}
         }
         match delta.stop_reason {
             Some(reason) if !self.finished => {
@@ -228,6 +244,8 @@ enum Block {
 struct Blocks {
     opened: Vec<(u64, Block)>,
     tool_calls: usize,
+    /// By chat tool call index: a fragment of its arguments was sent.
+    argued: Vec<bool>,
 }
 
 impl Blocks {
@@ -252,7 +270,18 @@ impl Blocks {
         let call = self.tool_calls;
         self.open(index, Block::ToolUse { call })?;
         self.tool_calls += 1;
+        self.argued.push(false);
         Ok(call)
+    }
+
+    fn note_arguments(&mut self, call: usize) {
+        if let Some(argued) = self.argued.get_mut(call) {
+            *argued = true;
+        }
+    }
+
+    fn has_arguments(&self, call: usize) -> bool {
+        self.argued.get(call).copied().unwrap_or(true)
     }
 
     /// The block opened at `index`; the latest first, as deltas continue it.
@@ -881,6 +910,26 @@ mod tests {
     }
 
     #[test]
+    fn a_message_delta_without_an_output_count_is_no_report() {
+        let upstream = stream_of(&[
+            message_start(json!({"input_tokens": 40, "output_tokens": 1})),
+            block_start(0, json!({"type": "text", "text": ""})),
+            text(
+                0,
+                "The answer to everything is forty-two, as everyone knows.",
+            ),
+            json!({"type": "message_delta", "delta": {"stop_reason": "end_turn"}, "usage": {}}),
+            json!({"type": "message_stop"}),
+        ]);
+        let metering = replay(&[&upstream], false).metering;
+        assert!(!metering.reported, "an empty usage is not a report");
+        assert!(
+            metering.counted_completion.is_some_and(|n| n > 5),
+            "the answer is counted instead: {metering:?}"
+        );
+    }
+
+    #[test]
     fn a_stream_cut_before_its_output_count_is_counted_with_the_upstreams_prompt() {
         let upstream = stream_of(&[
             message_start(
@@ -1107,7 +1156,9 @@ mod tests {
                     _ => None,
                 }).collect();
                 prop_assert_eq!(content(&chunks), texts);
+                // A call without a fragment says `{}`, as its whole answer would.
                 let expected: Vec<(String, String)> = ops.iter().filter_map(|op| match op {
+                    Op::Tool(name, parts) if parts.concat().is_empty() => Some((name.clone(), "{}".to_owned())),
                     Op::Tool(name, parts) => Some((name.clone(), parts.concat())),
                     _ => None,
                 }).collect();

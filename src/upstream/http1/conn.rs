@@ -188,8 +188,19 @@ impl Conn {
                 Progress::Wrote => {}
                 Progress::Written => written_at = Some(Instant::now()),
                 Progress::WriteFailed => write_failed = true,
-                Progress::Read(Err(error)) if tls_reason(&error).is_some() => {
-                    return Err(ExchangeError::Tls(tls_reason(&error).unwrap_or_default()));
+                // A TLS error after the request went out is a refused handshake only when the
+                // alert says so (TLS 1.3 tells a refused client certificate here); any other
+                // may come after the backend acted on the request.
+                Progress::Read(Err(error))
+                    if written_at.is_none() || handshake_refusal(&error).is_some() =>
+                {
+                    if let Some(reason) = tls_reason(&error) {
+                        return Err(ExchangeError::Tls(reason));
+                    }
+                    if !received_any {
+                        return Err(ExchangeError::ClosedEarly(EarlyClose::DuringWrite));
+                    }
+                    return Err(ExchangeError::Broken);
                 }
                 Progress::Read(Ok(0) | Err(_)) if !received_any => {
                     let when = match written_at {
@@ -252,6 +263,29 @@ fn write_some(
 /// Why a TLS handshake failed, in words for the log: rustls's own reason when it gave one.
 fn handshake_failure(error: &std::io::Error) -> String {
     tls_reason(error).unwrap_or_else(|| error.to_string())
+}
+
+/// rustls's reason, when `error` is an alert refusing the handshake (a certificate, the CA,
+/// access, the protocol).
+fn handshake_refusal(error: &std::io::Error) -> Option<String> {
+    use rustls::AlertDescription as Alert;
+    let inner = error.get_ref()?.downcast_ref::<rustls::Error>()?;
+    match inner {
+        rustls::Error::AlertReceived(
+            Alert::CertificateRequired
+            | Alert::BadCertificate
+            | Alert::UnsupportedCertificate
+            | Alert::CertificateRevoked
+            | Alert::CertificateExpired
+            | Alert::CertificateUnknown
+            | Alert::UnknownCA
+            | Alert::AccessDenied
+            | Alert::HandshakeFailure
+            | Alert::ProtocolVersion
+            | Alert::InsufficientSecurity,
+        ) => Some(inner.to_string()),
+        _ => None,
+    }
 }
 
 /// rustls's reason, when `error` carries one.

@@ -61,6 +61,19 @@ impl Pki {
     }
 }
 
+impl Pki {
+    /// A PEM file whose CERTIFICATE block holds bytes that are no certificate.
+    pub fn garbage_pem(&self) -> PathBuf {
+        let path = self._dir.path().join("garbage.pem");
+        std::fs::write(
+            &path,
+            "-----BEGIN CERTIFICATE-----\nAAECAwQFBgcICQ==\n-----END CERTIFICATE-----\n",
+        )
+        .expect("write PEM");
+        path
+    }
+}
+
 fn authority(name: &str) -> CertifiedIssuer<'static, KeyPair> {
     let mut params = CertificateParams::new(Vec::<String>::new()).expect("params");
     params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
