@@ -75,7 +75,12 @@ pub enum GatewayError {
     #[error("unknown URL: {method} {path}")]
     UnknownRoute { method: String, path: String },
     #[error("method {method} is not allowed on {path}")]
-    MethodNotAllowed { method: String, path: String },
+    MethodNotAllowed {
+        method: String,
+        path: String,
+        /// The methods the route answers (the `Allow` header).
+        allow: &'static str,
+    },
     #[error("{}", rate_limit_message(.0))]
     RateLimited(Box<Refusal>),
     #[error("the rate limiter is unavailable; retry shortly")]
@@ -563,8 +568,8 @@ impl GatewayError {
                 headers.insert("x-should-retry", HeaderValue::from_static("false"));
             }
         }
-        if self.status() == StatusCode::METHOD_NOT_ALLOWED {
-            headers.insert(header::ALLOW, HeaderValue::from_static("GET, POST"));
+        if let Self::MethodNotAllowed { allow, .. } = &self {
+            headers.insert(header::ALLOW, HeaderValue::from_static(allow));
         }
         response
     }

@@ -154,20 +154,10 @@ async fn dispatch(
             method: method.to_string(),
             path: shortened(request.uri().path()),
         }),
-        Route::Health
-        | Route::Ready
-        | Route::Metrics
-        | Route::Usage
-        | Route::ChatCompletions
-        | Route::Completions
-        | Route::Responses
-        | Route::Response(_)
-        | Route::ResponseCancel(_)
-        | Route::Embeddings
-        | Route::Models
-        | Route::Model(_) => Err(GatewayError::MethodNotAllowed {
+        route => Err(GatewayError::MethodNotAllowed {
             method: method.to_string(),
             path: shortened(request.uri().path()),
+            allow: route.allowed_methods(),
         }),
     }
 }
@@ -195,6 +185,25 @@ enum Route {
 }
 
 impl Route {
+    /// The methods the route answers, for a 405's `Allow`.
+    fn allowed_methods(&self) -> &'static str {
+        match self {
+            Self::ChatCompletions
+            | Self::Completions
+            | Self::Responses
+            | Self::ResponseCancel(_)
+            | Self::Embeddings => "POST",
+            Self::Response(_) => "GET, DELETE",
+            Self::Models
+            | Self::Model(_)
+            | Self::Health
+            | Self::Ready
+            | Self::Metrics
+            | Self::Usage
+            | Self::Unknown => "GET, HEAD",
+        }
+    }
+
     /// The route's name in metric labels: a fixed set, whatever the path.
     fn label(&self) -> &'static str {
         match self {

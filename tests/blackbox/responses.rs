@@ -334,6 +334,7 @@ async fn unstored_and_unknown_responses_are_not_found() {
         .await
         .expect("answer");
     assert_eq!(put.status(), 405);
+    assert_eq!(put.headers()["allow"], "GET, DELETE");
 }
 
 #[tokio::test]
