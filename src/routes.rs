@@ -127,6 +127,17 @@ async fn dispatch(
             };
             Box::pin(responses::stored(request, &id, action, state, guard)).await
         }
+        Route::ResponseInputItems(id) if read => {
+            guard.hold(state.admission.try_admit()?);
+            Box::pin(responses::stored(
+                request,
+                &id,
+                StoredAction::InputItems,
+                state,
+                guard,
+            ))
+            .await
+        }
         Route::ResponseCancel(id) if method == Method::POST => {
             guard.hold(state.admission.try_admit()?);
             Box::pin(responses::stored(
@@ -174,6 +185,8 @@ enum Route {
     Response(String),
     /// `/v1/responses/{id}/cancel`
     ResponseCancel(String),
+    /// `/v1/responses/{id}/input_items`
+    ResponseInputItems(String),
     Embeddings,
     Models,
     Model(String),
@@ -193,6 +206,7 @@ impl Route {
             | Self::Responses
             | Self::ResponseCancel(_)
             | Self::Embeddings => "POST",
+            Self::ResponseInputItems(_) => "GET, HEAD",
             Self::Response(_) => "GET, DELETE",
             Self::Models
             | Self::Model(_)
@@ -212,6 +226,7 @@ impl Route {
             Self::Responses => "responses",
             Self::Response(_) => "response",
             Self::ResponseCancel(_) => "response_cancel",
+            Self::ResponseInputItems(_) => "response_input_items",
             Self::Embeddings => "embeddings",
             Self::Models => "models",
             Self::Model(_) => "model",
@@ -231,6 +246,7 @@ impl Route {
             Self::Responses => "/v1/responses",
             Self::Response(_) => "/v1/responses/{response_id}",
             Self::ResponseCancel(_) => "/v1/responses/{response_id}/cancel",
+            Self::ResponseInputItems(_) => "/v1/responses/{response_id}/input_items",
             Self::Embeddings => "/v1/embeddings",
             Self::Models => "/v1/models",
             Self::Model(_) => "/v1/models/{model}",
@@ -265,6 +281,9 @@ impl Route {
                         (Some(id), None, None) if !id.is_empty() => Self::Response(id.to_owned()),
                         (Some(id), Some("cancel"), None) if !id.is_empty() => {
                             Self::ResponseCancel(id.to_owned())
+                        }
+                        (Some(id), Some("input_items"), None) if !id.is_empty() => {
+                            Self::ResponseInputItems(id.to_owned())
                         }
                         _ => Self::Unknown,
                     },

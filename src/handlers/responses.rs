@@ -2,8 +2,8 @@
 //! object: passed through to backends that serve the API, translated for backends that serve
 //! only chat completions. A stored response (`store`, OpenAI's default) is remembered with the
 //! backend that made it and the key that asked: its follow-ups (`previous_response_id`) and
-//! `GET` / `DELETE /v1/responses/{id}`, `POST /v1/responses/{id}/cancel` go there, for that key
-//! only (any other key is told 404).
+//! `GET` / `DELETE /v1/responses/{id}`, `POST /v1/responses/{id}/cancel` and
+//! `GET /v1/responses/{id}/input_items` go there, for that key only (any other key is told 404).
 
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, OnceLock};
@@ -42,6 +42,7 @@ pub enum StoredAction {
     Retrieve,
     Delete,
     Cancel,
+    InputItems,
 }
 
 /// `POST /v1/responses`.
@@ -105,8 +106,9 @@ pub async fn create(
     Ok(response)
 }
 
-/// `GET` / `DELETE /v1/responses/{id}`, `POST /v1/responses/{id}/cancel`: sent to the backend
-/// that stored the response, when the caller's key created it.
+/// `GET` / `DELETE /v1/responses/{id}`, `POST /v1/responses/{id}/cancel`,
+/// `GET /v1/responses/{id}/input_items`: sent to the backend that stored the response, when the
+/// caller's key created it.
 pub async fn stored(
     request: Request<Incoming>,
     raw_id: &str,
@@ -134,6 +136,7 @@ pub async fn stored(
         StoredAction::Retrieve => Call::Retrieve(id.clone()),
         StoredAction::Delete => Call::Delete(id.clone()),
         StoredAction::Cancel => Call::Cancel(id.clone()),
+        StoredAction::InputItems => Call::InputItems(id.clone()),
     };
     let request_id = guard.request_id().as_arc();
     let request_for = move |_: &Backend| UpstreamRequest {

@@ -59,6 +59,7 @@ impl MockBackend {
             Call::Retrieve(id) => return self.responses.retrieve(id).map(once),
             Call::Delete(id) => return self.responses.delete(id).map(once),
             Call::Cancel(id) => return self.responses.cancel(id).map(once),
+            Call::InputItems(id) => return self.responses.input_items(id).map(once),
         };
         Ok(match api {
             Api::Responses => return self.responses.create(&self.model, self.script, body),

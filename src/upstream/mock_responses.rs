@@ -58,21 +58,19 @@ pub struct StoredResponses {
 
 #[derive(Debug, Default)]
 struct Store {
-    by_id: HashMap<String, Value>,
+    /// Each response, and the input items it was asked.
+    by_id: HashMap<String, (Value, Vec<Value>)>,
     order: VecDeque<String>,
 }
 
 impl StoredResponses {
-    fn put(&self, response: &Value) {
+    fn put(&self, response: &Value, input: &[Value]) {
         let Some(id) = response["id"].as_str() else {
             return;
         };
         let mut store = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        if store
-            .by_id
-            .insert(id.to_owned(), response.clone())
-            .is_none()
-        {
+        let kept = (response.clone(), input.to_vec());
+        if store.by_id.insert(id.to_owned(), kept).is_none() {
             store.order.push_back(id.to_owned());
         }
         while store.order.len() > MAX_STORED {
@@ -84,7 +82,7 @@ impl StoredResponses {
 
     fn get(&self, id: &str) -> Option<Value> {
         let store = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        store.by_id.get(id).cloned()
+        store.by_id.get(id).map(|(response, _)| response.clone())
     }
 
     fn remove(&self, id: &str) -> bool {
@@ -111,6 +109,22 @@ impl StoredResponses {
         Ok(to_bytes(
             &json!({"id": id.as_str(), "object": "response.deleted", "deleted": true}),
         ))
+    }
+
+    /// `GET responses/{id}/input_items`: the items it was asked, newest first (OpenAI's default
+    /// order), in one page.
+    pub fn input_items(&self, id: &ResponseId) -> Result<Bytes, MockRefusal> {
+        let store = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let (_, input) = store
+            .by_id
+            .get(id.as_str())
+            .ok_or_else(|| MockRefusal::not_found(id))?;
+        let data: Vec<&Value> = input.iter().rev().collect();
+        Ok(to_bytes(&json!({
+            "object": "list", "data": data, "has_more": false,
+            "first_id": data.first().map(|item| &item["id"]),
+            "last_id": data.last().map(|item| &item["id"]),
+        })))
     }
 
     /// `POST responses/{id}/cancel`: only a background response can be cancelled, and the mock
@@ -173,6 +187,7 @@ impl StoredResponses {
             tokens,
             input_tokens: context_tokens + input_tokens(&request),
             store: request["store"] != false,
+            input: input_items(&request["input"]),
             previous: request["previous_response_id"].clone(),
             instructions: request["instructions"].clone(),
         };
@@ -193,6 +208,8 @@ struct Made {
     tokens: u64,
     input_tokens: u64,
     store: bool,
+    /// The request's input as items, kept with the response.
+    input: Vec<Value>,
     previous: Value,
     instructions: Value,
 }
@@ -242,7 +259,7 @@ impl Made {
     fn keep(&self, store: &StoredResponses, done: bool) -> Value {
         let response = self.response(done);
         if self.store {
-            store.put(&response);
+            store.put(&response, &self.input);
         }
         response
     }
@@ -309,6 +326,29 @@ impl Events {
         out.put_slice(b"\n\n");
         out.freeze()
     }
+}
+
+/// A request's `input` as items with ids: a string is one user message.
+fn input_items(input: &Value) -> Vec<Value> {
+    let items = match input {
+        Value::String(text) => vec![json!({"type": "message", "role": "user",
+            "content": [{"type": "input_text", "text": text}]})],
+        Value::Array(items) => items.clone(),
+        _ => Vec::new(),
+    };
+    items
+        .into_iter()
+        .enumerate()
+        .map(|(i, mut item)| {
+            if item.get("id").is_none() && item.is_object() {
+                item["id"] = json!(format!(
+                    "msg_in{:08x}{i:04x}",
+                    NEXT_ID.fetch_add(1, Ordering::Relaxed)
+                ));
+            }
+            item
+        })
+        .collect()
 }
 
 /// A rough input size: one token per four bytes of instructions and input.
@@ -381,6 +421,11 @@ mod tests {
             "the context is carried"
         );
 
+        let items: Value =
+            serde_json::from_slice(&store.input_items(&id).expect("kept")).expect("JSON");
+        assert_eq!(items["data"][0]["content"][0]["text"], "hi");
+        assert_eq!(items["data"][0]["role"], "user");
+
         assert!(store.delete(&id).is_ok());
         assert_eq!(
             store.retrieve(&id).expect_err("gone").status,
@@ -397,7 +442,7 @@ mod tests {
     fn the_store_keeps_the_newest_responses() {
         let store = StoredResponses::default();
         for i in 0..MAX_STORED + 10 {
-            store.put(&json!({"id": format!("resp_{i}")}));
+            store.put(&json!({"id": format!("resp_{i}")}), &[]);
         }
         assert!(store.get("resp_0").is_none(), "the oldest went first");
         assert!(store.get(&format!("resp_{}", MAX_STORED + 9)).is_some());

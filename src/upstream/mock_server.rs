@@ -103,15 +103,13 @@ async fn answer(request: Request<Incoming>, backend: &MockBackend) -> Response<B
 /// `GET .../responses/{id}`, and so on.
 fn call_of(method: &Method, path: &str) -> Option<Call> {
     if let Some((_, rest)) = path.rsplit_once("/responses/") {
-        let (id, cancel) = match rest.strip_suffix("/cancel") {
-            Some(id) => (id, true),
-            None => (rest, false),
-        };
+        let (id, action) = rest.split_once('/').unwrap_or((rest, ""));
         let id = ResponseId::parse(id)?;
-        return match (method, cancel) {
-            (&Method::GET, false) => Some(Call::Retrieve(id)),
-            (&Method::DELETE, false) => Some(Call::Delete(id)),
-            (&Method::POST, true) => Some(Call::Cancel(id)),
+        return match (method, action) {
+            (&Method::GET, "") => Some(Call::Retrieve(id)),
+            (&Method::DELETE, "") => Some(Call::Delete(id)),
+            (&Method::POST, "cancel") => Some(Call::Cancel(id)),
+            (&Method::GET, "input_items") => Some(Call::InputItems(id)),
             _ => None,
         };
     }

@@ -41,13 +41,15 @@ pub enum Call {
     Delete(ResponseId),
     /// `POST responses/{id}/cancel`: stops a background response.
     Cancel(ResponseId),
+    /// `GET responses/{id}/input_items`: what the response was asked.
+    InputItems(ResponseId),
 }
 
 impl Call {
     pub fn method(&self) -> http::Method {
         match self {
             Self::Create(_) | Self::Cancel(_) => http::Method::POST,
-            Self::Retrieve(_) => http::Method::GET,
+            Self::Retrieve(_) | Self::InputItems(_) => http::Method::GET,
             Self::Delete(_) => http::Method::DELETE,
         }
     }
@@ -58,6 +60,7 @@ impl Call {
             Self::Create(api) => Cow::Borrowed(api.path()),
             Self::Retrieve(id) | Self::Delete(id) => Cow::Owned(format!("responses/{id}")),
             Self::Cancel(id) => Cow::Owned(format!("responses/{id}/cancel")),
+            Self::InputItems(id) => Cow::Owned(format!("responses/{id}/input_items")),
         }
     }
 }

@@ -258,8 +258,22 @@ async fn a_whole_response_is_renamed_and_stored_ones_follow_their_backend_and_ke
         "the alias, also when read back"
     );
 
+    let items = call_stored(
+        &base,
+        KEY,
+        reqwest::Method::GET,
+        &format!("{id}/input_items"),
+    )
+    .await;
+    assert_eq!(items.status(), 200);
+    assert_eq!(backend_of(&items), home);
+    let items: Value = items.json().await.expect("JSON");
+    assert_eq!(items["object"], "list");
+    assert_eq!(items["data"][0]["content"][0]["text"], "remember 7");
+
     // Another key is told nothing exists, whatever it tries.
     for (method, path) in [
+        (reqwest::Method::GET, format!("{id}/input_items")),
         (reqwest::Method::GET, id.clone()),
         (reqwest::Method::DELETE, id.clone()),
         (reqwest::Method::POST, format!("{id}/cancel")),

@@ -160,6 +160,10 @@ const { data: first, response: made } = await client.responses
   .withResponse();
 const home = made.headers.get("x-sluicegate-backend");
 assert.equal((await client.responses.retrieve(first.id)).output_text, first.output_text);
+const asked = [];
+for await (const item of client.responses.inputItems.list(first.id)) asked.push(item);
+assert.equal(asked[0].role, "user");
+assert.equal(asked[0].content[0].text, "remember 7");
 let previous = first.id;
 for (let turn = 0; turn < 4; turn++) {
   const { data, response } = await client.responses

@@ -152,6 +152,8 @@ raw = client.responses.with_raw_response.create(model="responses-model", input="
 home = raw.headers["x-sluicegate-backend"]
 first = raw.parse()
 assert client.responses.retrieve(first.id).output_text == first.output_text
+asked = list(client.responses.input_items.list(first.id))
+assert asked[0].role == "user" and asked[0].content[0].text == "remember 7", asked
 previous = first.id
 for turn in range(4):
     raw = client.responses.with_raw_response.create(
