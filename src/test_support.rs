@@ -1,6 +1,8 @@
 //! Helpers shared by the in-crate property tests.
 
 use proptest::prelude::*;
+
+use crate::openai::tokens::TokenCounter;
 use proptest::sample::Index;
 use proptest::test_runner::RngSeed;
 
@@ -42,4 +44,15 @@ pub fn mostly(pieces: Vec<&'static [u8]>, count: usize) -> impl Strategy<Value =
         1 => prop::collection::vec(any::<u8>(), 0..8),
     ];
     prop::collection::vec(piece, 0..count).prop_map(|pieces| pieces.concat())
+}
+
+/// The bytes of a golden transcript in `proto/`.
+pub fn golden(name: &str) -> Vec<u8> {
+    std::fs::read(format!("{}/proto/{name}", env!("CARGO_MANIFEST_DIR")))
+        .expect("golden transcript exists")
+}
+
+/// The tokenizer the tests count with.
+pub fn o200k() -> TokenCounter {
+    TokenCounter::new(crate::config::Tokenizer::O200kBase)
 }

@@ -4,10 +4,10 @@
 use std::sync::{Arc, Mutex};
 
 use bytes::{Bytes, BytesMut};
-use tokio::time::Instant;
 
+use super::meter::StreamMeter;
 use super::sanitize::in_band_error;
-use super::tokens::{CompletionTally, TokenCounter};
+use super::tokens::TokenCounter;
 use super::usage::Metering;
 use super::view::ObjectView;
 use crate::error::GatewayError;
@@ -26,10 +26,7 @@ pub type MeterSlot = Arc<Mutex<Metering>>;
 pub struct ChunkRewriter {
     model_json: Bytes,
     include_usage: bool,
-    metering: Metering,
-    /// What was generated, counted only if no usage report arrives.
-    tally: CompletionTally,
-    slot: MeterSlot,
+    meter: StreamMeter,
 }
 
 impl ChunkRewriter {
@@ -41,9 +38,7 @@ impl ChunkRewriter {
                 .expect("invariant: a string serialises")
                 .into(),
             include_usage,
-            metering: Metering::default(),
-            tally: CompletionTally::new(counter),
-            slot,
+            meter: StreamMeter::new(counter, slot),
         }
     }
 }
@@ -65,32 +60,17 @@ impl Rewrite for ChunkRewriter {
         if let Some(error) = view.error() {
             return Err(in_band_error(error.as_bytes()));
         }
-        let usage = view.usage();
+        let share = self.meter.chat_chunk(&view);
         // A chunk with no choices and no usage carries nothing a chat client reads (Azure's
         // prompt-filter results): not forwarded, as OpenAI sends none.
-        if usage.is_none() && view.has_no_choices() {
+        if !share.has_usage && view.has_no_choices() {
             return Ok(Step::Skip);
         }
-        // The usage chunk, in OpenAI's shape (`"choices":[]`) or another server's (choices
-        // with empty deltas): dropped when the client did not ask for usage. Usage riding on a
+        // The usage chunk is dropped when the client did not ask for usage; usage riding on a
         // chunk that carries more is hidden (`"usage":null`) instead.
-        let usage_only = usage.is_some() && view.choices_carry_nothing();
-        let hide_usage = usage.is_some() && !self.include_usage;
-        if usage.is_some() {
-            self.metering.usage = usage;
-            self.metering.reported = true;
-        }
-        if hide_usage && usage_only {
+        let hide_usage = share.has_usage && !self.include_usage;
+        if hide_usage && share.usage_only {
             return Ok(Step::Skip);
-        }
-        if !usage_only && !view.has_no_choices() {
-            self.metering.chunks = self.metering.chunks.saturating_add(1);
-            let now = Instant::now();
-            self.metering.first_token_at.get_or_insert(now);
-            self.metering.last_token_at = Some(now);
-            if let Some(choices) = view.choices() {
-                self.tally.push_choices(choices);
-            }
         }
         out.reserve(event.data.len() + self.model_json.len() + 8);
         if memchr::memchr(b'\n', &event.data).is_none() {
@@ -130,25 +110,12 @@ impl Rewrite for ChatChunks {
     }
 }
 
-impl Drop for ChunkRewriter {
-    /// Leaves the metering for the request guard, which settles after the body is dropped.
-    fn drop(&mut self) {
-        if !self.metering.reported && self.metering.chunks > 0 {
-            self.metering.counted_completion = Some(self.tally.total());
-        }
-        *self.slot.lock().unwrap_or_else(|p| p.into_inner()) = self.metering;
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::openai::Usage;
     use crate::sse::Decoder;
-
-    fn o200k() -> TokenCounter {
-        TokenCounter::new(crate::config::Tokenizer::O200kBase)
-    }
+    use crate::test_support::o200k;
 
     fn run(golden: &str, include_usage: bool) -> (Vec<Result<String, String>>, Option<Usage>) {
         let slot = MeterSlot::default();

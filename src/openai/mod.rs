@@ -8,6 +8,7 @@ pub mod embeddings;
 pub mod error_body;
 mod fields;
 pub mod generation;
+pub mod meter;
 pub mod request;
 pub mod response;
 pub mod responses;

@@ -224,11 +224,8 @@ fn generated_texts(choices: &Value) -> impl Iterator<Item = &str> {
 mod tests {
     use super::*;
     use crate::test_support::cases;
+    use crate::test_support::o200k;
     use proptest::prelude::*;
-
-    fn o200k() -> TokenCounter {
-        TokenCounter::new(Tokenizer::O200kBase)
-    }
 
     #[test]
     fn a_tally_counts_every_delta_whatever_the_flushes() {

@@ -175,6 +175,7 @@ impl Decoder {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_support::golden;
 
     const MAX: usize = 64 * 1024;
 
@@ -195,11 +196,6 @@ mod tests {
             .iter()
             .map(|e| String::from_utf8(e.data.to_vec()).expect("test data is UTF-8"))
             .collect()
-    }
-
-    fn golden(name: &str) -> Vec<u8> {
-        let path = format!("{}/proto/{name}", env!("CARGO_MANIFEST_DIR"));
-        std::fs::read(&path).expect("golden transcript exists")
     }
 
     #[test]

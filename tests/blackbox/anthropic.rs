@@ -12,18 +12,6 @@ use crate::support::*;
 
 const ANTHROPIC_KEY: &str = "sk-ant-test-key-42";
 
-fn golden(name: &str) -> String {
-    std::fs::read_to_string(format!("{}/proto/{name}", env!("CARGO_MANIFEST_DIR")))
-        .expect("golden transcript")
-}
-
-fn replaying(name: &str) -> Reply {
-    Reply::Events {
-        pieces: vec![golden(name)],
-        cut: false,
-    }
-}
-
 /// `test-model` on Anthropic-shaped backends at `urls`.
 fn anthropic_pool(urls: &[String]) -> GatewayConfig {
     let backends: Vec<String> = urls

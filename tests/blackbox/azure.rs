@@ -25,17 +25,9 @@ async fn azure_gateway(upstream: &MockUpstream) -> RunningBinary {
 
 #[tokio::test]
 async fn an_azure_deployment_is_called_by_its_path_and_key_and_streams_in_the_clients_names() {
-    let golden = std::fs::read_to_string(format!(
-        "{}/proto/azure-chat.sse",
-        env!("CARGO_MANIFEST_DIR")
-    ))
-    .expect("golden");
-    let upstream = MockUpstream::reply(Reply::Events {
-        pieces: vec![golden],
-        cut: false,
-    })
-    .start()
-    .await;
+    let upstream = MockUpstream::reply(replaying("azure-chat.sse"))
+        .start()
+        .await;
     let gateway = azure_gateway(&upstream).await;
     let text = chat_text(&gateway.base(), KEY, &chat_body(true)).await;
     assert_eq!(content_of(&text), "Hello from Azure — ok");

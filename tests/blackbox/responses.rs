@@ -10,11 +10,6 @@ use serde_json::{Value, json};
 
 use crate::support::*;
 
-fn golden(name: &str) -> String {
-    std::fs::read_to_string(format!("{}/proto/{name}", env!("CARGO_MANIFEST_DIR")))
-        .expect("golden transcript")
-}
-
 /// The golden stream as the client should see it: only the model renamed.
 fn as_client_sees(golden: &str) -> String {
     golden.replace("\"gpt-4.1-mini-2025-04-14\"", "\"test-model\"")
@@ -127,12 +122,9 @@ async fn a_passed_through_stream_is_the_upstreams_bytes_with_the_alias_at_any_sp
 
 #[tokio::test]
 async fn the_terminal_events_usage_is_what_the_key_is_charged() {
-    let upstream = MockUpstream::reply(Reply::Events {
-        pieces: vec![golden("openai-responses.sse")],
-        cut: false,
-    })
-    .start()
-    .await;
+    let upstream = MockUpstream::reply(replaying("openai-responses.sse"))
+        .start()
+        .await;
     let config = responses_pool(&[upstream.base_url()]).tier("{tokens_per_minute: 100000}");
     let gateway = TestGateway::start(&config).await;
     let body = json!({"model": "test-model", "input": "hi", "stream": true, "store": false});
@@ -361,13 +353,10 @@ async fn a_stored_request_is_not_sent_again_after_a_backend_may_have_acted_on_it
     .keep_alive()
     .start()
     .await;
-    let good = MockUpstream::reply(Reply::Events {
-        pieces: vec![golden("openai-responses.sse")],
-        cut: false,
-    })
-    .keep_alive()
-    .start()
-    .await;
+    let good = MockUpstream::reply(replaying("openai-responses.sse"))
+        .keep_alive()
+        .start()
+        .await;
     // `b0` (the failing one) is all but certainly the first choice.
     let config = GatewayConfig::with_backend(format!(
         "{{name: b0, kind: openai, base_url: '{}', apis: [responses], weight: 1000}}, \
@@ -454,13 +443,10 @@ async fn replicas_sharing_redis_follow_a_stored_response_to_its_backend() {
 #[tokio::test]
 async fn two_replicas_sharing_redis_admit_exactly_the_limit_for_responses() {
     let redis = RedisServer::spawn().await;
-    let upstream = MockUpstream::reply(Reply::Events {
-        pieces: vec![golden("openai-responses.sse")],
-        cut: false,
-    })
-    .keep_alive()
-    .start()
-    .await;
+    let upstream = MockUpstream::reply(replaying("openai-responses.sse"))
+        .keep_alive()
+        .start()
+        .await;
     let config = responses_pool(&[upstream.base_url()])
         .tier("{requests_per_minute: 8}")
         .redis(&redis.url());
@@ -594,13 +580,10 @@ async fn what_chat_cannot_do_goes_to_a_backend_that_serves_responses_or_is_refus
     );
     assert_eq!(chat_only.requests().len(), 0, "nothing sent");
 
-    let native = MockUpstream::reply(Reply::Events {
-        pieces: vec![golden("openai-responses.sse")],
-        cut: false,
-    })
-    .keep_alive()
-    .start()
-    .await;
+    let native = MockUpstream::reply(replaying("openai-responses.sse"))
+        .keep_alive()
+        .start()
+        .await;
     // The chat-only backend weighs far more, yet the request only fits the other.
     let config = GatewayConfig::with_backend(format!(
         "{{name: chat, kind: openai, base_url: '{}', weight: 1000}}, \

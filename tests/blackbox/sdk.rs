@@ -26,11 +26,7 @@ fn tool(var: &str, default: &str) -> PathBuf {
 /// the Anthropic-shaped one (a recorded Messages stream with a tool call).
 async fn sdk_gateway() -> (RunningBinary, [MockUpstream; 3]) {
     let dropping = MockUpstream::stream(10).drop_after(3).start().await;
-    let golden = std::fs::read_to_string(format!(
-        "{}/proto/openai-responses.sse",
-        env!("CARGO_MANIFEST_DIR")
-    ))
-    .expect("golden transcript");
+    let golden = golden("openai-responses.sse");
     let cut = golden
         .find("event: response.output_text.done")
         .expect("present");
@@ -40,19 +36,10 @@ async fn sdk_gateway() -> (RunningBinary, [MockUpstream; 3]) {
     })
     .start()
     .await;
-    let claude = MockUpstream::reply(Reply::Events {
-        pieces: vec![
-            std::fs::read_to_string(format!(
-                "{}/proto/anthropic-tools.sse",
-                env!("CARGO_MANIFEST_DIR")
-            ))
-            .expect("golden transcript"),
-        ],
-        cut: false,
-    })
-    .keep_alive()
-    .start()
-    .await;
+    let claude = MockUpstream::reply(replaying("anthropic-tools.sse"))
+        .keep_alive()
+        .start()
+        .await;
     let yaml = format!(
         "server: {{listen: '127.0.0.1:0'}}\nlog: {{format: json}}\ntiers: {{basic: {{}}}}\n\
          models:\n  - {{name: test-model, backends: [{{name: mock, kind: mock, mock: {{tokens: 5, pace: 1ms}}, apis: [chat, responses, embeddings, completions]}}]}}\n  \

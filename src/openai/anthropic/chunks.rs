@@ -2,11 +2,11 @@
 
 use bytes::{BufMut, BytesMut};
 use serde::Serialize;
-use tokio::time::Instant;
 
 use super::{ChatUsage, ReportedUsage, finish_reason};
-use crate::openai::tokens::{CompletionTally, TokenCounter};
-use crate::openai::usage::Metering;
+use crate::openai::chunk::MeterSlot;
+use crate::openai::meter::StreamMeter;
+use crate::openai::tokens::TokenCounter;
 use crate::sse::relay::Step;
 
 /// The answer's identity, fixed at `message_start` and repeated in every chunk.
@@ -25,20 +25,19 @@ pub(super) struct Writer {
     /// The client-facing model name.
     model: String,
     usage: ReportedUsage,
-    metering: Metering,
-    /// What was generated, counted only if no output count arrives.
-    tally: CompletionTally,
+    /// Without an output count from the upstream (a stream cut before `message_delta`) the
+    /// answer is counted, while the prompt count from `message_start` stays the upstream's.
+    meter: StreamMeter,
 }
 
 impl Writer {
     /// `model` is the client-facing name; `counter` counts the answer should no output count
-    /// arrive.
-    pub(super) fn new(model: &str, counter: TokenCounter) -> Self {
+    /// arrive; `slot` receives the metering when this is dropped.
+    pub(super) fn new(model: &str, counter: TokenCounter, slot: MeterSlot) -> Self {
         Self {
             model: model.to_owned(),
             usage: ReportedUsage::default(),
-            metering: Metering::default(),
-            tally: CompletionTally::new(counter),
+            meter: StreamMeter::new(counter, slot),
         }
     }
 
@@ -46,13 +45,13 @@ impl Writer {
     /// yet a report of the whole answer.
     pub(super) fn usage_at_start(&mut self, usage: ReportedUsage) {
         self.usage = self.usage.updated(usage);
-        self.metering.usage = Some(self.usage.chat());
+        self.meter.so_far(self.usage.chat());
     }
 
     /// The counts `message_delta` gives, the output's among them: the upstream's report.
     pub(super) fn usage_reported(&mut self, usage: ReportedUsage) {
-        self.usage_at_start(usage);
-        self.metering.reported = true;
+        self.usage = self.usage.updated(usage);
+        self.meter.reported(self.usage.chat());
     }
 
     /// The role chunk that opens the answer.
@@ -65,28 +64,12 @@ impl Writer {
         self.send(out, head, delta, None)
     }
 
-    /// The metering to settle. Without an output count from the upstream (a stream cut before
-    /// `message_delta`) the answer is counted, while the prompt count from `message_start`
-    /// stays the upstream's.
-    pub(super) fn metering(&mut self) -> Metering {
-        let mut metering = self.metering;
-        if !metering.reported && metering.chunks > 0 {
-            let counted = self.tally.total();
-            metering.counted_completion = Some(counted);
-            if let Some(usage) = &mut metering.usage {
-                usage.completion_tokens = usage.completion_tokens.max(counted);
-                usage.total_tokens = usage.prompt_tokens.saturating_add(usage.completion_tokens);
-            }
-        }
-        metering
-    }
-
     /// A content delta; empty text sends nothing.
     pub(super) fn send_text(&mut self, out: &mut BytesMut, head: &Head, text: &str) -> Step {
         if text.is_empty() {
             return Step::Skip;
         }
-        self.tally.push_choices(&json_string(text));
+        self.meter.count(&json_string(text));
         let delta = Delta {
             content: Some(text),
             ..Delta::default()
@@ -103,7 +86,7 @@ impl Writer {
         id: &str,
         name: &str,
     ) -> Step {
-        self.tally.push_choices(&json_string(name));
+        self.meter.count(&json_string(name));
         let opening = ToolCallDelta {
             index: call,
             id: Some(id),
@@ -127,7 +110,7 @@ impl Writer {
         if arguments.is_empty() {
             return Step::Skip;
         }
-        self.tally.push_choices(&json_string(arguments));
+        self.meter.count(&json_string(arguments));
         let fragment = ToolCallDelta {
             index: call,
             id: None,
@@ -177,10 +160,7 @@ impl Writer {
             finish_reason,
         };
         self.put(out, head, &[choice], None);
-        self.metering.chunks = self.metering.chunks.saturating_add(1);
-        let now = Instant::now();
-        self.metering.first_token_at.get_or_insert(now);
-        self.metering.last_token_at = Some(now);
+        self.meter.output(None);
         Step::Send
     }
 

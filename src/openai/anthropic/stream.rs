@@ -46,7 +46,6 @@ pub struct MessagesToChunks {
     /// The finish chunk went out.
     finished: bool,
     writer: Writer,
-    slot: MeterSlot,
 }
 
 impl MessagesToChunks {
@@ -59,8 +58,7 @@ impl MessagesToChunks {
             head: None,
             blocks: Blocks::default(),
             finished: false,
-            writer: Writer::new(model, counter),
-            slot,
+            writer: Writer::new(model, counter, slot),
         }
     }
 }
@@ -88,14 +86,6 @@ impl Rewrite for MessagesToChunks {
             StreamEvent::Error => Err(in_band_error(&event.data)),
             StreamEvent::Ping | StreamEvent::Unknown => Ok(Step::Skip),
         }
-    }
-}
-
-impl Drop for MessagesToChunks {
-    /// Leaves the metering for the request guard, which settles after the body is dropped.
-    fn drop(&mut self) {
-        let metering = self.writer.metering();
-        *self.slot.lock().unwrap_or_else(|p| p.into_inner()) = metering;
     }
 }
 
@@ -384,21 +374,13 @@ struct StopDelta {
 
 #[cfg(test)]
 mod tests {
+    use crate::test_support::{golden, o200k};
     use serde_json::{Value, json};
 
     use super::super::finish_reason;
     use super::*;
     use crate::openai::usage::{Metering, Usage};
     use crate::sse::Decoder;
-
-    fn o200k() -> TokenCounter {
-        TokenCounter::new(crate::config::Tokenizer::O200kBase)
-    }
-
-    fn golden(name: &str) -> Vec<u8> {
-        std::fs::read(format!("{}/proto/{name}", env!("CARGO_MANIFEST_DIR")))
-            .expect("golden exists")
-    }
 
     /// What a replay of upstream bytes produced.
     #[derive(Debug)]

@@ -11,14 +11,13 @@ use std::sync::{Arc, Mutex};
 use bytes::{BufMut, Bytes, BytesMut};
 use serde::Deserialize;
 use serde_json::value::RawValue;
-use tokio::time::Instant;
 
 use super::ResponseId;
 use crate::error::GatewayError;
 use crate::openai::chunk::MeterSlot;
+use crate::openai::meter::StreamMeter;
 use crate::openai::sanitize::in_band_error;
-use crate::openai::tokens::{CompletionTally, TokenCounter};
-use crate::openai::usage::Metering;
+use crate::openai::tokens::TokenCounter;
 use crate::openai::view::ObjectView;
 use crate::sse::Event;
 use crate::sse::encoder::put_data_event;
@@ -48,9 +47,7 @@ pub type Sequence = Arc<AtomicU64>;
 #[derive(Debug)]
 pub struct ResponseEvents {
     model_json: Bytes,
-    metering: Metering,
-    tally: CompletionTally,
-    slot: MeterSlot,
+    meter: StreamMeter,
     sequence: Sequence,
     created: CreatedSlot,
 }
@@ -81,22 +78,9 @@ impl ResponseEvents {
             model_json: serde_json::to_vec(model)
                 .expect("invariant: a string serialises")
                 .into(),
-            metering: Metering::default(),
-            tally: CompletionTally::new(counter),
-            slot,
+            meter: StreamMeter::new(counter, slot),
             sequence,
             created,
-        }
-    }
-
-    /// Notes a delta: the output began (or went on), and what it said is kept for counting.
-    fn on_delta(&mut self, delta: Option<&RawValue>) {
-        self.metering.chunks = self.metering.chunks.saturating_add(1);
-        let now = Instant::now();
-        self.metering.first_token_at.get_or_insert(now);
-        self.metering.last_token_at = Some(now);
-        if let Some(delta) = delta.filter(|d| d.get().starts_with('"')) {
-            self.tally.push_choices(delta.get());
         }
     }
 
@@ -110,8 +94,7 @@ impl ResponseEvents {
             return;
         }
         if let Some(usage) = response.responses_usage() {
-            self.metering.usage = Some(usage);
-            self.metering.reported = true;
+            self.meter.reported(usage);
             created.context_tokens = Some(usage.context());
         }
     }
@@ -153,7 +136,9 @@ impl Rewrite for ResponseEvents {
             .saturating_add(1);
         self.sequence.store(next, Ordering::Relaxed);
         if kind.ends_with(".delta") {
-            self.on_delta(view.delta);
+            // A text delta is kept for counting (a JSON string); others only count as output.
+            let text = view.delta.map(RawValue::get).filter(|d| d.starts_with('"'));
+            self.meter.output(text);
         }
         let terminal = TERMINAL.contains(&kind);
         out.reserve(event.data.len() + self.model_json.len() + event.name.len() + 16);
@@ -183,16 +168,6 @@ impl Rewrite for ResponseEvents {
     }
 }
 
-impl Drop for ResponseEvents {
-    /// Leaves the metering for the request guard, which settles after the body is dropped.
-    fn drop(&mut self) {
-        if !self.metering.reported && self.metering.chunks > 0 {
-            self.metering.counted_completion = Some(self.tally.total());
-        }
-        *self.slot.lock().unwrap_or_else(|p| p.into_inner()) = self.metering;
-    }
-}
-
 /// Appends `data` with the `model` of its nested `response` object (when it has one) replaced.
 fn put_rewritten(
     data: &[u8],
@@ -219,6 +194,7 @@ mod tests {
     use super::*;
     use crate::openai::Usage;
     use crate::sse::Decoder;
+    use crate::test_support::golden;
 
     struct Run {
         out: String,
@@ -270,10 +246,6 @@ mod tests {
             created,
             next_sequence: sequence.load(Ordering::Relaxed),
         }
-    }
-
-    fn golden(name: &str) -> Vec<u8> {
-        std::fs::read(format!("{}/proto/{name}", env!("CARGO_MANIFEST_DIR"))).expect("golden")
     }
 
     #[test]

@@ -18,7 +18,7 @@ pub use client::*;
 pub use gateway::{GatewayConfig, TestGateway};
 pub use raw_upstream::{RawConn, RawUpstream};
 pub use redis::{RedisServer, integer};
-pub use upstream::{MockBuilder, MockUpstream, Reply};
+pub use upstream::{MockBuilder, MockUpstream, Reply, golden, replaying};
 pub use upstream::{Shape, StreamScript};
 
 pub const KEY: &str = "sk-test-key";

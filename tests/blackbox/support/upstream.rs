@@ -569,6 +569,20 @@ async fn write_messages(
     send(writer, log, b"0\r\n\r\n").await
 }
 
+/// A golden transcript of `proto/`, as text.
+pub fn golden(name: &str) -> String {
+    std::fs::read_to_string(format!("{}/proto/{name}", env!("CARGO_MANIFEST_DIR")))
+        .expect("golden transcript")
+}
+
+/// Replays the golden transcript `name` whole, then ends the body.
+pub fn replaying(name: &str) -> Reply {
+    Reply::Events {
+        pieces: vec![golden(name)],
+        cut: false,
+    }
+}
+
 /// One OpenAI-shaped chunk event, as the upstream names its model.
 pub fn chunk(delta: serde_json::Value, finish_reason: Option<&str>) -> String {
     let json = serde_json::json!({

@@ -22,7 +22,6 @@ use std::sync::atomic::AtomicU64;
 use bytes::BytesMut;
 use serde::Deserialize;
 use serde_json::Value;
-use tokio::time::Instant;
 
 use super::events::{COMPLETED, CREATED, Events, IN_PROGRESS, INCOMPLETE};
 use super::{
@@ -31,9 +30,9 @@ use super::{
 };
 use crate::error::GatewayError;
 use crate::openai::chunk::MeterSlot;
+use crate::openai::meter::StreamMeter;
 use crate::openai::sanitize::in_band_error;
-use crate::openai::tokens::{CompletionTally, TokenCounter};
-use crate::openai::usage::Metering;
+use crate::openai::tokens::TokenCounter;
 use crate::openai::view::ObjectView;
 use crate::sse::Event;
 use crate::sse::relay::{Rewrite, Step};
@@ -55,10 +54,7 @@ pub struct ChatToResponses {
     /// From the latest finish reason.
     ending: Option<Ending>,
     usage: Option<ResponseUsage>,
-    metering: Metering,
-    /// What was generated, counted only if no usage report arrives.
-    tally: CompletionTally,
-    slot: MeterSlot,
+    meter: StreamMeter,
 }
 
 impl ChatToResponses {
@@ -85,9 +81,7 @@ impl ChatToResponses {
             started: false,
             ending: None,
             usage: None,
-            metering: Metering::default(),
-            tally: CompletionTally::new(counter),
-            slot,
+            meter: StreamMeter::new(counter, slot),
         }
     }
 }
@@ -106,16 +100,6 @@ impl Rewrite for ChatToResponses {
             self.events.rewind(numbered);
         }
         step
-    }
-}
-
-impl Drop for ChatToResponses {
-    /// Leaves the metering for the request guard, which settles after the body is dropped.
-    fn drop(&mut self) {
-        if !self.metering.reported && self.metering.chunks > 0 {
-            self.metering.counted_completion = Some(self.tally.total());
-        }
-        *self.slot.lock().unwrap_or_else(|p| p.into_inner()) = self.metering;
     }
 }
 
@@ -150,24 +134,11 @@ impl ChatToResponses {
         })
     }
 
-    /// Counts as [`crate::openai::chunk::ChunkRewriter`] does: the usage report when one
-    /// arrives, every chunk that carries choices, when tokens arrived, what they said.
+    /// Meters the chunk as every chat chunk is; its usage, in the Responses API's names, is
+    /// kept for the response object.
     fn meter(&mut self, view: &ObjectView<'_>, data: &[u8]) {
-        let reported = view.usage();
-        if reported.is_some() {
-            self.metering.usage = reported;
-            self.metering.reported = true;
+        if self.meter.chat_chunk(view).has_usage {
             self.usage = usage_of(data);
-        }
-        let usage_only = reported.is_some() && view.choices_carry_nothing();
-        if !usage_only && !view.has_no_choices() {
-            self.metering.chunks = self.metering.chunks.saturating_add(1);
-            let now = Instant::now();
-            self.metering.first_token_at.get_or_insert(now);
-            self.metering.last_token_at = Some(now);
-            if let Some(choices) = view.choices() {
-                self.tally.push_choices(choices);
-            }
         }
     }
 
@@ -424,6 +395,7 @@ impl Items {
 
 #[cfg(test)]
 mod tests {
+    use crate::test_support::{golden, o200k};
     use std::fmt;
     use std::sync::atomic::Ordering;
 
@@ -432,16 +404,8 @@ mod tests {
 
     use super::super::events::*;
     use super::*;
+    use crate::openai::usage::Metering;
     use crate::sse::Decoder;
-
-    fn o200k() -> TokenCounter {
-        TokenCounter::new(crate::config::Tokenizer::O200kBase)
-    }
-
-    fn golden(name: &str) -> Vec<u8> {
-        std::fs::read(format!("{}/proto/{name}", env!("CARGO_MANIFEST_DIR")))
-            .expect("golden exists")
-    }
 
     fn echo() -> Arc<Echo> {
         let fields: Map<String, Value> = serde_json::from_value(json!({
